@@ -1,0 +1,144 @@
+//! The checks a same-filesystem rename makes after its `EXDEV` test, made
+//! here in the kernel's order, so that an emulated rename fails with the
+//! errno the kernel would have given.
+//!
+//! The order follows `do_renameat2`, `vfs_rename`, `may_delete` and
+//! `may_create` in fs/namei.c: `.`/`..` (EBUSY), read-only mount (EROFS),
+//! missing source (ENOENT), `RENAME_NOREPLACE` (EEXIST), trailing slashes on
+//! a non-directory (ENOTDIR), same inode (success, nothing done), then the
+//! permission to remove the source and to create or replace the target
+//! (EACCES, sticky-bit and immutable/append-only rules: EPERM), then the
+//! directory/non-directory mismatch (EISDIR, ENOTDIR).
+//!
+//! Doing this first is also how xrename refuses, before copying a byte,
+//! what it can already see will fail.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{Access, AtFlags, FileType, RenameFlags, StatVfsMountFlags, Statx, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
+
+use super::error::{At, Error, Result, retry};
+use super::path::{Entry, Last};
+
+/// What the preflight found.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Source and target are the same inode: rename succeeds and does nothing.
+    SameFile,
+    /// The move may go ahead.
+    Move {
+        /// The source as it was seen.
+        src: Box<Statx>,
+        /// The target, if one exists.
+        dst: Option<Box<Statx>>,
+    },
+}
+
+/// `statx` of `name` in `dir`, without following a final symlink.
+pub(crate) fn lstat(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<Statx> {
+    retry(|| rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS))
+}
+
+/// `statx` of an open descriptor.
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> rustix::io::Result<Statx> {
+    retry(|| rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS))
+}
+
+/// The file type of a `statx` result.
+pub(crate) fn file_type(st: &Statx) -> FileType {
+    FileType::from_raw_mode(st.stx_mode.into())
+}
+
+/// Whether two `statx` results describe the same inode.
+pub(crate) fn same_inode(a: &Statx, b: &Statx) -> bool {
+    a.stx_ino == b.stx_ino && a.stx_dev_major == b.stx_dev_major && a.stx_dev_minor == b.stx_dev_minor
+}
+
+/// Runs every check the kernel would make, in its order.
+pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict> {
+    let noreplace = flags.contains(RenameFlags::NOREPLACE);
+    if src.last == Last::Special {
+        return Err(Error::new(Errno::BUSY, "source is . or .."));
+    }
+    if dst.last == Last::Special {
+        let errno = if noreplace { Errno::EXIST } else { Errno::BUSY };
+        return Err(Error::new(errno, "destination is . or .."));
+    }
+    read_only(src.dir.as_fd())?;
+    read_only(dst.dir.as_fd())?;
+    let s = lstat(src.dir.as_fd(), &src.name).at("look up source")?;
+    let d = match lstat(dst.dir.as_fd(), &dst.name) {
+        Ok(d) => Some(d),
+        Err(Errno::NOENT) => None,
+        Err(e) => return Err(Error::new(e, "look up destination")),
+    };
+    if noreplace && d.is_some() {
+        return Err(Error::new(Errno::EXIST, "destination exists"));
+    }
+    let src_is_dir = file_type(&s) == FileType::Directory;
+    if !src_is_dir && (src.trailing_slash || dst.trailing_slash) {
+        return Err(Error::new(Errno::NOTDIR, "trailing slash on a non-directory"));
+    }
+    if let Some(d) = &d {
+        if same_inode(&s, d) {
+            return Ok(Verdict::SameFile);
+        }
+    }
+    may_delete(src, &s, src_is_dir, "source")?;
+    match &d {
+        None => may_write_dir(dst.dir.as_fd(), "destination")?,
+        Some(d) => may_delete(dst, d, src_is_dir, "destination")?,
+    }
+    Ok(Verdict::Move { src: Box::new(s), dst: d.map(Box::new) })
+}
+
+fn read_only(dir: BorrowedFd<'_>) -> Result<()> {
+    let vfs = retry(|| rustix::fs::fstatvfs(dir)).at("statvfs")?;
+    if vfs.f_flag.contains(StatVfsMountFlags::RDONLY) {
+        return Err(Error::new(Errno::ROFS, "read-only mount"));
+    }
+    Ok(())
+}
+
+/// Write and search permission on a directory, with the caller's current
+/// effective credentials (`inode_permission(dir, MAY_WRITE | MAY_EXEC)`).
+fn may_write_dir(dir: BorrowedFd<'_>, side: &'static str) -> Result<()> {
+    let step = if side == "source" { "permission on source directory" } else { "permission on destination directory" };
+    retry(|| rustix::fs::accessat(dir, c".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)).at(step)?;
+    let st = fstat(dir).at("stat directory")?;
+    if st.stx_attributes_mask.contains(StatxAttributes::APPEND) && st.stx_attributes.contains(StatxAttributes::APPEND) {
+        return Err(Error::new(Errno::PERM, "append-only directory"));
+    }
+    Ok(())
+}
+
+/// `may_delete`: may `victim`, found in `entry`'s directory, be removed or replaced?
+fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) -> Result<()> {
+    may_write_dir(entry.dir.as_fd(), side)?;
+    let dir = fstat(entry.dir.as_fd()).at("stat directory")?;
+    if u32::from(dir.stx_mode) & libc::S_ISVTX != 0 {
+        let me = rustix::process::geteuid().as_raw();
+        if victim.stx_uid != me && dir.stx_uid != me && !has_fowner() {
+            return Err(Error::new(Errno::PERM, "sticky directory"));
+        }
+    }
+    let locked = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
+    if victim.stx_attributes.intersects(locked & victim.stx_attributes_mask) {
+        return Err(Error::new(Errno::PERM, "immutable or append-only"));
+    }
+    let victim_is_dir = file_type(victim) == FileType::Directory;
+    if isdir && !victim_is_dir {
+        return Err(Error::new(Errno::NOTDIR, "destination is not a directory"));
+    }
+    if !isdir && victim_is_dir {
+        return Err(Error::new(Errno::ISDIR, "destination is a directory"));
+    }
+    Ok(())
+}
+
+fn has_fowner() -> bool {
+    rustix::thread::capabilities(None)
+        .map(|c| c.effective.contains(rustix::thread::CapabilitySet::FOWNER))
+        .unwrap_or(false)
+}

@@ -1,0 +1,134 @@
+//! Copying a regular file's data, holes included.
+//!
+//! Data segments are found with `SEEK_DATA`/`SEEK_HOLE` (lseek(2)), so a
+//! sparse file stays sparse; the tail hole is made by `ftruncate`. Each
+//! segment goes through the cheapest mechanism that works, falling back in
+//! this order once per move: `copy_file_range` (in-kernel, reflinks where
+//! the filesystem can; refused across filesystem types since Linux 5.19),
+//! `sendfile`, then `pread`/`pwrite` through one buffer. Interrupted calls
+//! and short transfers are resumed.
+//!
+//! The copy reads exactly the size seen when the source was opened: a file
+//! that grows meanwhile is copied up to that size.
+
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
+use super::error::{At, Result, retry};
+
+/// Largest request per call: big enough to amortise the syscall, small
+/// enough to return to user space (signals, progress) now and then.
+const CHUNK: usize = 1 << 30;
+const BUF: usize = 1 << 17;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    CopyFileRange,
+    Sendfile,
+    ReadWrite,
+}
+
+/// Copies the first `size` bytes of `src` into the empty file `dst`,
+/// keeping holes. Adds the bytes transferred to `copied`.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64, copied: &mut u64) -> Result<()> {
+    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new() };
+    let mut pos = 0;
+    while pos < size {
+        let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole remains
+            // No hole support: the rest is data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
+            Err(e) => return Err(super::Error::new(e, "seek data")),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = match retry(|| rustix::fs::seek(src, SeekFrom::Hole(data))) {
+            Ok(h) => h.min(size),
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => size,
+            Err(e) => return Err(super::Error::new(e, "seek hole")),
+        };
+        let done = copier.range(data, hole - data, copied)?;
+        if done < hole - data {
+            break; // the source shrank: copy what is there
+        }
+        pos = hole;
+    }
+    retry(|| rustix::fs::ftruncate(dst, size)).at("set size")?;
+    Ok(())
+}
+
+struct Copier<'a> {
+    src: BorrowedFd<'a>,
+    dst: BorrowedFd<'a>,
+    method: Method,
+    buf: Vec<u8>,
+}
+
+impl Copier<'_> {
+    /// Copies `len` bytes at offset `off` to the same offset; returns how
+    /// many were copied (fewer only at end of file).
+    fn range(&mut self, off: u64, len: u64, copied: &mut u64) -> Result<u64> {
+        let mut done = 0;
+        while done < len {
+            let want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
+            let at = off + done;
+            let n = match self.method {
+                Method::CopyFileRange => {
+                    let (mut i, mut o) = (at, at);
+                    match rustix::fs::copy_file_range(self.src, Some(&mut i), self.dst, Some(&mut o), want) {
+                        Ok(n) => n,
+                        Err(Errno::INTR | Errno::AGAIN) => continue,
+                        Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF)
+                            if done == 0 =>
+                        {
+                            self.method = Method::Sendfile;
+                            continue;
+                        }
+                        Err(e) => return Err(super::Error::new(e, "copy_file_range")),
+                    }
+                }
+                Method::Sendfile => {
+                    retry(|| rustix::fs::seek(self.dst, SeekFrom::Start(at))).at("seek destination")?;
+                    let mut i = at;
+                    match rustix::fs::sendfile(self.dst, self.src, Some(&mut i), want) {
+                        Ok(n) => n,
+                        Err(Errno::INTR | Errno::AGAIN) => continue,
+                        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if done == 0 => {
+                            self.method = Method::ReadWrite;
+                            continue;
+                        }
+                        Err(e) => return Err(super::Error::new(e, "sendfile")),
+                    }
+                }
+                Method::ReadWrite => self.read_write(at, want)?,
+            };
+            if n == 0 {
+                break;
+            }
+            done += n as u64;
+            *copied += n as u64;
+        }
+        Ok(done)
+    }
+
+    fn read_write(&mut self, at: u64, want: usize) -> Result<usize> {
+        if self.buf.is_empty() {
+            self.buf = vec![0; BUF];
+        }
+        let want = want.min(self.buf.len());
+        let n = retry(|| rustix::io::pread(self.src, &mut self.buf[..want], at)).at("read")?;
+        let mut written = 0;
+        while written < n {
+            let w = retry(|| rustix::io::pwrite(self.dst, &self.buf[written..n], at + written as u64)).at("write")?;
+            if w == 0 {
+                return Err(super::Error::new(Errno::NOSPC, "write"));
+            }
+            written += w;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,55 @@
+//! Errors that keep the errno as data, with the step that failed.
+//!
+//! An engine error becomes `errno` in exactly one place, `hooks::fallback`.
+
+use core::fmt;
+
+use rustix::io::Errno;
+
+/// A failed step of a move: the errno the caller will see, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Error {
+    /// The errno returned to the program.
+    pub errno: Errno,
+    /// What xrename was doing, for the log.
+    pub step: &'static str,
+}
+
+impl Error {
+    /// An error at `step`.
+    pub fn new(errno: Errno, step: &'static str) -> Error {
+        Error { errno, step }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, std::io::Error::from_raw_os_error(self.errno.raw_os_error()))
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The engine's result type.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// Attaches the step to a syscall's error.
+pub(crate) trait At<T> {
+    fn at(self, step: &'static str) -> Result<T>;
+}
+
+impl<T> At<T> for rustix::io::Result<T> {
+    fn at(self, step: &'static str) -> Result<T> {
+        self.map_err(|errno| Error::new(errno, step))
+    }
+}
+
+/// Retries a syscall that was interrupted by a signal handler.
+pub(crate) fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::INTR) => continue,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Moving a regular file.
+//!
+//! 1. Open the source once, `O_NOFOLLOW`, and check it is the inode the
+//!    preflight saw; from then on only that descriptor is read.
+//! 2. Copy data and holes into a private temp file in the destination
+//!    directory ([`copy`](super::copy)), then metadata ([`meta`](super::meta)).
+//! 3. `fsync` the temp: its data must be durable before any name points at it.
+//! 4. Install it atomically and `fsync` the destination directory
+//!    ([`install`](super::install)): from here the new file survives a crash.
+//! 5. Remove the source (if it is still the inode we copied), then `fsync`
+//!    its directory.
+//! 6. Only now drop the old destination. If step 5 fails, the placement is
+//!    undone and the old destination is back, so a failed move changes
+//!    nothing.
+//!
+//! A source with several hard links becomes an independent copy at the
+//! destination and loses one name, as with mv.
+
+use std::os::fd::AsFd;
+
+use rustix::fs::{Mode, OFlags, Statx};
+use rustix::io::Errno;
+
+use super::check::{fstat, same_inode};
+use super::error::{At, Error, Result, retry};
+use super::install::{TempFile, install};
+use super::path::Entry;
+use super::remove_source;
+use super::{Options, Report, copy, meta};
+
+/// The step name used when the source is not the inode the preflight saw.
+pub(crate) const SOURCE_CHANGED: &str = "source changed";
+
+/// Moves the regular file `src` (seen as `st`) to `dst`.
+pub fn move_file(
+    src: &Entry,
+    st: &Statx,
+    dst: &Entry,
+    dst_exists: bool,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<()> {
+    // O_NONBLOCK: if the name now holds a FIFO, do not hang on it.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match retry(|| rustix::fs::openat(src.dir.as_fd(), &*src.name, flags, Mode::empty())) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP | Errno::NOENT | Errno::NXIO) => {
+            return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
+        }
+        Err(e) => return Err(Error::new(e, "open source")),
+    };
+    let st_now = fstat(fd.as_fd()).at("stat source")?;
+    if !same_inode(st, &st_now) {
+        return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
+    }
+    let tmp = TempFile::create(dst.dir.as_fd())?;
+    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes)?;
+    meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
+    if opts.fsync {
+        retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;
+    }
+    let installed = install(tmp, &dst.name, dst_exists, opts.fsync && dst.syncable)?;
+    remove_source(src, &st_now, opts)?;
+    installed.commit();
+    report.files += 1;
+    Ok(())
+}

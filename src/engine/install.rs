@@ -1,0 +1,299 @@
+//! Temp files and atomic placement at the destination, with rollback.
+//!
+//! The copy is written into an unnamed `O_TMPFILE` in the destination
+//! directory, so a crash leaves nothing behind. Where the filesystem has no
+//! `O_TMPFILE`, or `/proc` is missing (linking an unnamed file by
+//! `/proc/self/fd/N` with `AT_SYMLINK_FOLLOW` needs no capability, unlike
+//! `AT_EMPTY_PATH`), a hidden file named [`TEMP_PREFIX`]`<random>` is used
+//! instead and removed on every failure path by [`TempFile`]'s `Drop`.
+//!
+//! Placement (tempfile's `persist_noclobber` idea, extended to replace):
+//! - no destination: link the unnamed file at the final name (`linkat`
+//!   fails with EEXIST instead of replacing), so the name appears complete;
+//! - a destination exists: give the temp a name, then swap it with the
+//!   destination in one `renameat2(RENAME_EXCHANGE)`. Readers see the old
+//!   file or the new one, never neither, and the old one stays under the
+//!   temp name until the source is gone, so it can be put back. Where the
+//!   filesystem cannot exchange, the old file is kept by a hard link and
+//!   the temp renamed over it.
+//!
+//! [`Installed`] undoes the placement on `Drop` unless committed.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
+use rustix::io::Errno;
+
+use super::check::{file_type, fstat, lstat, same_inode};
+use super::error::{At, Error, Result, retry};
+
+/// Prefix of every name xrename creates in a user's directory.
+pub const TEMP_PREFIX: &str = ".xrename-";
+
+/// A new file in the destination directory that no one else can see yet.
+/// Dropping it removes it.
+pub struct TempFile<'d> {
+    dir: BorrowedFd<'d>,
+    fd: OwnedFd,
+    name: Option<CString>,
+}
+
+impl<'d> TempFile<'d> {
+    /// Creates an empty, private (0600) file in `dir`.
+    pub fn create(dir: BorrowedFd<'d>) -> Result<TempFile<'d>> {
+        if procfs_usable() {
+            let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+            match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
+                Ok(fd) => {
+                    return Ok(TempFile { dir, fd, name: None });
+                }
+                // No O_TMPFILE on this filesystem or kernel: use a name.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
+                Err(e) => return Err(Error::new(e, "create temp file")),
+            }
+        }
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let (fd, name) =
+            with_fresh_name(|name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
+                .at("create temp file")?;
+        Ok(TempFile { dir, fd, name: Some(name) })
+    }
+
+    /// The temp file's descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Gives an unnamed temp a hidden name, so it can be renamed.
+    fn ensure_named(&mut self) -> Result<&CStr> {
+        if self.name.is_none() {
+            let ((), name) = with_fresh_name(|name| self.link_unnamed(name)).at("name temp file")?;
+            self.name = Some(name);
+        }
+        Ok(self.name.as_deref().expect("just named"))
+    }
+
+    fn link_unnamed(&self, name: &CStr) -> rustix::io::Result<()> {
+        let proc = proc_fd_path(&self.fd);
+        retry(|| rustix::fs::linkat(rustix::fs::CWD, &*proc, self.dir, name, AtFlags::SYMLINK_FOLLOW))
+    }
+
+    /// Puts the temp at `name` only if nothing is there (EEXIST otherwise).
+    fn place_noreplace(&mut self, name: &CStr) -> rustix::io::Result<()> {
+        let Some(tmp) = self.name.as_deref() else {
+            return self.link_unnamed(name);
+        };
+        match retry(|| rustix::fs::renameat_with(self.dir, tmp, self.dir, name, RenameFlags::NOREPLACE)) {
+            Ok(()) => {
+                self.name = None;
+                Ok(())
+            }
+            // No RENAME_NOREPLACE here: link, which never replaces, then unlink.
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                retry(|| rustix::fs::linkat(self.dir, tmp, self.dir, name, AtFlags::empty()))?;
+                let _ = retry(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
+                self.name = None;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            let _ = retry(|| rustix::fs::unlinkat(self.dir, name, AtFlags::empty()));
+        }
+    }
+}
+
+/// How the new file was put in place, and so how to undo it.
+#[derive(Debug)]
+enum Placed {
+    /// There was no destination.
+    Fresh,
+    /// Exchanged: the old destination now lives at `backup`.
+    Exchanged { backup: CString },
+    /// The old destination is kept by a hard link at `backup`.
+    Linked { backup: CString },
+    /// Replaced with no way back (the filesystem can neither exchange nor link).
+    Overwritten,
+}
+
+/// A new file at the destination whose placement is undone on drop unless
+/// [`Installed::commit`] is called.
+#[derive(Debug)]
+pub struct Installed<'d> {
+    dir: BorrowedFd<'d>,
+    name: &'d CStr,
+    new: Box<Statx>,
+    placed: Placed,
+    sync: bool,
+}
+
+/// Puts `tmp` at `name` in its directory, atomically, replacing what is
+/// there. `dst_exists` is what the preflight saw; races either way are
+/// handled. With `sync`, the directory is fsynced afterwards.
+pub fn install<'d>(mut tmp: TempFile<'d>, name: &'d CStr, mut dst_exists: bool, sync: bool) -> Result<Installed<'d>> {
+    let dir = tmp.dir;
+    let new = Box::new(fstat(tmp.fd()).at("stat temp file")?);
+    let mut placed = None;
+    for _ in 0..8 {
+        if !dst_exists {
+            match tmp.place_noreplace(name) {
+                Ok(()) => placed = Some(Placed::Fresh),
+                Err(Errno::EXIST) => dst_exists = true,
+                Err(e) => return Err(Error::new(e, "install")),
+            }
+        } else {
+            let tmp_name = tmp.ensure_named()?.to_owned();
+            match retry(|| rustix::fs::renameat_with(dir, &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
+                Ok(()) => {
+                    tmp.name = None; // now names the old destination
+                    let installed = Installed { dir, name, new, placed: Placed::Exchanged { backup: tmp_name }, sync };
+                    check_replaced_not_dir(&installed)?;
+                    return installed.synced();
+                }
+                Err(Errno::NOENT) => dst_exists = false,
+                Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                    placed = Some(replace_without_exchange(&mut tmp, name)?)
+                }
+                Err(e) => return Err(Error::new(e, "install")),
+            }
+        }
+        if let Some(placed) = placed {
+            return Installed { dir, name, new, placed, sync }.synced();
+        }
+    }
+    Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
+}
+
+/// After an exchange, the old destination sits at the backup name: if it
+/// turns out to be a directory that appeared after the preflight, undo.
+fn check_replaced_not_dir(installed: &Installed<'_>) -> Result<()> {
+    let Placed::Exchanged { backup } = &installed.placed else {
+        return Ok(());
+    };
+    match lstat(installed.dir, backup) {
+        Ok(old) if file_type(&old) == FileType::Directory => {
+            Err(Error::new(Errno::ISDIR, "destination is a directory"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn replace_without_exchange(tmp: &mut TempFile<'_>, name: &CStr) -> Result<Placed> {
+    let dir = tmp.dir;
+    let tmp_name = tmp.ensure_named()?.to_owned();
+    let backup = with_fresh_name(|b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty())));
+    retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
+    tmp.name = None;
+    Ok(match backup {
+        Ok(((), backup)) => Placed::Linked { backup },
+        Err(_) => Placed::Overwritten,
+    })
+}
+
+impl Installed<'_> {
+    fn synced(self) -> Result<Self> {
+        if self.sync {
+            // Dropping `self` on error undoes the placement.
+            retry(|| rustix::fs::fsync(self.dir)).at("fsync destination directory")?;
+        }
+        Ok(self)
+    }
+
+    /// The source is gone: forget the old destination for good.
+    pub fn commit(mut self) {
+        match core::mem::replace(&mut self.placed, Placed::Overwritten) {
+            Placed::Exchanged { backup } | Placed::Linked { backup } => {
+                let _ = retry(|| rustix::fs::unlinkat(self.dir, &*backup, AtFlags::empty()));
+            }
+            Placed::Fresh | Placed::Overwritten => {}
+        }
+        core::mem::forget(self);
+    }
+
+    fn rollback(&mut self) {
+        let (dir, name) = (self.dir, self.name);
+        match &self.placed {
+            Placed::Fresh => {
+                // Remove our file, and only ours.
+                if lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) {
+                    let _ = retry(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
+                }
+            }
+            Placed::Exchanged { backup } => {
+                if retry(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
+                    let _ = retry(|| rustix::fs::unlinkat(dir, &**backup, AtFlags::empty()));
+                } else {
+                    let _ = retry(|| rustix::fs::renameat(dir, &**backup, dir, name));
+                }
+            }
+            Placed::Linked { backup } => {
+                let _ = retry(|| rustix::fs::renameat(dir, &**backup, dir, name));
+            }
+            Placed::Overwritten => return,
+        }
+        if self.sync {
+            let _ = retry(|| rustix::fs::fsync(dir));
+        }
+    }
+}
+
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+/// Tries `f` with fresh hidden names until one is free.
+fn with_fresh_name<T>(mut f: impl FnMut(&CStr) -> rustix::io::Result<T>) -> rustix::io::Result<(T, CString)> {
+    for _ in 0..64 {
+        let name = fresh_name();
+        match f(&name) {
+            Ok(v) => return Ok((v, name)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::EXIST)
+}
+
+/// `.xrename-<pid>-<16 random hex digits>`.
+pub fn fresh_name() -> CString {
+    let mut bytes = [0u8; 8];
+    if rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes =
+            (t.as_nanos() as u64 ^ u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32)).to_le_bytes();
+    }
+    let pid = rustix::process::getpid().as_raw_nonzero();
+    let name = format!("{TEMP_PREFIX}{pid}-{:016x}", u64::from_le_bytes(bytes));
+    CString::new(name).expect("no NUL")
+}
+
+fn proc_fd_path(fd: &OwnedFd) -> CString {
+    use std::os::fd::AsRawFd;
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
+}
+
+/// Whether `/proc/self/fd` can be used to link unnamed files (checked once).
+fn procfs_usable() -> bool {
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let ok = retry(|| {
+                rustix::fs::statx(rustix::fs::CWD, c"/proc/self/fd", AtFlags::empty(), rustix::fs::StatxFlags::TYPE)
+            })
+            .is_ok();
+            STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}

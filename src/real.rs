@@ -1,0 +1,115 @@
+//! The next definitions of `rename`, `renameat` and `renameat2`.
+//!
+//! Each is looked up once with `dlsym(RTLD_NEXT, ...)` and cached in an
+//! `AtomicPtr`, the way rustix caches weak symbols: the fast path is one
+//! atomic load and an indirect call, with no lock and no allocation, so it
+//! stays async-signal-safe (POSIX lists `rename` as such). The lookup runs
+//! from the library constructor ([`resolve_all`]); a call that arrives
+//! earlier (from another library's constructor) resolves on the spot.
+//!
+//! If the next definition does not exist (a libc without `renameat2`), the
+//! cache holds a raw-syscall stand-in instead, never a null pointer.
+#![allow(unsafe_code)]
+
+use core::ffi::{c_char, c_int, c_uint, c_void};
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+type RenameFn = unsafe extern "C" fn(*const c_char, *const c_char) -> c_int;
+type RenameatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char) -> c_int;
+type Renameat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char, c_uint) -> c_int;
+
+static RENAME: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static RENAMEAT: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+static RENAMEAT2: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Resolves all three symbols; called from the library constructor.
+pub fn resolve_all() {
+    resolve(&RENAME, c"rename", raw_rename as *mut c_void);
+    resolve(&RENAMEAT, c"renameat", raw_renameat as *mut c_void);
+    resolve(&RENAMEAT2, c"renameat2", raw_renameat2 as *mut c_void);
+}
+
+#[cold]
+#[inline(never)]
+fn resolve(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr, fallback: *mut c_void) -> *mut c_void {
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT is a valid pseudo-handle.
+    let mut p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        p = fallback;
+    }
+    // Several threads may race here; they all store the same value.
+    slot.store(p, Ordering::Release);
+    p
+}
+
+#[inline(always)]
+fn load(slot: &AtomicPtr<c_void>, name: &core::ffi::CStr, fallback: *mut c_void) -> *mut c_void {
+    let p = slot.load(Ordering::Acquire);
+    if p.is_null() { resolve(slot, name, fallback) } else { p }
+}
+
+/// Calls the next `rename`.
+///
+/// # Safety
+/// The arguments are passed on untouched; same contract as `rename(3)`.
+#[inline(always)]
+pub unsafe fn rename(old: *const c_char, new: *const c_char) -> c_int {
+    let p = load(&RENAME, c"rename", raw_rename as *mut c_void);
+    // SAFETY: `p` came from dlsym for a symbol with this signature, or is `raw_rename`.
+    let f: RenameFn = unsafe { core::mem::transmute::<*mut c_void, RenameFn>(p) };
+    // SAFETY: the caller's contract.
+    unsafe { f(old, new) }
+}
+
+/// Calls the next `renameat`.
+///
+/// # Safety
+/// The arguments are passed on untouched; same contract as `renameat(2)`.
+#[inline(always)]
+pub unsafe fn renameat(olddirfd: c_int, old: *const c_char, newdirfd: c_int, new: *const c_char) -> c_int {
+    let p = load(&RENAMEAT, c"renameat", raw_renameat as *mut c_void);
+    // SAFETY: as in `rename`.
+    let f: RenameatFn = unsafe { core::mem::transmute::<*mut c_void, RenameatFn>(p) };
+    // SAFETY: the caller's contract.
+    unsafe { f(olddirfd, old, newdirfd, new) }
+}
+
+/// Calls the next `renameat2`.
+///
+/// # Safety
+/// The arguments are passed on untouched; same contract as `renameat2(2)`.
+#[inline(always)]
+pub unsafe fn renameat2(
+    olddirfd: c_int,
+    old: *const c_char,
+    newdirfd: c_int,
+    new: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    let p = load(&RENAMEAT2, c"renameat2", raw_renameat2 as *mut c_void);
+    // SAFETY: as in `rename`.
+    let f: Renameat2Fn = unsafe { core::mem::transmute::<*mut c_void, Renameat2Fn>(p) };
+    // SAFETY: the caller's contract.
+    unsafe { f(olddirfd, old, newdirfd, new, flags) }
+}
+
+unsafe extern "C" fn raw_rename(old: *const c_char, new: *const c_char) -> c_int {
+    // SAFETY: renameat2(2) with the caller's pointers; the kernel validates them.
+    unsafe { raw_renameat2(libc::AT_FDCWD, old, libc::AT_FDCWD, new, 0) }
+}
+
+unsafe extern "C" fn raw_renameat(olddirfd: c_int, old: *const c_char, newdirfd: c_int, new: *const c_char) -> c_int {
+    // SAFETY: as above.
+    unsafe { raw_renameat2(olddirfd, old, newdirfd, new, 0) }
+}
+
+unsafe extern "C" fn raw_renameat2(
+    olddirfd: c_int,
+    old: *const c_char,
+    newdirfd: c_int,
+    new: *const c_char,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: libc's syscall() sets errno and returns -1 on failure, like the libc wrapper.
+    unsafe { libc::syscall(libc::SYS_renameat2, olddirfd, old, newdirfd, new, flags) as c_int }
+}
