@@ -1,0 +1,24 @@
+# xrename: `make demo` builds and shows a cross-device move; `make test` runs
+# every test suite (Rust, C, Python), installing what they need first.
+
+LIB := target/release/libxrename.so
+
+.PHONY: build demo deps test
+
+build:
+	cargo build --release
+
+demo:
+	bash scripts/demo.sh
+
+deps:
+	bash scripts/deps.sh
+
+# Every suite runs even when an earlier one fails; the target fails if any did.
+test: deps build
+	@status=0; \
+	echo "== Rust"; cargo test --release || status=1; \
+	echo "== C"; bash c-tests/run.sh || status=1; \
+	echo "== Python"; bash python-tests/run.sh || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test: a suite failed"; fi; \
+	exit $$status

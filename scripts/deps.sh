@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian/Ubuntu machine: the tools the
+# C and Python suites call (strace, setfacl, setfattr, mkfs.ext4, unshare,
+# setpriv, cc) and pytest. Does nothing for what is already there.
+set -euo pipefail
+
+need=()
+for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:util-linux \
+            setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "deps: missing packages ${need[*]}; install them as root" >&2
+        exit 1
+    fi
+    echo "deps: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! python3 -c 'import pytest' 2>/dev/null; then
+    echo "deps: installing pytest"
+    python3 -m pip install -q pytest 2>&1 | grep -v "Running pip as the 'root' user" || true
+    python3 -c 'import pytest'
+fi

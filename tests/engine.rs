@@ -1,0 +1,263 @@
+//! The engine on its own, in a private temp directory. The engine works on
+//! descriptors and does not care whether the two sides are on one
+//! filesystem, so these tests need no mounts; the C and Python suites run
+//! the same moves across real devices.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::CWD;
+use rustix::io::Errno;
+use xrename::engine::{self, Op, Options, Report, Request, install};
+
+/// A private directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let base = std::env::temp_dir().join(format!("xrename-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        TempDir(base)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn move_path(old: &Path, new: &Path) -> (Result<(), engine::Error>, Report) {
+    let (old, new) = (c(old), c(new));
+    let req = Request { op: Op::Rename, old_dir: CWD, old: &old, new_dir: CWD, new: &new, flags: 0 };
+    let mut report = Report::default();
+    let r = engine::rename(&req, &Options::default(), &mut report);
+    (r, report)
+}
+
+fn errno_of(r: Result<(), engine::Error>) -> Errno {
+    r.expect_err("the move should have failed").errno
+}
+
+#[test]
+fn moves_data_mode_and_nanosecond_times() {
+    let t = TempDir::new("basic");
+    let (a, b) = (t.path("a"), t.path("b"));
+    fs::write(&a, b"hello world").unwrap();
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o640)).unwrap();
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
+        last_modification: rustix::fs::Timespec { tv_sec: 999_999_999, tv_nsec: 987_654_321 },
+    };
+    rustix::fs::utimensat(CWD, &*c(&a), &times, rustix::fs::AtFlags::empty()).unwrap();
+
+    let (r, report) = move_path(&a, &b);
+    r.unwrap();
+    let m = fs::metadata(&b).unwrap(); // before reading it changes atime
+    assert_eq!(fs::read(&b).unwrap(), b"hello world");
+    assert!(!a.exists());
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!((m.atime(), m.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((m.mtime(), m.mtime_nsec()), (999_999_999, 987_654_321));
+    assert_eq!((report.bytes, report.files), (11, 1));
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn sparse_file_keeps_its_holes() {
+    let t = TempDir::new("sparse");
+    let (a, b) = (t.path("a"), t.path("b"));
+    let f = fs::File::create(&a).unwrap();
+    rustix::io::pwrite(f.as_fd(), &[7u8; 4096], 0).unwrap();
+    rustix::io::pwrite(f.as_fd(), &[9u8; 4096], 4 << 20).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    let before = fs::read(&a).unwrap();
+
+    let (r, report) = move_path(&a, &b);
+    r.unwrap();
+    assert_eq!(fs::read(&b).unwrap(), before);
+    assert!(fs::metadata(&b).unwrap().blocks() * 512 <= 64 * 1024, "holes were filled");
+    assert_eq!(report.bytes, 8192);
+}
+
+#[test]
+fn replace_swaps_in_new_content_and_leaves_no_backup() {
+    let t = TempDir::new("replace");
+    let (a, b) = (t.path("a"), t.path("b"));
+    fs::write(&a, b"new").unwrap();
+    fs::write(&b, b"old").unwrap();
+    move_path(&a, &b).0.unwrap();
+    assert_eq!(fs::read(&b).unwrap(), b"new");
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn same_inode_through_another_name_is_a_successful_no_op() {
+    let t = TempDir::new("same");
+    let (a, b) = (t.path("a"), t.path("b"));
+    fs::write(&a, b"data").unwrap();
+    fs::hard_link(&a, &b).unwrap();
+    move_path(&a, &b).0.unwrap();
+    assert_eq!(fs::read(&a).unwrap(), b"data");
+    assert_eq!(fs::read(&b).unwrap(), b"data");
+}
+
+#[test]
+fn directory_destination_is_eisdir_and_nothing_changes() {
+    let t = TempDir::new("eisdir");
+    let (a, d) = (t.path("a"), t.path("d"));
+    fs::write(&a, b"data").unwrap();
+    fs::create_dir(&d).unwrap();
+    assert_eq!(errno_of(move_path(&a, &d).0), Errno::ISDIR);
+    assert_eq!(fs::read(&a).unwrap(), b"data");
+    assert_eq!(t.names(), ["a", "d"]);
+}
+
+#[test]
+fn trailing_slash_on_a_file_is_enotdir() {
+    let t = TempDir::new("slash");
+    let a = t.path("a");
+    fs::write(&a, b"data").unwrap();
+    let slashed = PathBuf::from(format!("{}/", t.path("b").display()));
+    assert_eq!(errno_of(move_path(&a, &slashed).0), Errno::NOTDIR);
+    let src_slashed = PathBuf::from(format!("{}/", a.display()));
+    assert_eq!(errno_of(move_path(&src_slashed, &t.path("c")).0), Errno::NOTDIR);
+    assert_eq!(t.names(), ["a"]);
+}
+
+#[test]
+fn missing_source_is_enoent() {
+    let t = TempDir::new("enoent");
+    assert_eq!(errno_of(move_path(&t.path("nope"), &t.path("b")).0), Errno::NOENT);
+}
+
+#[test]
+fn dot_and_dotdot_are_ebusy() {
+    let t = TempDir::new("dots");
+    fs::write(t.path("a"), b"x").unwrap();
+    assert_eq!(errno_of(move_path(&t.path("a"), &t.path(".")).0), Errno::BUSY);
+    assert_eq!(errno_of(move_path(&t.path(".."), &t.path("b")).0), Errno::BUSY);
+}
+
+#[test]
+fn symlink_source_is_left_to_the_kernel_for_now() {
+    let t = TempDir::new("symlink");
+    std::os::unix::fs::symlink("target", t.path("l")).unwrap();
+    let (r, report) = move_path(&t.path("l"), &t.path("m"));
+    assert_eq!(errno_of(r), Errno::XDEV);
+    assert_eq!(report.kind, Some(rustix::fs::FileType::Symlink));
+    assert_eq!(t.names(), ["l"]);
+}
+
+#[test]
+fn hard_linked_source_becomes_an_independent_copy() {
+    let t = TempDir::new("nlink");
+    let (a, other, b) = (t.path("a"), t.path("other"), t.path("b"));
+    fs::write(&a, b"shared").unwrap();
+    fs::hard_link(&a, &other).unwrap();
+    move_path(&a, &b).0.unwrap();
+    assert_eq!(fs::read(&b).unwrap(), b"shared");
+    assert_ne!(fs::metadata(&b).unwrap().ino(), fs::metadata(&other).unwrap().ino());
+    assert_eq!(fs::metadata(&other).unwrap().nlink(), 1);
+}
+
+fn dir_fd(t: &TempDir) -> std::os::fd::OwnedFd {
+    rustix::fs::open(&*c(&t.0), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+        .unwrap()
+}
+
+fn temp_with<'a>(dir: std::os::fd::BorrowedFd<'a>, data: &[u8]) -> install::TempFile<'a> {
+    let tmp = install::TempFile::create(dir).unwrap();
+    rustix::io::write(tmp.fd(), data).unwrap();
+    tmp
+}
+
+#[test]
+fn replace_keeps_old_destination_until_committed() {
+    let t = TempDir::new("rollback-replace");
+    fs::write(t.path("b"), b"old").unwrap();
+    let dir = dir_fd(&t);
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap();
+    assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
+    // The old file is still there, under a hidden name, until commit or drop.
+    assert_eq!(t.names().len(), 2);
+    drop(installed); // as when removing the source failed
+    assert_eq!(fs::read(t.path("b")).unwrap(), b"old");
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn rollback_of_a_fresh_install_removes_it() {
+    let t = TempDir::new("rollback-fresh");
+    let dir = dir_fd(&t);
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", false, true).unwrap();
+    assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
+    drop(installed);
+    assert!(t.names().is_empty());
+}
+
+#[test]
+fn install_replaces_a_destination_that_appeared_after_the_check() {
+    let t = TempDir::new("race-appeared");
+    fs::write(t.path("b"), b"old").unwrap();
+    let dir = dir_fd(&t);
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", false, true).unwrap();
+    installed.commit();
+    assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn install_creates_a_destination_that_vanished_after_the_check() {
+    let t = TempDir::new("race-vanished");
+    let dir = dir_fd(&t);
+    install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap().commit();
+    assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn install_refuses_a_directory_that_appeared_after_the_check() {
+    let t = TempDir::new("race-dir");
+    fs::create_dir(t.path("b")).unwrap();
+    let dir = dir_fd(&t);
+    let err = install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap_err();
+    assert_eq!(err.errno, Errno::ISDIR);
+    assert!(fs::metadata(t.path("b")).unwrap().is_dir());
+    assert_eq!(t.names(), ["b"]);
+}
+
+#[test]
+fn dropped_temp_file_leaves_nothing() {
+    let t = TempDir::new("temp-drop");
+    let dir = dir_fd(&t);
+    drop(temp_with(dir.as_fd(), b"partial"));
+    assert!(t.names().is_empty());
+}
+
+#[test]
+fn temp_names_are_hidden_and_distinct() {
+    let a = install::fresh_name();
+    let b = install::fresh_name();
+    assert!(a.to_str().unwrap().starts_with(install::TEMP_PREFIX));
+    assert_ne!(a, b);
+}
