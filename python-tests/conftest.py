@@ -1,0 +1,133 @@
+"""Fixtures: every test gets its own private mounts, removed at teardown.
+
+Run through python-tests/run.sh, which puts pytest in a private mount
+namespace (root: `unshare -m --propagation private`, else `unshare -Urm`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xrename_harness import (
+    IN_CI, LIBRARY, PRIVILEGED, Mounts, Pair, assert_cross_device,
+    loop_devices_usable, need,
+)
+
+EXT4_IMAGE_SIZE = "400M"  # sparse; must hold a 100 MiB file twice (bind pair)
+
+
+def pytest_sessionstart(session):
+    # The pytest process must never run with the shim: the cross-device probes
+    # in the fixtures rely on the kernel's own EXDEV.
+    with open("/proc/self/maps") as f:
+        if "libxrename" in f.read():
+            pytest.exit("pytest itself has libxrename.so preloaded; unset LD_PRELOAD", returncode=3)
+    if not LIBRARY.is_file():
+        pytest.exit(
+            f"shim library not found at {LIBRARY}; build it first: "
+            f"(cd {LIBRARY.parent.parent.parent} && cargo build --release)",
+            returncode=4,
+        )
+
+
+@pytest.fixture
+def mounts():
+    m = Mounts()
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def tmpfs(mounts, tmp_path) -> Path:
+    """A private tmpfs (big enough for the 100 MiB test)."""
+    mp = tmp_path / "tmpfs"
+    mounts.mount(["-t", "tmpfs", "-o", "size=512m,mode=0755", "xrename-tmpfs"], mp, "tmpfs")
+    return mp
+
+
+@pytest.fixture
+def small_tmpfs(mounts, tmp_path) -> Path:
+    """A 1 MiB tmpfs to provoke ENOSPC."""
+    mp = tmp_path / "small-tmpfs"
+    mounts.mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "xrename-small"], mp, "tmpfs size=1m")
+    return mp
+
+
+@pytest.fixture
+def ext4(mounts, tmp_path, tmpfs) -> Path:
+    """An ext4 filesystem: a loop-mounted image when root, else a directory on
+    the disk filesystem holding the temp root (a different device from the
+    tmpfs).  Under CI=true the fallback is not allowed."""
+    why = "loop-mounted ext4 needs real root, mkfs.ext4 and /dev/loop-control"
+    if loop_devices_usable():
+        image = tmp_path / "ext4.img"
+        subprocess.run(["truncate", "-s", EXT4_IMAGE_SIZE, str(image)], check=True)
+        mk = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)],
+            capture_output=True, text=True)
+        assert mk.returncode == 0, f"mkfs.ext4 failed: {mk.stderr}"
+        mounts.after_umount.append(image)
+        ok, err = mounts.try_mount(["-t", "ext4", "-o", "loop", str(image)], tmp_path / "ext4")
+        if ok:
+            return tmp_path / "ext4"
+        why = f"loop mount of the ext4 image failed: {err}"
+    # Fallback is only for unprivileged local runs; CI must use a real ext4.
+    need(not IN_CI, why)
+    d = tmp_path / "disk"
+    d.mkdir()
+    assert os.stat(d).st_dev != os.stat(tmpfs).st_dev, "fallback disk dir is on the tmpfs device"
+    return d
+
+
+@pytest.fixture
+def bind_pair(mounts, ext4, tmp_path) -> tuple[Path, Path]:
+    """Directory D (on the ext4 fs) bind-mounted at B: D/x -> B/y is EXDEV."""
+    d = ext4 / "bind-origin"
+    d.mkdir()
+    b = tmp_path / "bind-view"
+    mounts.mount(["--bind", str(d)], b, "bind mount")
+    return d, b
+
+
+PAIRS = ["tmpfs-to-ext4", "ext4-to-tmpfs", "bind-mount"]
+
+
+def make_pair(request, name: str) -> Pair:
+    if name == "tmpfs-to-ext4":
+        src_root, dst_root, same = request.getfixturevalue("tmpfs"), request.getfixturevalue("ext4"), False
+        src_dir, dst_dir = src_root / "src", dst_root / "dst"
+        src_dir.mkdir(); dst_dir.mkdir()
+    elif name == "ext4-to-tmpfs":
+        src_root, dst_root, same = request.getfixturevalue("ext4"), request.getfixturevalue("tmpfs"), False
+        src_dir, dst_dir = src_root / "src", dst_root / "dst"
+        src_dir.mkdir(); dst_dir.mkdir()
+    elif name == "bind-mount":
+        d, b = request.getfixturevalue("bind_pair")
+        (d / "src").mkdir(); (d / "dst").mkdir()
+        src_dir, dst_dir, same = d / "src", b / "dst", True
+    else:
+        raise ValueError(name)
+    pair = Pair(name, src_dir, dst_dir, same)
+    assert_cross_device(pair)
+    return pair
+
+
+@pytest.fixture(params=PAIRS)
+def pair(request) -> Pair:
+    """Every cross-device pair in turn, each verified to give EXDEV unshimmed."""
+    return make_pair(request, request.param)
+
+
+@pytest.fixture
+def fs_pair(request) -> Pair:
+    """The single tmpfs -> ext4 pair (for tests that need just one)."""
+    return make_pair(request, "tmpfs-to-ext4")
+
+
+@pytest.fixture
+def root_only():
+    need(PRIVILEGED, "needs real root (chown to arbitrary ids / foreign-uid ACL entries)")

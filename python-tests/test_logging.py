@@ -1,0 +1,125 @@
+"""XRENAME_LOG: one JSON line per handled EXDEV, to a file or to stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from xrename_harness import (
+    MiB, Pair, assert_cross_device, entries, random_bytes, run_child,
+)
+
+REQUIRED_KEYS = {"time", "pid", "program", "op", "src", "dst", "type", "bytes", "files", "ms", "result"}
+
+
+def parse_log_lines(text: str) -> list[dict]:
+    assert text == "" or text.endswith("\n"), f"log does not end with a newline: {text[-200:]!r}"
+    out = []
+    for line in text.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), f"log line is not a JSON object: {line!r}"
+        out.append(obj)
+    return out
+
+
+def check_line(obj: dict, *, pid: int, op: str, src: str, dst: str, size: int, result: str) -> None:
+    missing = REQUIRED_KEYS - obj.keys()
+    assert not missing, f"log line lacks keys {sorted(missing)}: {obj}"
+    assert obj["time"] not in (None, ""), obj
+    assert obj["pid"] == pid, obj
+    assert isinstance(obj["program"], str) and "python" in obj["program"], obj
+    assert obj["op"] == op, obj
+    assert obj["src"] == src, f"src must be logged exactly as passed: {obj}"
+    assert obj["dst"] == dst, f"dst must be logged exactly as passed: {obj}"
+    assert obj["type"] == "file", obj
+    assert isinstance(obj["bytes"], int) and isinstance(obj["files"], int), obj
+    assert isinstance(obj["ms"], (int, float)) and not isinstance(obj["ms"], bool) and obj["ms"] >= 0, obj
+    assert obj["result"] == result, obj
+    if result == "ok":
+        assert obj["bytes"] == size, obj
+        assert obj["files"] == 1, obj
+
+
+LOG_BODY = r'''
+# 1. rename() with paths relative to the cwd, logged exactly as passed
+RESULTS.append(attempt(os.rename, ARGS["rel_src"], ARGS["rel_dst"]))
+# 2. renameat() with real directory fds
+_s = os.open(ARGS["src_dir"], os.O_RDONLY | os.O_DIRECTORY)
+_d = os.open(ARGS["dst_dir"], os.O_RDONLY | os.O_DIRECTORY)
+RESULTS.append(attempt(os.rename, "b.bin", "b-moved.bin", src_dir_fd=_s, dst_dir_fd=_d))
+os.close(_s); os.close(_d)
+# 3. renameat2() with AT_FDCWD and absolute paths
+RESULTS.append(attempt(renameat2, AT_FDCWD, ARGS["c_src"], AT_FDCWD, ARGS["c_dst"]))
+# 4. same-device rename: no EXDEV, so no log line
+RESULTS.append(attempt(os.rename, ARGS["d_src"], ARGS["d_dst"]))
+# 5. same-device rename failing with ENOENT (not EXDEV): no log line
+RESULTS.append(attempt(os.rename, ARGS["missing"], ARGS["missing"] + ".x"))
+'''
+
+
+def test_log_file_gets_exactly_one_json_line_per_handled_exdev(fs_pair, tmp_path):
+    p = fs_pair
+    sizes = {"a": 1111, "b": 22_222, "c": 0, "d": 44}
+    for name, size in sizes.items():
+        (p.src_dir / f"{name}.bin").write_bytes(random_bytes(size, seed=size))
+    log = tmp_path / "xrename.log"
+    args = {
+        "rel_src": os.path.relpath(p.src_dir / "a.bin", tmp_path),
+        "rel_dst": os.path.relpath(p.dst_dir / "a-moved.bin", tmp_path),
+        "src_dir": str(p.src_dir), "dst_dir": str(p.dst_dir),
+        "c_src": str(p.src_dir / "c.bin"), "c_dst": str(p.dst_dir / "c-moved.bin"),
+        "d_src": str(p.src_dir / "d.bin"), "d_dst": str(p.src_dir / "d-renamed.bin"),
+        "missing": str(p.src_dir / "does-not-exist"),
+    }
+
+    run = run_child(LOG_BODY, args, env={"XRENAME_LOG": str(log)}, cwd=tmp_path)
+
+    assert [r["ok"] for r in run.results] == [True, True, True, True, False]
+    assert run.results[4]["errname"] == "ENOENT"
+    assert entries(p.dst_dir) == {"a-moved.bin", "b-moved.bin", "c-moved.bin"}
+    assert log.exists(), "XRENAME_LOG file was not created"
+    lines = parse_log_lines(log.read_text())
+    assert len(lines) == 3, "expected exactly 3 lines (rename, renameat, renameat2), got:\n" + \
+        "\n".join(json.dumps(x) for x in lines)
+    check_line(lines[0], pid=run.pid, op="rename", src=args["rel_src"], dst=args["rel_dst"],
+               size=sizes["a"], result="ok")
+    check_line(lines[1], pid=run.pid, op="renameat", src="b.bin", dst="b-moved.bin",
+               size=sizes["b"], result="ok")
+    check_line(lines[2], pid=run.pid, op="renameat2", src=args["c_src"], dst=args["c_dst"],
+               size=sizes["c"], result="ok")
+    assert run.stderr == "", f"library wrote to stderr while logging to a file: {run.stderr!r}"
+
+
+def test_log_records_errno_name_when_move_fails_with_enospc(ext4, small_tmpfs, tmp_path):
+    pair = Pair("ext4-to-small-tmpfs", ext4 / "src", small_tmpfs / "dst", same_fs=False)
+    pair.src_dir.mkdir()
+    pair.dst_dir.mkdir()
+    assert_cross_device(pair)
+    src = pair.src_dir / "big.bin"
+    src.write_bytes(random_bytes(2 * MiB, seed=70))
+    dst = pair.dst_dir / "big.bin"
+    log = tmp_path / "xrename.log"
+
+    run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))',
+                    {"src": str(src), "dst": str(dst)}, env={"XRENAME_LOG": str(log)})
+
+    assert run.result["errname"] == "ENOSPC"
+    lines = parse_log_lines(log.read_text())
+    assert len(lines) == 1, lines
+    check_line(lines[0], pid=run.pid, op="rename", src=str(src), dst=str(dst),
+               size=2 * MiB, result="ENOSPC")
+
+
+def test_log_to_stderr_writes_the_json_line_there_and_nothing_to_stdout(fs_pair):
+    src = fs_pair.src_dir / "s.bin"
+    src.write_bytes(random_bytes(3333, seed=80))
+    dst = fs_pair.dst_dir / "s-moved.bin"
+
+    # run_child asserts stdout is exactly the child's own single JSON line.
+    run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))',
+                    {"src": str(src), "dst": str(dst)}, env={"XRENAME_LOG": "stderr"})
+
+    assert run.result["ok"], run.result
+    lines = parse_log_lines(run.stderr)
+    assert len(lines) == 1, f"expected one log line on stderr, got {run.stderr!r}"
+    check_line(lines[0], pid=run.pid, op="rename", src=str(src), dst=str(dst), size=3333, result="ok")
