@@ -1,0 +1,176 @@
+/*
+ * Failing moves leave everything as it was: source intact, destination in
+ * its previous state (old content, or absent), and no extra directory
+ * entries (temp files are named .xrename-*, but any extra entry counts).
+ */
+#include "common.h"
+
+#define MIB (1u << 20)
+
+static const char OLD[] = "old destination content, must survive\n";
+
+/* Source and destination exactly as before the failed move. */
+static void check_untouched(const char *sd, const char *src, uint64_t src_hash,
+                            off_t src_size, const char *dd, const char *dst,
+                            int had_dst, const char *what)
+{
+    off_t size;
+    CHECK(exists(src), "%s: source %s is gone", what, src);
+    uint64_t h = hash_file(src, &size);
+    CHECK(size == src_size && h == src_hash,
+          "%s: source changed (%lld bytes, expected %lld; checksum %s)", what,
+          (long long)size, (long long)src_size, h == src_hash ? "same" : "differs");
+    if (had_dst) {
+        check_content_str(dst, OLD, what);
+        CHECK_DIR(dd, "b", what);
+    } else {
+        check_absent(dst, what);
+        CHECK_DIR(dd, "", what);
+    }
+    CHECK_DIR(sd, "a", what);
+}
+
+/* 2 MiB into a 1 MiB tmpfs: -1/ENOSPC and nothing changed. */
+static void enospc(int had_dst)
+{
+    empty_dir(env_path("XT_SMALL")); /* all of its 1 MiB for this test */
+    for (int op = 0; op < 3; op++) {
+        char *sd = test_dir("XT_EXT4", op_names[op]);
+        char *dd = test_dir("XT_SMALL", op_names[op]);
+        require_kernel_exdev(sd, dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 2 * MIB, 99);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *what = path_of("%s of 2 MiB into a 1 MiB tmpfs%s", op_names[op],
+                             had_dst ? " over an existing file" : "");
+        int rc = do_op(op, src, dst);
+        CHECK_FAILS_WITH(rc, ENOSPC, what);
+        check_untouched(sd, src, h, 2 * MIB, dd, dst, had_dst, what);
+        rm_rf(dd);
+    }
+}
+
+static void enospc_without_destination_changes_nothing(void)
+{
+    enospc(0);
+}
+
+static void enospc_keeps_old_destination(void)
+{
+    enospc(1);
+}
+
+/*
+ * Source on a read-only bind mount: the copy could be made, but the source
+ * cannot be removed, so the move must fail with EROFS and be undone.
+ */
+static void read_only_source(int had_dst)
+{
+    const char *ro = env_path("XT_RO");
+    for (int op = 0; op < 3; op++) {
+        char *wd = test_dir("XT_RO_SRC", op_names[op]); /* writable path */
+        char *sd = path_of("%s/%s.%s", ro, xt_name, op_names[op]);
+        char *dd = test_dir("XT_TMPFS", op_names[op]);
+        require_kernel_exdev_via(wd, sd, dd);
+        uint64_t h = write_pattern_file(path_of("%s/a", wd), 300000, 5);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *what = path_of("%s from a read-only mount%s", op_names[op],
+                             had_dst ? " over an existing file" : "");
+        int rc = do_op(op, src, dst);
+        CHECK_FAILS_WITH(rc, EROFS, what);
+        check_untouched(sd, src, h, 300000, dd, dst, had_dst, what);
+    }
+}
+
+static void read_only_source_fails_with_erofs_and_keeps_old_destination(void)
+{
+    read_only_source(1);
+}
+
+static void read_only_source_fails_with_erofs_and_creates_no_destination(void)
+{
+    read_only_source(0);
+}
+
+static int have_strace(void)
+{
+    char *argv[] = {"strace", "-V", NULL};
+    return spawn(argv, NULL, NULL, NULL, "/dev/null", "/dev/null", NULL) == 0;
+}
+
+/*
+ * The source removal fails after the new file was installed: run the move
+ * in a child under strace, which makes the first unlinkat fail with EPERM.
+ * Expected: -1/EPERM and the destination back in its previous state.
+ */
+static void late_source_removal_failure(int had_dst)
+{
+    if (!have_strace())
+        SKIP("strace is not installed");
+    for (int op = 0; op < 3; op++) {
+        char *sd = test_dir("XT_TMPFS", op_names[op]);
+        char *dd = test_dir("XT_EXT4", op_names[op]);
+        require_kernel_exdev(sd, dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 200000, 11);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *argv[] = {"strace", "-f", "-o", "/dev/null",
+                        "-e", "inject=unlinkat:error=EPERM:when=1",
+                        xt_self, "--child", (char *)op_names[op], src, dst, NULL};
+        char *what = path_of("%s with the source removal failing (EPERM)%s",
+                             op_names[op], had_dst ? " over an existing file" : "");
+        int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
+        CHECK(st == EPERM,
+              "%s: child %s; expected it to report -1/EPERM (exit %d). "
+              "(exit 0 means the injected unlinkat failure was not seen: the source "
+              "must be removed with unlinkat as the first unlinkat of the move)",
+              what, describe_status(st), EPERM);
+        check_untouched(sd, src, h, 200000, dd, dst, had_dst, what);
+    }
+}
+
+static void late_source_removal_failure_restores_old_destination(void)
+{
+    late_source_removal_failure(1);
+}
+
+static void late_source_removal_failure_removes_new_destination(void)
+{
+    late_source_removal_failure(0);
+}
+
+/* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */
+static void disable_variable_leaves_kernel_exdev(void)
+{
+    const char *set[] = {"XRENAME_DISABLE=1", NULL};
+    for (int had_dst = 0; had_dst < 2; had_dst++) {
+        for (int op = 0; op < 3; op++) {
+            char *sd = test_dir("XT_TMPFS", op_names[op]);
+            char *dd = test_dir("XT_EXT4", op_names[op]);
+            require_kernel_exdev(sd, dd);
+            char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+            uint64_t h = write_pattern_file(src, 5000, 3);
+            if (had_dst)
+                write_str(dst, OLD);
+            char *argv[] = {xt_self, "--child", (char *)op_names[op], src, dst, NULL};
+            char *what = path_of("%s with XRENAME_DISABLE=1%s", op_names[op],
+                                 had_dst ? " over an existing file" : "");
+            int st = spawn(argv, set, NULL, NULL, NULL, NULL, NULL);
+            CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what,
+                  describe_status(st), EXDEV);
+            check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
+        }
+    }
+}
+
+XT_MAIN(TEST(enospc_without_destination_changes_nothing),
+        TEST(enospc_keeps_old_destination),
+        TEST(read_only_source_fails_with_erofs_and_keeps_old_destination),
+        TEST(read_only_source_fails_with_erofs_and_creates_no_destination),
+        TEST(late_source_removal_failure_restores_old_destination),
+        TEST(late_source_removal_failure_removes_new_destination),
+        TEST(disable_variable_leaves_kernel_exdev))
