@@ -80,6 +80,16 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
     if !src_is_dir && (src.trailing_slash || dst.trailing_slash) {
         return Err(Error::new(Errno::NOTDIR, "trailing slash on a non-directory"));
     }
+    if src_is_dir {
+        if is_ancestor(&s, dst.dir.as_fd())? {
+            return Err(Error::new(Errno::INVAL, "destination inside source"));
+        }
+        if let Some(d) = &d {
+            if is_ancestor(d, src.dir.as_fd())? {
+                return Err(Error::new(Errno::NOTEMPTY, "destination is an ancestor of source"));
+            }
+        }
+    }
     if let Some(d) = &d {
         if same_inode(&s, d) {
             return Ok(Verdict::SameFile);
@@ -90,7 +100,45 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
         None => may_write_dir(dst.dir.as_fd(), "destination")?,
         Some(d) => may_delete(dst, d, src_is_dir, "destination")?,
     }
+    if src_is_dir {
+        // A directory that changes parent gets a new `..`: vfs_rename wants
+        // write permission on the directory itself.
+        let flags = AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW;
+        retry(|| rustix::fs::accessat(src.dir.as_fd(), &*src.name, Access::WRITE_OK, flags))
+            .at("permission on source directory itself")?;
+    }
+    if mount_root(&s) || d.as_ref().is_some_and(mount_root) {
+        return Err(Error::new(Errno::BUSY, "mount point"));
+    }
+    if src_is_dir && d.is_some() && !super::dir::is_empty(dst.dir.as_fd(), &dst.name)? {
+        return Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"));
+    }
     Ok(Verdict::Move { src: Box::new(s), dst: d.map(Box::new) })
+}
+
+fn mount_root(st: &Statx) -> bool {
+    st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+}
+
+/// Whether the directory `dir` is `ancestor` or lies below it, following
+/// `..` up to the root (through mount points, as path lookup does).
+fn is_ancestor(ancestor: &Statx, dir: BorrowedFd<'_>) -> Result<bool> {
+    let mut cur = fstat(dir).at("stat directory")?;
+    let mut fd = None;
+    loop {
+        if same_inode(&cur, ancestor) {
+            return Ok(true);
+        }
+        let here = fd.as_ref().map_or(dir, |f: &std::os::fd::OwnedFd| f.as_fd());
+        let parent = super::walk::open_dir(here, c"..").at("open ..")?;
+        let up = fstat(parent.as_fd()).at("stat ..")?;
+        if same_inode(&up, &cur) {
+            return Ok(false); // the root
+        }
+        cur = up;
+        fd = Some(parent);
+    }
 }
 
 fn read_only(dir: BorrowedFd<'_>) -> Result<()> {
@@ -117,12 +165,7 @@ fn may_write_dir(dir: BorrowedFd<'_>, side: &'static str) -> Result<()> {
 fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) -> Result<()> {
     may_write_dir(entry.dir.as_fd(), side)?;
     let dir = fstat(entry.dir.as_fd()).at("stat directory")?;
-    if u32::from(dir.stx_mode) & libc::S_ISVTX != 0 {
-        let me = rustix::process::geteuid().as_raw();
-        if victim.stx_uid != me && dir.stx_uid != me && !has_fowner() {
-            return Err(Error::new(Errno::PERM, "sticky directory"));
-        }
-    }
+    sticky(&dir, victim)?;
     let locked = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
     if victim.stx_attributes.intersects(locked & victim.stx_attributes_mask) {
         return Err(Error::new(Errno::PERM, "immutable or append-only"));
@@ -133,6 +176,19 @@ fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) ->
     }
     if !isdir && victim_is_dir {
         return Err(Error::new(Errno::ISDIR, "destination is a directory"));
+    }
+    Ok(())
+}
+
+/// The sticky-directory rule (`check_sticky`): in a sticky directory only
+/// the owner of an entry, the owner of the directory, or `CAP_FOWNER` may
+/// remove the entry.
+pub(crate) fn sticky(dir: &Statx, victim: &Statx) -> Result<()> {
+    if u32::from(dir.stx_mode) & libc::S_ISVTX != 0 {
+        let me = rustix::process::geteuid().as_raw();
+        if victim.stx_uid != me && dir.stx_uid != me && !has_fowner() {
+            return Err(Error::new(Errno::PERM, "sticky directory"));
+        }
     }
     Ok(())
 }

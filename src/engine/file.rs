@@ -23,7 +23,7 @@ use rustix::io::Errno;
 
 use super::check::{fstat, same_inode};
 use super::error::{At, Error, Result, retry};
-use super::install::{TempFile, install};
+use super::install::{Temp, install};
 use super::path::Entry;
 use super::remove_source;
 use super::{Options, Report, copy, meta};
@@ -53,7 +53,7 @@ pub fn move_file(
     if !same_inode(st, &st_now) {
         return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
     }
-    let tmp = TempFile::create(dst.dir.as_fd())?;
+    let tmp = Temp::file(dst.dir.as_fd())?;
     copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes)?;
     meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
     if opts.fsync {

@@ -5,7 +5,7 @@
 //! `O_TMPFILE`, or `/proc` is missing (linking an unnamed file by
 //! `/proc/self/fd/N` with `AT_SYMLINK_FOLLOW` needs no capability, unlike
 //! `AT_EMPTY_PATH`), a hidden file named [`TEMP_PREFIX`]`<random>` is used
-//! instead and removed on every failure path by [`TempFile`]'s `Drop`.
+//! instead and removed on every failure path by [`Temp`]'s `Drop`.
 //!
 //! Placement (tempfile's `persist_noclobber` idea, extended to replace):
 //! - no destination: link the unnamed file at the final name (`linkat`
@@ -18,9 +18,14 @@
 //!   the temp renamed over it.
 //!
 //! [`Installed`] undoes the placement on `Drop` unless committed.
+//!
+//! Symlinks, special files and directory trees are built under a hidden
+//! name ([`Temp::named`]) and placed the same way, with `renameat2`
+//! (`RENAME_NOREPLACE`, or `RENAME_EXCHANGE` with an existing destination).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
@@ -32,23 +37,23 @@ use super::error::{At, Error, Result, retry};
 /// Prefix of every name xrename creates in a user's directory.
 pub const TEMP_PREFIX: &str = ".xrename-";
 
-/// A new file in the destination directory that no one else can see yet.
-/// Dropping it removes it.
-pub struct TempFile<'d> {
+/// A new object in the destination directory that no one else can see or
+/// rely on yet: an unnamed file, or a hidden name. Dropping it removes it
+/// (a whole tree, for a directory).
+pub struct Temp<'d> {
     dir: BorrowedFd<'d>,
-    fd: OwnedFd,
+    fd: Option<OwnedFd>,
     name: Option<CString>,
+    is_dir: bool,
 }
 
-impl<'d> TempFile<'d> {
-    /// Creates an empty, private (0600) file in `dir`.
-    pub fn create(dir: BorrowedFd<'d>) -> Result<TempFile<'d>> {
+impl<'d> Temp<'d> {
+    /// Creates an empty, private (0600) regular file in `dir`.
+    pub fn file(dir: BorrowedFd<'d>) -> Result<Temp<'d>> {
         if procfs_usable() {
             let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
             match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
-                Ok(fd) => {
-                    return Ok(TempFile { dir, fd, name: None });
-                }
+                Ok(fd) => return Ok(Temp { dir, fd: Some(fd), name: None, is_dir: false }),
                 // No O_TMPFILE on this filesystem or kernel: use a name.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
                 Err(e) => return Err(Error::new(e, "create temp file")),
@@ -58,12 +63,37 @@ impl<'d> TempFile<'d> {
         let (fd, name) =
             with_fresh_name(|name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
                 .at("create temp file")?;
-        Ok(TempFile { dir, fd, name: Some(name) })
+        Ok(Temp { dir, fd: Some(fd), name: Some(name), is_dir: false })
     }
 
-    /// The temp file's descriptor.
+    /// Creates an object under a fresh hidden name in `dir` with `create`
+    /// (`mkdirat`, `symlinkat`, `mknodat`, ...), which fails with EEXIST if
+    /// the name is taken.
+    pub fn named(
+        dir: BorrowedFd<'d>,
+        is_dir: bool,
+        mut create: impl FnMut(&CStr) -> rustix::io::Result<()>,
+    ) -> Result<Temp<'d>> {
+        let ((), name) = with_fresh_name(|name| create(name)).at("create temp")?;
+        Ok(Temp { dir, fd: None, name: Some(name), is_dir })
+    }
+
+    /// The temp file's descriptor (regular files only).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd.as_ref().expect("a temp file has a descriptor").as_fd()
+    }
+
+    /// The hidden name, if the temp has one.
+    pub fn name(&self) -> Option<&CStr> {
+        self.name.as_deref()
+    }
+
+    fn stat(&self) -> Result<Statx> {
+        match (&self.fd, &self.name) {
+            (Some(fd), _) => fstat(fd.as_fd()).at("stat temp"),
+            (None, Some(name)) => lstat(self.dir, name).at("stat temp"),
+            (None, None) => unreachable!("a temp has a descriptor or a name"),
+        }
     }
 
     /// Gives an unnamed temp a hidden name, so it can be renamed.
@@ -76,7 +106,7 @@ impl<'d> TempFile<'d> {
     }
 
     fn link_unnamed(&self, name: &CStr) -> rustix::io::Result<()> {
-        let proc = proc_fd_path(&self.fd);
+        let proc = proc_fd_path(self.fd.as_ref().expect("unnamed temps are files"));
         retry(|| rustix::fs::linkat(rustix::fs::CWD, &*proc, self.dir, name, AtFlags::SYMLINK_FOLLOW))
     }
 
@@ -102,11 +132,21 @@ impl<'d> TempFile<'d> {
     }
 }
 
-impl Drop for TempFile<'_> {
+impl Drop for Temp<'_> {
     fn drop(&mut self) {
         if let Some(name) = &self.name {
-            let _ = retry(|| rustix::fs::unlinkat(self.dir, name, AtFlags::empty()));
+            remove_ours(self.dir, name, self.is_dir);
         }
+    }
+}
+
+/// Removes an object xrename made (a temp, or a backup of an old empty
+/// directory); errors are ignored, as there is no one left to tell.
+fn remove_ours(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) {
+    if is_dir {
+        let _ = super::dir::remove_tree(dir, name);
+    } else {
+        let _ = retry(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
     }
 }
 
@@ -130,6 +170,7 @@ pub struct Installed<'d> {
     dir: BorrowedFd<'d>,
     name: &'d CStr,
     new: Box<Statx>,
+    is_dir: bool,
     placed: Placed,
     sync: bool,
 }
@@ -137,9 +178,9 @@ pub struct Installed<'d> {
 /// Puts `tmp` at `name` in its directory, atomically, replacing what is
 /// there. `dst_exists` is what the preflight saw; races either way are
 /// handled. With `sync`, the directory is fsynced afterwards.
-pub fn install<'d>(mut tmp: TempFile<'d>, name: &'d CStr, mut dst_exists: bool, sync: bool) -> Result<Installed<'d>> {
-    let dir = tmp.dir;
-    let new = Box::new(fstat(tmp.fd()).at("stat temp file")?);
+pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, mut dst_exists: bool, sync: bool) -> Result<Installed<'d>> {
+    let (dir, is_dir) = (tmp.dir, tmp.is_dir);
+    let new = Box::new(tmp.stat()?);
     let mut placed = None;
     for _ in 0..8 {
         if !dst_exists {
@@ -153,8 +194,9 @@ pub fn install<'d>(mut tmp: TempFile<'d>, name: &'d CStr, mut dst_exists: bool, 
             match retry(|| rustix::fs::renameat_with(dir, &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
                 Ok(()) => {
                     tmp.name = None; // now names the old destination
-                    let installed = Installed { dir, name, new, placed: Placed::Exchanged { backup: tmp_name }, sync };
-                    check_replaced_not_dir(&installed)?;
+                    let installed =
+                        Installed { dir, name, new, is_dir, placed: Placed::Exchanged { backup: tmp_name }, sync };
+                    check_replaced(&installed)?;
                     return installed.synced();
                 }
                 Err(Errno::NOENT) => dst_exists = false,
@@ -165,30 +207,40 @@ pub fn install<'d>(mut tmp: TempFile<'d>, name: &'d CStr, mut dst_exists: bool, 
             }
         }
         if let Some(placed) = placed {
-            return Installed { dir, name, new, placed, sync }.synced();
+            return Installed { dir, name, new, is_dir, placed, sync }.synced();
         }
     }
     Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
 }
 
-/// After an exchange, the old destination sits at the backup name: if it
-/// turns out to be a directory that appeared after the preflight, undo.
-fn check_replaced_not_dir(installed: &Installed<'_>) -> Result<()> {
+/// After an exchange the old destination sits at the backup name. If it
+/// changed after the preflight into something rename may not replace (a
+/// directory for a file; a file or a non-empty directory for a directory),
+/// fail, which undoes the exchange.
+fn check_replaced(installed: &Installed<'_>) -> Result<()> {
     let Placed::Exchanged { backup } = &installed.placed else {
         return Ok(());
     };
-    match lstat(installed.dir, backup) {
-        Ok(old) if file_type(&old) == FileType::Directory => {
-            Err(Error::new(Errno::ISDIR, "destination is a directory"))
+    let old = lstat(installed.dir, backup).at("stat old destination")?;
+    let old_is_dir = file_type(&old) == FileType::Directory;
+    match (installed.is_dir, old_is_dir) {
+        (false, true) => Err(Error::new(Errno::ISDIR, "destination is a directory")),
+        (true, false) => Err(Error::new(Errno::NOTDIR, "destination is not a directory")),
+        (true, true) if !super::dir::is_empty(installed.dir, backup)? => {
+            Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"))
         }
         _ => Ok(()),
     }
 }
 
-fn replace_without_exchange(tmp: &mut TempFile<'_>, name: &CStr) -> Result<Placed> {
+fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
     let dir = tmp.dir;
     let tmp_name = tmp.ensure_named()?.to_owned();
-    let backup = with_fresh_name(|b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty())));
+    // Directories cannot be hard-linked: an old (empty) one cannot be kept.
+    let backup = match tmp.is_dir {
+        true => Err(Errno::PERM),
+        false => with_fresh_name(|b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
+    };
     retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
     tmp.name = None;
     Ok(match backup {
@@ -210,7 +262,9 @@ impl Installed<'_> {
     pub fn commit(mut self) {
         match core::mem::replace(&mut self.placed, Placed::Overwritten) {
             Placed::Exchanged { backup } | Placed::Linked { backup } => {
-                let _ = retry(|| rustix::fs::unlinkat(self.dir, &*backup, AtFlags::empty()));
+                // An old directory was empty: rmdir, never a recursive delete.
+                let flags = if self.is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+                let _ = retry(|| rustix::fs::unlinkat(self.dir, &*backup, flags));
             }
             Placed::Fresh | Placed::Overwritten => {}
         }
@@ -223,12 +277,12 @@ impl Installed<'_> {
             Placed::Fresh => {
                 // Remove our file, and only ours.
                 if lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) {
-                    let _ = retry(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
+                    remove_ours(dir, name, self.is_dir);
                 }
             }
             Placed::Exchanged { backup } => {
                 if retry(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
-                    let _ = retry(|| rustix::fs::unlinkat(dir, &**backup, AtFlags::empty()));
+                    remove_ours(dir, backup, self.is_dir);
                 } else {
                     let _ = retry(|| rustix::fs::renameat(dir, &**backup, dir, name));
                 }
@@ -251,7 +305,9 @@ impl Drop for Installed<'_> {
 }
 
 /// Tries `f` with fresh hidden names until one is free.
-fn with_fresh_name<T>(mut f: impl FnMut(&CStr) -> rustix::io::Result<T>) -> rustix::io::Result<(T, CString)> {
+pub(crate) fn with_fresh_name<T>(
+    mut f: impl FnMut(&CStr) -> rustix::io::Result<T>,
+) -> rustix::io::Result<(T, CString)> {
     for _ in 0..64 {
         let name = fresh_name();
         match f(&name) {

@@ -20,7 +20,8 @@ use rustix::io::Errno;
 
 use super::error::{At, Error, Result, retry};
 
-const SPECIAL_BITS: u32 = libc::S_ISUID | libc::S_ISGID | libc::S_ISVTX;
+/// setuid, setgid and sticky: dropped when the owner cannot be kept.
+pub(crate) const SPECIAL_BITS: u32 = libc::S_ISUID | libc::S_ISGID | libc::S_ISVTX;
 
 /// Applies owner, xattrs, mode and times of `st` (read from `src`) to `dst`.
 pub fn apply(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &Statx) -> Result<()> {
@@ -48,11 +49,15 @@ fn chown(dst: BorrowedFd<'_>, st: &Statx) -> Result<bool> {
     }
 }
 
+/// The atime and mtime of `st`.
+pub(crate) fn timestamps(st: &Statx) -> Timestamps {
+    let ts = |t: &rustix::fs::StatxTimestamp| Timespec { tv_sec: t.tv_sec, tv_nsec: t.tv_nsec.into() };
+    Timestamps { last_access: ts(&st.stx_atime), last_modification: ts(&st.stx_mtime) }
+}
+
 /// Sets atime and mtime of `dst` to those of `st`.
 pub fn set_times(dst: BorrowedFd<'_>, st: &Statx) -> Result<()> {
-    let ts = |t: &rustix::fs::StatxTimestamp| Timespec { tv_sec: t.tv_sec, tv_nsec: t.tv_nsec.into() };
-    let times = Timestamps { last_access: ts(&st.stx_atime), last_modification: ts(&st.stx_mtime) };
-    retry(|| rustix::fs::futimens(dst, &times)).at("set times")
+    retry(|| rustix::fs::futimens(dst, &timestamps(st))).at("set times")
 }
 
 /// Copies every extended attribute `src` has that `dst`'s filesystem takes.
@@ -84,7 +89,7 @@ fn privileged(name: &[u8]) -> bool {
 }
 
 /// Calls an xattr read function with a growing buffer until it fits.
-fn read_growing(mut f: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
+pub(crate) fn read_growing(mut f: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         match retry(|| f(&mut buf)) {

@@ -6,16 +6,21 @@
 //! ([`check`]), then moves the object by type. Every syscall is a raw one
 //! through rustix, so nothing here can land in xrename's own hooks.
 //!
-//! Types handled so far: regular files ([`file`]). Other types give the
-//! kernel's `EXDEV` back unchanged.
+//! By type: regular files ([`file`]), directory trees ([`dir`]), symlinks
+//! and special files ([`node`]). Each builds a hidden copy next to the
+//! destination, [`install`] puts it in place atomically, the source is
+//! removed, and only then is the old destination dropped.
 
 pub mod check;
 pub mod copy;
+pub mod dir;
 mod error;
 pub mod file;
 pub mod install;
 pub mod meta;
+pub mod node;
 pub mod path;
+pub mod walk;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -106,22 +111,51 @@ pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<
             check::Verdict::SameFile => return Ok(()),
             check::Verdict::Move { src, dst } => (src, dst),
         };
-        let kind = check::file_type(&st);
-        report.kind = Some(kind);
-        let result = match kind {
-            FileType::RegularFile => file::move_file(&src, &st, &dst, dst_st.is_some(), opts, report),
-            _ => Err(Error::new(Errno::XDEV, "type not handled")),
-        };
-        match result {
-            Err(e) if e.step == file::SOURCE_CHANGED => continue,
+        report.kind = Some(check::file_type(&st));
+        match move_object(&src, &st, &dst, dst_st.is_some(), opts, report) {
+            Err(e) if e.step == file::SOURCE_CHANGED || e.step == walk::TREE_CHANGED => {
+                *report = Report { kind: report.kind, ..Report::default() };
+            }
             other => return other,
         }
     }
+    // It keeps changing under us: leave the program the kernel's answer.
     Err(Error::new(Errno::XDEV, file::SOURCE_CHANGED))
 }
 
-/// Removes the source name if it still refers to the inode that was moved,
-/// then makes the removal durable.
+fn move_object(
+    src: &Entry,
+    st: &Statx,
+    dst: &Entry,
+    dst_exists: bool,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<()> {
+    let sync = opts.fsync && dst.syncable;
+    match check::file_type(st) {
+        FileType::RegularFile => file::move_file(src, st, dst, dst_exists, opts, report),
+        FileType::Directory => {
+            let tmp = dir::copy_tree(src, st, dst, opts, report)?;
+            let installed = install::install(tmp, &dst.name, dst_exists, sync)?;
+            dir::remove_source(src, st, dst, opts)?;
+            installed.commit();
+            Ok(())
+        }
+        _ => {
+            let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
+            let tmp = install::Temp::named(ddir, false, |n| node::create(sdir, &src.name, st, ddir, n))?;
+            node::apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
+            let installed = install::install(tmp, &dst.name, dst_exists, sync)?;
+            remove_source(src, st, opts)?;
+            installed.commit();
+            report.files += 1;
+            Ok(())
+        }
+    }
+}
+
+/// Removes the source name (not a directory) if it still refers to the
+/// inode that was moved, then makes the removal durable.
 ///
 /// If the name now holds another object, that object arrived after the
 /// move's copy was taken: the move happened first, and the newcomer stays.

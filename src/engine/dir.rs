@@ -1,0 +1,335 @@
+//! Moving a directory tree, as `mv` does across devices, but atomically.
+//!
+//! 1. The copy is built under a hidden temp directory next to the
+//!    destination ([`Temp::named`]), created 0700 so no one else can use a
+//!    half-built tree. The walk ([`walk`](super::walk)) is file-descriptor
+//!    relative and never follows a symlink, so a subdirectory swapped for a
+//!    symlink meanwhile can never make xrename read, copy or delete
+//!    anything outside the source tree.
+//! 2. While copying, everything the later removal of the source needs is
+//!    checked (write and search permission on every non-empty directory,
+//!    sticky-bit ownership, no immutable or append-only entry, no mount
+//!    point inside), as is the kernel's EINVAL for a destination inside the
+//!    source (reachable through a bind mount). Any failure drops the temp
+//!    tree and changes nothing.
+//! 3. Inside the tree hard links stay hard links, holes stay holes, every
+//!    object type is recreated, and a directory gets its owner, xattrs
+//!    (default ACLs included), mode and times after its children are written.
+//! 4. One `syncfs` of the destination filesystem makes the whole tree
+//!    durable before it gets its name: one barrier instead of one fsync per
+//!    file. Then one atomic rename installs it
+//!    ([`install`](super::install)), and the destination directory is fsynced.
+//! 5. The source is renamed aside to a hidden name in its own directory (one
+//!    atomic step: the source name is gone at once), then deleted entry by
+//!    entry, each only if the installed copy has the same entry (same type;
+//!    for files same size and mtime). Anything that changed during the move
+//!    is kept and put back under the source name: never deleted unseen.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RenameFlags, Statx, StatxAttributes};
+use rustix::io::Errno;
+
+use super::check::{file_type, fstat, lstat, same_inode};
+use super::error::{At, Error, Result, retry};
+use super::install::{Temp, with_fresh_name};
+use super::path::Entry;
+use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir};
+use super::{Options, Report, copy, meta, node};
+
+/// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
+/// `dst`'s directory. Returns the temp, ready to install.
+pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, report: &mut Report) -> Result<Temp<'d>> {
+    let src_root = match open_dir(src.dir.as_fd(), &src.name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::new(Errno::AGAIN, TREE_CHANGED)),
+        Err(e) => return Err(Error::new(e, "open source directory")),
+    };
+    if !same_inode(&fstat(src_root.as_fd()).at("stat source")?, st) {
+        return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+    }
+    let dst_dir = dst.dir.as_fd();
+    let dst_parent = id(&fstat(dst_dir).at("stat destination directory")?);
+    let tmp = Temp::named(dst_dir, true, |n| retry(|| rustix::fs::mkdirat(dst_dir, n, Mode::from_raw_mode(0o700))))?;
+    let tmp_root = open_dir(dst_dir, tmp.name().expect("named")).at("open temp directory")?;
+    let tmp_id = id(&fstat(tmp_root.as_fd()).at("stat temp directory")?);
+
+    let mut cx = Copy { walk: Walk::new([src_root, tmp_root])?, links: HashMap::new(), path: Vec::new(), report };
+    cx.check_dir(dst_parent)?;
+    loop {
+        let Some(name) = cx.walk.next_name() else {
+            // A directory is complete: its metadata now, children first.
+            let Some((frame, [s, t])) = cx.walk.pop()? else { break };
+            meta::apply(s.as_fd(), t.as_fd(), &frame.st)?;
+            cx.report.files += 1;
+            let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
+            cx.path.truncate(keep);
+            if cx.walk.is_done() {
+                if opts.fsync {
+                    retry(|| rustix::fs::syncfs(t.as_fd())).at("syncfs destination")?;
+                }
+                break;
+            }
+            continue;
+        };
+        cx.entry(name, dst_parent, tmp_id)?;
+    }
+    Ok(tmp)
+}
+
+struct Copy<'r> {
+    walk: Walk<2>,
+    /// Files with several links already copied: identity -> path in the copy.
+    links: HashMap<Id, CString>,
+    /// Path of the current directory inside the copy, for `linkat`.
+    path: Vec<u8>,
+    report: &'r mut Report,
+}
+
+impl Copy<'_> {
+    /// Checks the current source directory can later be emptied and removed.
+    fn check_dir(&mut self, dst_parent: Id) -> Result<()> {
+        let top = self.walk.top();
+        if top.ids[0] == dst_parent {
+            return Err(Error::new(Errno::INVAL, "destination inside source"));
+        }
+        let st = top.st.clone();
+        let non_empty = self.walk.has_names();
+        let fd = self.walk.fd(0)?;
+        if non_empty {
+            retry(|| rustix::fs::accessat(fd, c".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS))
+                .at("permission on source subdirectory")?;
+        }
+        if locked(&st) {
+            return Err(Error::new(Errno::PERM, "immutable or append-only source"));
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, name: CString, dst_parent: Id, tmp_id: Id) -> Result<()> {
+        let parent_st = self.walk.top().st.clone();
+        let sdir = self.walk.fd(0)?;
+        let st = match lstat(sdir, &name) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
+            Err(e) => return Err(Error::new(e, "stat source entry")),
+        };
+        super::check::sticky(&parent_st, &st)?;
+        if locked(&st) {
+            return Err(Error::new(Errno::PERM, "immutable or append-only source"));
+        }
+        match file_type(&st) {
+            FileType::Directory => self.enter(name, &st, dst_parent, tmp_id),
+            FileType::RegularFile => self.file(name, &st),
+            _ => {
+                let [s, t] = self.walk.fds()?;
+                node::create(s, &name, &st, t, &name).at("create node")?;
+                node::apply_meta(s, &name, &st, t, &name)?;
+                self.report.files += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn enter(&mut self, name: CString, st: &Statx, dst_parent: Id, tmp_id: Id) -> Result<()> {
+        if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        {
+            return Err(Error::new(Errno::BUSY, "mount point inside source"));
+        }
+        if id(st) == tmp_id || self.walk.on_path(0, id(st)) {
+            return Err(Error::new(Errno::INVAL, "destination inside source"));
+        }
+        let s = match open_dir(self.walk.fd(0)?, &name) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::new(Errno::AGAIN, TREE_CHANGED)),
+            Err(e) => return Err(Error::new(e, "open source subdirectory")),
+        };
+        if !same_inode(&fstat(s.as_fd()).at("stat source subdirectory")?, st) {
+            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+        }
+        let tdir = self.walk.fd(1)?;
+        retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
+        let t = open_dir(tdir, &name).at("open new directory")?;
+        self.path.extend_from_slice(name.as_bytes());
+        self.path.push(b'/');
+        self.walk.push(name, [s, t])?;
+        self.check_dir(dst_parent)
+    }
+
+    fn file(&mut self, name: CString, st: &Statx) -> Result<()> {
+        let key = id(st);
+        if st.stx_nlink > 1 {
+            if let Some(first) = self.links.get(&key) {
+                let (root, tdir) = self.walk.root_and_current(1)?;
+                return retry(|| rustix::fs::linkat(root, &**first, tdir, &*name, AtFlags::empty())).at("link");
+            }
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let sdir = self.walk.fd(0)?;
+        let s = retry(|| rustix::fs::openat(sdir, &*name, flags, Mode::empty())).at("open source file")?;
+        let st = fstat(s.as_fd()).at("stat source file")?;
+        if id(&st) != key {
+            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+        }
+        let t = new_file(self.walk.fd(1)?, &name)?;
+        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes)?;
+        meta::apply(s.as_fd(), t.as_fd(), &st)?;
+        self.report.files += 1;
+        if st.stx_nlink > 1 {
+            let mut p = self.path.clone();
+            p.extend_from_slice(name.as_bytes());
+            self.links.insert(key, CString::new(p).expect("no NUL"));
+        }
+        Ok(())
+    }
+}
+
+fn new_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))).at("create file")
+}
+
+fn locked(st: &Statx) -> bool {
+    let locked = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
+    st.stx_attributes.intersects(locked & st.stx_attributes_mask)
+}
+
+/// Whether the directory `name` in `dir` is empty.
+pub fn is_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    let fd = open_dir(dir, name).at("open directory")?;
+    Ok(super::walk::read_names(fd.as_fd())?.is_empty())
+}
+
+/// Removes a tree xrename made itself (a temp or a rolled-back copy).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let root = open_dir(dir, name).at("open temp directory")?;
+    let _ = rustix::fs::fchmod(root.as_fd(), Mode::from_raw_mode(0o700));
+    let mut walk = Walk::new([root])?;
+    loop {
+        match walk.next_name() {
+            Some(n) => {
+                let d = walk.fd(0)?;
+                match retry(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())) {
+                    Err(Errno::ISDIR) => {
+                        let sub = open_dir(d, &n).at("open temp subdirectory")?;
+                        // Ours, so we may open it up to empty it.
+                        let _ = rustix::fs::fchmod(sub.as_fd(), Mode::from_raw_mode(0o700));
+                        walk.push(n, [sub])?;
+                    }
+                    r => r.at("remove temp entry")?,
+                }
+            }
+            None => {
+                let Some((frame, _)) = walk.pop()? else { break };
+                if walk.is_done() {
+                    break;
+                }
+                let d = walk.fd(0)?;
+                retry(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).at("remove temp dir")?;
+            }
+        }
+    }
+    retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
+}
+
+/// Removes the moved source directory `src` (seen as `moved`), whose copy
+/// is installed as `dst`: aside first, then entry by entry, keeping
+/// whatever the copy does not have.
+pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) -> Result<()> {
+    let sdir = src.dir.as_fd();
+    match lstat(sdir, &src.name) {
+        Ok(now) if same_inode(&now, moved) => {}
+        // Replaced after the copy was taken: the newcomer stays.
+        Ok(_) | Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(Error::new(e, "look up source")),
+    }
+    // Aside: the source name disappears in one step. On overlayfs a lower
+    // directory cannot be renamed (that is why we are here): delete in place.
+    let aside =
+        with_fresh_name(|n| retry(|| rustix::fs::renameat_with(sdir, &*src.name, sdir, n, RenameFlags::NOREPLACE)));
+    let name = match aside {
+        Ok(((), name)) => Some(name),
+        Err(Errno::XDEV) => None,
+        Err(e) => return Err(Error::new(e, "move source aside")),
+    };
+    if opts.fsync && src.syncable {
+        let _ = retry(|| rustix::fs::fsync(sdir));
+    }
+    // From here the move has happened; what follows only tidies up.
+    let victim = name.as_deref().unwrap_or(&src.name);
+    let complete = delete_copied(sdir, victim, dst).unwrap_or(false);
+    if !complete {
+        if let Some(aside) = &name {
+            // Put back what we kept, under the original name if it is free.
+            let _ = retry(|| rustix::fs::renameat_with(sdir, &**aside, sdir, &*src.name, RenameFlags::NOREPLACE));
+        }
+    }
+    if opts.fsync && src.syncable {
+        let _ = retry(|| rustix::fs::fsync(sdir));
+    }
+    Ok(())
+}
+
+/// Deletes `dir`/`name`, an old source tree, entry by entry where the copy
+/// at `dst` has the same entry. Returns whether everything went.
+fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Result<bool> {
+    let root = open_dir(dir, name).at("open old source")?;
+    let copy = open_dir(dst.dir.as_fd(), &dst.name).at("open copy")?;
+    let mut walk = Walk::new([root, copy])?;
+    let mut complete = true;
+    loop {
+        match walk.next_name() {
+            Some(n) => {
+                let [sd, cd] = walk.fds()?;
+                let (s, c) = (lstat(sd, &n), lstat(cd, &n));
+                let (Ok(s), Ok(c)) = (s, c) else {
+                    complete = false;
+                    continue;
+                };
+                if !same_shape(&s, &c) {
+                    complete = false;
+                } else if file_type(&s) == FileType::Directory {
+                    match (open_dir(sd, &n), open_dir(cd, &n)) {
+                        (Ok(a), Ok(b)) if same_inode(&fstat(a.as_fd()).at("stat")?, &s) => walk.push(n, [a, b])?,
+                        _ => complete = false,
+                    }
+                } else if retry(|| rustix::fs::unlinkat(sd, &*n, AtFlags::empty())).is_err() {
+                    complete = false;
+                }
+            }
+            None => {
+                let Some((frame, _)) = walk.pop()? else { break };
+                if walk.is_done() {
+                    break;
+                }
+                let d = walk.fd(0)?;
+                if retry(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).is_err() {
+                    complete = false;
+                }
+            }
+        }
+    }
+    if retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_err() {
+        complete = false;
+    }
+    Ok(complete)
+}
+
+/// Whether a source entry and its copy look the same: same type, and for
+/// files and symlinks the same size and mtime.
+fn same_shape(s: &Statx, c: &Statx) -> bool {
+    let kind = file_type(s);
+    kind == file_type(c)
+        && match kind {
+            FileType::RegularFile | FileType::Symlink => {
+                s.stx_size == c.stx_size
+                    && s.stx_mtime.tv_sec == c.stx_mtime.tv_sec
+                    && s.stx_mtime.tv_nsec == c.stx_mtime.tv_nsec
+            }
+            _ => true,
+        }
+}

@@ -1,0 +1,197 @@
+//! Depth-first walks over parallel directory trees with bounded resources.
+//!
+//! A walk keeps one [`Frame`] per directory level on an explicit stack (no
+//! native recursion, so a 10,000-deep chain of directories is fine). Each
+//! frame holds the names still to visit in that one directory, and one
+//! descriptor per tree ("side": source and copy, say). Only the root, every
+//! [`ANCHOR`]th level and the deepest [`WINDOW`] levels keep their
+//! descriptors open (about 2 x depth / 256 + 66 in all); a level whose
+//! descriptor was closed is reopened from the nearest open ancestor, name by
+//! name, with `O_NOFOLLOW | O_DIRECTORY`, and must be the inode it was
+//! (same device and inode), so a directory swapped for a symlink or another
+//! directory meanwhile is never entered.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags, Statx};
+use rustix::io::Errno;
+
+use super::check::fstat;
+use super::error::{At, Error, Result, retry};
+
+/// How many of the deepest levels keep open descriptors.
+pub const WINDOW: usize = 32;
+
+/// Every this many levels, a level keeps its descriptors, so reopening a
+/// level costs at most this many `openat`s.
+pub const ANCHOR: usize = 256;
+
+/// The step name for a tree that changed under the walk.
+pub const TREE_CHANGED: &str = "directory changed during the move";
+
+/// An inode's identity: device major, minor, inode number.
+pub type Id = (u32, u32, u64);
+
+/// The identity in a `statx` result.
+pub fn id(st: &Statx) -> Id {
+    (st.stx_dev_major, st.stx_dev_minor, st.stx_ino)
+}
+
+/// Opens the directory `name` in `dir` without following a symlink.
+pub fn open_dir(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    retry(|| rustix::fs::openat(dir, name, flags, Mode::empty()))
+}
+
+/// The names in a directory, `.` and `..` left out.
+pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
+    let mut d = rustix::fs::Dir::read_from(dir).at("open directory listing")?;
+    let mut names = Vec::new();
+    while let Some(entry) = d.read() {
+        let entry = entry.at("read directory")?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    names.reverse(); // visited with pop(), in directory order
+    Ok(names)
+}
+
+/// One directory level.
+#[derive(Debug)]
+pub struct Frame<const N: usize> {
+    /// The directory's name in its parent (empty for the root).
+    pub name: CString,
+    /// Its identity on each side.
+    pub ids: [Id; N],
+    /// Its stat on side 0 (the tree being read).
+    pub st: Box<Statx>,
+    fds: [Option<OwnedFd>; N],
+    names: Vec<CString>,
+}
+
+/// A walk over `N` trees that have the same names.
+#[derive(Debug)]
+pub struct Walk<const N: usize> {
+    frames: Vec<Frame<N>>,
+}
+
+impl<const N: usize> Walk<N> {
+    /// Starts at the roots; side 0's entries are the ones visited.
+    pub fn new(roots: [OwnedFd; N]) -> Result<Walk<N>> {
+        let mut w = Walk { frames: Vec::new() };
+        w.push(CString::default(), roots)?;
+        Ok(w)
+    }
+
+    /// Enters a subdirectory of the current one.
+    pub fn push(&mut self, name: CString, fds: [OwnedFd; N]) -> Result<()> {
+        let st = fstat(fds[0].as_fd()).at("stat directory")?;
+        let mut ids = [(0, 0, 0); N];
+        for (slot, fd) in ids.iter_mut().zip(&fds) {
+            *slot = id(&fstat(fd.as_fd()).at("stat directory")?);
+        }
+        let names = read_names(fds[0].as_fd())?;
+        self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(Some), names });
+        let len = self.frames.len();
+        if len > WINDOW + 1 {
+            self.close(len - WINDOW - 1);
+        }
+        Ok(())
+    }
+
+    /// The next name to visit in the current directory.
+    pub fn next_name(&mut self) -> Option<CString> {
+        self.frames.last_mut().and_then(|f| f.names.pop())
+    }
+
+    /// Whether the current directory has names left.
+    pub fn has_names(&self) -> bool {
+        self.frames.last().is_some_and(|f| !f.names.is_empty())
+    }
+
+    /// The current directory.
+    pub fn top(&self) -> &Frame<N> {
+        self.frames.last().expect("a walk has a root until it ends")
+    }
+
+    /// Whether the root has been left: the walk is over.
+    pub fn is_done(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Leaves the current directory; returns it with its descriptors.
+    pub fn pop(&mut self) -> Result<Option<(Frame<N>, [OwnedFd; N])>> {
+        let Some(j) = self.frames.len().checked_sub(1) else { return Ok(None) };
+        self.ensure_open(j)?;
+        let mut frame = self.frames.pop().expect("checked");
+        let fds = std::mem::replace(&mut frame.fds, std::array::from_fn(|_| None)).map(|fd| fd.expect("opened"));
+        if let Some(parent) = self.frames.len().checked_sub(1) {
+            self.ensure_open(parent)?;
+        }
+        Ok(Some((frame, fds)))
+    }
+
+    /// The current directory's descriptor on `side`.
+    pub fn fd(&mut self, side: usize) -> Result<BorrowedFd<'_>> {
+        let j = self.frames.len() - 1;
+        self.ensure_open(j)?;
+        Ok(self.frames[j].fds[side].as_ref().expect("opened").as_fd())
+    }
+
+    /// The current directory's descriptors, one per side.
+    pub fn fds(&mut self) -> Result<[BorrowedFd<'_>; N]> {
+        let j = self.frames.len() - 1;
+        self.ensure_open(j)?;
+        Ok(std::array::from_fn(|side| self.frames[j].fds[side].as_ref().expect("opened").as_fd()))
+    }
+
+    /// The root's and the current directory's descriptors on `side`.
+    pub fn root_and_current(&mut self, side: usize) -> Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+        let j = self.frames.len() - 1;
+        self.ensure_open(j)?;
+        let fd = |k: usize| self.frames[k].fds[side].as_ref().expect("opened").as_fd();
+        Ok((fd(0), fd(j)))
+    }
+
+    /// Whether `id` is a directory on the current path (side `side`).
+    pub fn on_path(&self, side: usize, target: Id) -> bool {
+        self.frames.iter().any(|f| f.ids[side] == target)
+    }
+
+    fn ensure_open(&mut self, j: usize) -> Result<()> {
+        if self.frames[j].fds[0].is_some() {
+            return Ok(());
+        }
+        let i = (0..j).rev().find(|&i| self.frames[i].fds[0].is_some()).expect("the root stays open");
+        for k in i + 1..=j {
+            for side in 0..N {
+                let parent = self.frames[k - 1].fds[side].as_ref().expect("opened in order").as_fd();
+                let fd = match open_dir(parent, &self.frames[k].name) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                        return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+                    }
+                    Err(e) => return Err(Error::new(e, "reopen directory")),
+                };
+                if id(&fstat(fd.as_fd()).at("stat directory")?) != self.frames[k].ids[side] {
+                    return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+                }
+                self.frames[k].fds[side] = Some(fd);
+            }
+        }
+        // Keep only the deepest WINDOW levels open, and the anchors.
+        for k in i + 1..(j + 1).saturating_sub(WINDOW) {
+            self.close(k);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, k: usize) {
+        if k % ANCHOR != 0 {
+            self.frames[k].fds = std::array::from_fn(|_| None);
+        }
+    }
+}
