@@ -299,7 +299,7 @@ fn replace_keeps_old_destination_until_committed() {
     let t = TempDir::new("rollback-replace");
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap();
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     // The old file is still there, under a hidden name, until commit or drop.
     assert_eq!(t.names().len(), 2);
@@ -312,7 +312,7 @@ fn replace_keeps_old_destination_until_committed() {
 fn rollback_of_a_fresh_install_removes_it() {
     let t = TempDir::new("rollback-fresh");
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", false, true).unwrap();
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Absent, true).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     drop(installed);
     assert!(t.names().is_empty());
@@ -323,7 +323,7 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
     let t = TempDir::new("race-appeared");
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", false, true).unwrap();
+    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Absent, true).unwrap();
     installed.commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
@@ -333,7 +333,7 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
 fn install_creates_a_destination_that_vanished_after_the_check() {
     let t = TempDir::new("race-vanished");
     let dir = dir_fd(&t);
-    install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap().commit();
+    install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap().commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
 }
@@ -343,7 +343,7 @@ fn install_refuses_a_directory_that_appeared_after_the_check() {
     let t = TempDir::new("race-dir");
     fs::create_dir(t.path("b")).unwrap();
     let dir = dir_fd(&t);
-    let err = install::install(temp_with(dir.as_fd(), b"new"), c"b", true, true).unwrap_err();
+    let err = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap_err();
     assert_eq!(err.errno, Errno::ISDIR);
     assert!(fs::metadata(t.path("b")).unwrap().is_dir());
     assert_eq!(t.names(), ["b"]);

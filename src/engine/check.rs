@@ -13,9 +13,11 @@
 //! Doing this first is also how xrename refuses, before copying a byte,
 //! what it can already see will fail.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{Access, AtFlags, FileType, RenameFlags, StatVfsMountFlags, Statx, StatxAttributes, StatxFlags};
+use rustix::fs::{
+    Access, AtFlags, FileType, Mode, OFlags, RenameFlags, StatVfsMountFlags, Statx, StatxAttributes, StatxFlags,
+};
 use rustix::io::Errno;
 
 use super::error::{At, Error, Result, retry};
@@ -81,11 +83,11 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
         return Err(Error::new(Errno::NOTDIR, "trailing slash on a non-directory"));
     }
     if src_is_dir {
-        if is_ancestor(&s, dst.dir.as_fd())? {
+        if is_ancestor(&s, dst.dir.as_fd()) {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
         if let Some(d) = &d {
-            if is_ancestor(d, src.dir.as_fd())? {
+            if is_ancestor(d, src.dir.as_fd()) {
                 return Err(Error::new(Errno::NOTEMPTY, "destination is an ancestor of source"));
             }
         }
@@ -122,19 +124,23 @@ fn mount_root(st: &Statx) -> bool {
 }
 
 /// Whether the directory `dir` is `ancestor` or lies below it, following
-/// `..` up to the root (through mount points, as path lookup does).
-fn is_ancestor(ancestor: &Statx, dir: BorrowedFd<'_>) -> Result<bool> {
-    let mut cur = fstat(dir).at("stat directory")?;
-    let mut fd = None;
+/// `..` up to the root (through mount points, as path lookup does). Uses
+/// `O_PATH`, which needs only search permission; if the way up cannot be
+/// walked the answer is "no", and the tree walk still catches a destination
+/// inside the source when it meets it.
+fn is_ancestor(ancestor: &Statx, dir: BorrowedFd<'_>) -> bool {
+    let Ok(mut cur) = fstat(dir) else { return false };
+    let mut fd: Option<OwnedFd> = None;
     loop {
         if same_inode(&cur, ancestor) {
-            return Ok(true);
+            return true;
         }
-        let here = fd.as_ref().map_or(dir, |f: &std::os::fd::OwnedFd| f.as_fd());
-        let parent = super::walk::open_dir(here, c"..").at("open ..")?;
-        let up = fstat(parent.as_fd()).at("stat ..")?;
+        let here = fd.as_ref().map_or(dir, |f| f.as_fd());
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(parent) = retry(|| rustix::fs::openat(here, c"..", flags, Mode::empty())) else { return false };
+        let Ok(up) = fstat(parent.as_fd()) else { return false };
         if same_inode(&up, &cur) {
-            return Ok(false); // the root
+            return false; // the root
         }
         cur = up;
         fd = Some(parent);

@@ -23,7 +23,7 @@ use rustix::io::Errno;
 
 use super::check::{fstat, same_inode};
 use super::error::{At, Error, Result, retry};
-use super::install::{Temp, install};
+use super::install::{Dest, Temp, install};
 use super::path::Entry;
 use super::remove_source;
 use super::{Options, Report, copy, meta};
@@ -32,14 +32,7 @@ use super::{Options, Report, copy, meta};
 pub(crate) const SOURCE_CHANGED: &str = "source changed";
 
 /// Moves the regular file `src` (seen as `st`) to `dst`.
-pub fn move_file(
-    src: &Entry,
-    st: &Statx,
-    dst: &Entry,
-    dst_exists: bool,
-    opts: &Options,
-    report: &mut Report,
-) -> Result<()> {
+pub fn move_file(src: &Entry, st: &Statx, dst: &Entry, dest: Dest, opts: &Options, report: &mut Report) -> Result<()> {
     // O_NONBLOCK: if the name now holds a FIFO, do not hang on it.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let fd = match retry(|| rustix::fs::openat(src.dir.as_fd(), &*src.name, flags, Mode::empty())) {
@@ -59,7 +52,7 @@ pub fn move_file(
     if opts.fsync {
         retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;
     }
-    let installed = install(tmp, &dst.name, dst_exists, opts.fsync && dst.syncable)?;
+    let installed = install(tmp, &dst.name, dest, opts.fsync && dst.syncable)?;
     remove_source(src, &st_now, opts)?;
     installed.commit();
     report.files += 1;

@@ -175,10 +175,24 @@ pub struct Installed<'d> {
     sync: bool,
 }
 
+/// What the preflight saw at the destination, and what may be done there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// Nothing there (yet): place without replacing, replace if one appears.
+    Absent,
+    /// Something there: replace it.
+    Present,
+    /// `RENAME_NOREPLACE`: place only if nothing is there, else EEXIST.
+    MustNotExist,
+}
+
 /// Puts `tmp` at `name` in its directory, atomically, replacing what is
-/// there. `dst_exists` is what the preflight saw; races either way are
-/// handled. With `sync`, the directory is fsynced afterwards.
-pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, mut dst_exists: bool, sync: bool) -> Result<Installed<'d>> {
+/// there unless `dest` forbids it. Races with the destination appearing or
+/// vanishing after the preflight are handled. With `sync`, the directory is
+/// fsynced afterwards.
+pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, dest: Dest, sync: bool) -> Result<Installed<'d>> {
+    let noreplace = dest == Dest::MustNotExist;
+    let mut dst_exists = dest == Dest::Present;
     let (dir, is_dir) = (tmp.dir, tmp.is_dir);
     let new = Box::new(tmp.stat()?);
     let mut placed = None;
@@ -186,7 +200,7 @@ pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, mut dst_exists: bool, sync
         if !dst_exists {
             match tmp.place_noreplace(name) {
                 Ok(()) => placed = Some(Placed::Fresh),
-                Err(Errno::EXIST) => dst_exists = true,
+                Err(Errno::EXIST) if !noreplace => dst_exists = true,
                 Err(e) => return Err(Error::new(e, "install")),
             }
         } else {

@@ -98,11 +98,13 @@ pub struct Report {
 /// Moves `req.old` to `req.new` across devices, or fails with the errno a
 /// same-filesystem rename would have given, leaving everything as it was.
 pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
-    if req.flags != 0 {
-        // renameat2 flags: not emulated yet; the kernel's answer stands.
+    let flags = RenameFlags::from_bits_retain(req.flags);
+    if !RenameFlags::NOREPLACE.contains(flags) {
+        // RENAME_EXCHANGE cannot be atomic across filesystems, and
+        // RENAME_WHITEOUT or unknown flags are the kernel's business: its
+        // EXDEV stands.
         return Err(Error::new(Errno::XDEV, "renameat2 flags"));
     }
-    let flags = RenameFlags::from_bits_retain(req.flags);
     let src = Entry::open(req.old_dir, req.old)?;
     let dst = Entry::open(req.new_dir, req.new)?;
     // A source replaced between the preflight and the open is looked at again.
@@ -112,7 +114,12 @@ pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<
             check::Verdict::Move { src, dst } => (src, dst),
         };
         report.kind = Some(check::file_type(&st));
-        match move_object(&src, &st, &dst, dst_st.is_some(), opts, report) {
+        let dest = match (flags.contains(RenameFlags::NOREPLACE), dst_st.is_some()) {
+            (true, _) => install::Dest::MustNotExist,
+            (false, true) => install::Dest::Present,
+            (false, false) => install::Dest::Absent,
+        };
+        match move_object(&src, &st, &dst, dest, opts, report) {
             Err(e) if e.step == file::SOURCE_CHANGED || e.step == walk::TREE_CHANGED => {
                 *report = Report { kind: report.kind, ..Report::default() };
             }
@@ -127,16 +134,16 @@ fn move_object(
     src: &Entry,
     st: &Statx,
     dst: &Entry,
-    dst_exists: bool,
+    dest: install::Dest,
     opts: &Options,
     report: &mut Report,
 ) -> Result<()> {
     let sync = opts.fsync && dst.syncable;
     match check::file_type(st) {
-        FileType::RegularFile => file::move_file(src, st, dst, dst_exists, opts, report),
+        FileType::RegularFile => file::move_file(src, st, dst, dest, opts, report),
         FileType::Directory => {
             let tmp = dir::copy_tree(src, st, dst, opts, report)?;
-            let installed = install::install(tmp, &dst.name, dst_exists, sync)?;
+            let installed = install::install(tmp, &dst.name, dest, sync)?;
             dir::remove_source(src, st, dst, opts)?;
             installed.commit();
             Ok(())
@@ -145,7 +152,7 @@ fn move_object(
             let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
             let tmp = install::Temp::named(ddir, false, |n| node::create(sdir, &src.name, st, ddir, n))?;
             node::apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
-            let installed = install::install(tmp, &dst.name, dst_exists, sync)?;
+            let installed = install::install(tmp, &dst.name, dest, sync)?;
             remove_source(src, st, opts)?;
             installed.commit();
             report.files += 1;
