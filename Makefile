@@ -3,7 +3,7 @@
 
 LIB := target/release/libxrename.so
 
-.PHONY: build demo deps test
+.PHONY: build demo deps test bench
 
 build:
 	cargo build --release
@@ -22,3 +22,7 @@ test: deps build
 	echo "== Python"; bash python-tests/run.sh || status=1; \
 	if [ $$status -ne 0 ]; then echo "make test: a suite failed"; fi; \
 	exit $$status
+
+# Benchmarks (not part of the tests): ratios against mv, mv+sync, shutil.move.
+bench:
+	python3 bench/bench.py $(BENCH_ARGS)

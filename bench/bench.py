@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""xrename benchmarks (`make bench`). Not part of the tests.
+
+Contenders run in alternation (A B C A B C ...) within one run; each result
+is the median with min-max over the rounds, and the ratio to a baseline.
+Noise on shared machines is large: read the ratios, not the absolute times.
+Everything happens in a private mount namespace on filesystems made here: a
+tmpfs, and ext4 in a loop-mounted image (a directory on the disk when loop
+devices are not available).
+"""
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.path.join(ROOT, "target", "release", "libxrename.so")
+BIN = os.path.join(ROOT, "target", "bench")
+
+
+def reexec_in_namespace():
+    if os.environ.get("XRENAME_BENCH_NS"):
+        return
+    ns = ["unshare", "-m", "--propagation", "private"] if os.geteuid() == 0 else ["unshare", "-Urm"]
+    env = dict(os.environ, XRENAME_BENCH_NS="1")
+    os.execvpe(ns[0], ns + [sys.executable] + sys.argv, env)
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    os.makedirs(BIN, exist_ok=True)
+    for name in ("fastpath", "rename1", "peakrss"):
+        subprocess.run(["cc", "-O2", "-o", os.path.join(BIN, name), os.path.join(ROOT, "bench", name + ".c")], check=True)
+
+
+def mounts(work, ext4_size):
+    tmpfs = os.path.join(work, "tmpfs")
+    os.mkdir(tmpfs)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8g", "bench", tmpfs], check=True)
+    ext4 = os.path.join(work, "ext4")
+    os.mkdir(ext4)
+    img = os.path.join(work, "ext4.img")
+    kind = "ext4 (loop image)"
+    try:
+        with open(img, "wb") as f:
+            f.truncate(ext4_size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True)
+        subprocess.run(["mount", "-o", "loop", img, ext4], check=True, stderr=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError, OSError):
+        kind = "disk directory (no loop device)"
+    return tmpfs, ext4, kind
+
+
+def run(argv, env=None):
+    """Runs argv; returns (seconds, peak RSS in KiB of the command)."""
+    rss_file = os.path.join(BIN, "rss")
+    t0 = time.perf_counter()
+    p = subprocess.run([os.path.join(BIN, "peakrss"), rss_file] + argv, env=env)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"failed: {argv}")
+    with open(rss_file) as f:
+        return dt, int(f.read())
+
+
+def preload(extra=None):
+    return dict(os.environ, LD_PRELOAD=LIB, **(extra or {}))
+
+
+def movers(src, dst):
+    """The contenders for one cross-device move of src to dst."""
+    sync_dir = os.path.dirname(dst)
+    return {
+        "xrename": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload()),
+        "xrename-nofsync": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload({"XRENAME_FSYNC": "0"})),
+        "mv+sync": lambda: (lambda a, b: (a[0] + b[0], max(a[1], b[1])))(run(["mv", src, dst]), run(["sync", "-f", sync_dir])),
+        "mv": lambda: run(["mv", src, dst]),
+        "shutil.move": lambda: run([sys.executable, "-c", "import shutil,sys; shutil.move(sys.argv[1], sys.argv[2])", src, dst]),
+    }
+
+
+def alternate(rounds, names, prepare, contenders, cleanup):
+    times = {n: [] for n in names}
+    rss = {n: 0 for n in names}
+    for _ in range(rounds):
+        for n in names:
+            prepare()
+            dt, peak = contenders()[n]()
+            times[n].append(dt)
+            rss[n] = max(rss[n], peak)
+            cleanup()
+    return times, rss
+
+
+def report(title, times, base, rss=None, unit=1.0, fmt="{:.3f} s"):
+    print(f"\n## {title}")
+    print(f"| contender | median | min-max | ratio to {base} |" + (" peak RSS |" if rss else ""))
+    print("|---|---|---|---|" + ("---|" if rss else ""))
+    bmed = statistics.median(times[base])
+    for n, ts in times.items():
+        med = statistics.median(ts)
+        row = f"| {n} | {fmt.format(med * unit)} | {fmt.format(min(ts) * unit)} - {fmt.format(max(ts) * unit)} | {med / bmed:.2f} |"
+        if rss:
+            row += f" {rss[n] / 1024:.1f} MiB |"
+        print(row)
+    sys.stdout.flush()
+
+
+def bench_fastpath(tmpfs, calls, rounds):
+    d = os.path.join(tmpfs, "fast")
+    os.mkdir(d)
+    for fn in ("rename", "renameat", "renameat2"):
+        times = {"bare": [], "xrename": []}
+        for _ in range(rounds):
+            for n, env in (("bare", None), ("xrename", preload())):
+                out = subprocess.run([os.path.join(BIN, "fastpath"), d, str(calls), fn], env=env, check=True,
+                                     capture_output=True, text=True).stdout
+                times[n].append(float(out) / 1e9)
+        report(f"fast path: {calls:,} same-filesystem {fn}() calls on tmpfs, time per call", times, "bare",
+               unit=1e9, fmt="{:.0f} ns")
+
+
+def write_file(path, size, sparse_data=None):
+    with open(path, "wb") as f:
+        if sparse_data is None:
+            block = random.Random(1).randbytes(1 << 20)
+            for _ in range(size >> 20):
+                f.write(block)
+        else:
+            f.truncate(size)
+            f.write(random.Random(2).randbytes(sparse_data))
+
+
+def bench_file(a, b, size, rounds, label, sparse_data=None):
+    src, dst = os.path.join(a, "big"), os.path.join(b, "big")
+    names = list(movers(src, dst))
+    if sparse_data is not None:
+        names.remove("shutil.move")  # writes every zero: >100x slower, not worth the minutes
+    times, rss = alternate(rounds, names, lambda: write_file(src, size, sparse_data), lambda: movers(src, dst),
+                           lambda: os.path.exists(dst) and os.unlink(dst))
+    report(label, times, "mv+sync", rss)
+    print(f"xrename peak RSS over an idle preloaded rename1: +{(rss['xrename'] - idle_rss()) / 1024:.1f} MiB")
+
+
+def idle_rss():
+    """Peak RSS of rename1 preloaded doing a same-filesystem rename (no EXDEV)."""
+    d = tempfile.mkdtemp(dir=BIN)
+    open(os.path.join(d, "a"), "w").close()
+    rss = run([os.path.join(BIN, "rename1"), os.path.join(d, "a"), os.path.join(d, "b")], preload())[1]
+    shutil.rmtree(d)
+    return rss
+
+
+def make_tree(root, dirs, files_per_dir, size_of):
+    rnd = random.Random(3)
+    os.mkdir(root)
+    for i in range(dirs):
+        d = os.path.join(root, f"d{i:04}")
+        os.mkdir(d)
+        for j in range(files_per_dir):
+            with open(os.path.join(d, f"f{j:05}"), "wb") as f:
+                f.write(rnd.randbytes(size_of(rnd)))
+
+
+def bench_tree(a, b, dirs, per_dir, size_of, rounds, label):
+    src, dst = os.path.join(a, "tree"), os.path.join(b, "tree")
+    names = [n for n in movers(src, dst) if n != "shutil.move"] + ["shutil.move"]
+    times, rss = alternate(rounds, names, lambda: make_tree(src, dirs, per_dir, size_of), lambda: movers(src, dst),
+                           lambda: shutil.rmtree(dst))
+    report(label, times, "mv+sync", rss)
+    print(f"xrename peak RSS over an idle preloaded rename1: +{(rss['xrename'] - idle_rss()) / 1024:.1f} MiB")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
+    ap.add_argument("--only", choices=["fastpath", "file", "sparse", "tree"], action="append")
+    args = ap.parse_args()
+    reexec_in_namespace()
+    build()
+    q = args.quick
+    only = set(args.only or ["fastpath", "file", "sparse", "tree"])
+    work = tempfile.mkdtemp(prefix="xrename-bench.", dir="/var/tmp")
+    try:
+        tmpfs, ext4, kind = mounts(work, (3 << 30) if not q else (1 << 30))
+        print(f"# xrename benchmarks\nmachine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; "
+              f"filesystems: tmpfs and {kind}")
+        if "fastpath" in only:
+            bench_fastpath(tmpfs, 100_000 if q else 1_000_000, 3 if q else 5)
+        size = (64 << 20) if q else (1 << 30)
+        rounds = 2 if q else 3
+        if "file" in only:
+            bench_file(tmpfs, ext4, size, rounds, f"one {size >> 20} MiB file, tmpfs -> ext4")
+            bench_file(ext4, tmpfs, size, rounds, f"one {size >> 20} MiB file, ext4 -> tmpfs")
+        if "sparse" in only:
+            bench_file(tmpfs, ext4, size, rounds, f"sparse file, {size >> 20} MiB apparent, 1 MiB data, tmpfs -> ext4",
+                       sparse_data=1 << 20)
+        if "tree" in only:
+            bench_tree(tmpfs, ext4, 100, 10 if q else 100, lambda r: 4096, rounds,
+                       f"tree: {100 * (10 if q else 100):,} files of 4 KiB in 100 directories, tmpfs -> ext4")
+            bench_tree(tmpfs, ext4, 100 if q else 1000, 100, lambda r: r.randrange(1025), rounds,
+                       f"tree: {(100 if q else 1000) * 100:,} files of 0-1 KiB, tmpfs -> ext4")
+    finally:
+        for m in ("tmpfs", "ext4"):
+            subprocess.run(["umount", os.path.join(work, m)], stderr=subprocess.DEVNULL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
