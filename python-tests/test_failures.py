@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from xrename_harness import (
-    MiB, Pair, assert_cross_device, assert_errno, assert_metadata_equal, entries,
+    MiB, Pair, assert_cross_device, assert_errno, assert_metadata_equal, assert_ok, entries,
     move_with, random_bytes, snapshot,
 )
 
@@ -112,12 +112,9 @@ def test_xrename_disable_keeps_exdev_and_moves_nothing(pair):
     assert entries(pair.dst_dir) == set()
 
 
-def test_non_regular_sources_still_raise_exdev_for_now(pair):
-    """Directories, symlinks and fifos are not moved by the shim yet.
-
-    This pins the *current* behaviour; a later issue adds directory (and
-    other non-regular) support and will change this test.
-    """
+def test_directory_symlink_and_fifo_sources_are_moved_instead_of_failing_with_exdev(pair):
+    """Directories, symlinks and fifos used to be refused with EXDEV; now the
+    shim moves them (details in test_tree_moves.py and test_tree_parity.py)."""
     d = pair.src_dir / "a-dir"
     d.mkdir()
     (d / "inner.txt").write_bytes(b"inside")
@@ -127,11 +124,14 @@ def test_non_regular_sources_still_raise_exdev_for_now(pair):
     os.mkfifo(fifo)
 
     for name in ["a-dir", "a-symlink", "a-fifo"]:
-        run = move_with("os.rename", pair.src_dir / name, pair.dst_dir / name)
-        assert_errno(run, "EXDEV")
+        assert_ok(move_with("os.rename", pair.src_dir / name, pair.dst_dir / name))
 
-    assert entries(pair.dst_dir) == set(), "something was moved"
-    assert entries(pair.src_dir) == {"a-dir", "a-symlink", "a-fifo"}
-    assert stat.S_ISDIR(os.lstat(d).st_mode) and (d / "inner.txt").read_bytes() == b"inside"
-    assert stat.S_ISLNK(os.lstat(link).st_mode) and os.readlink(link) == "a-dir/inner.txt"
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert entries(pair.src_dir) == set(), "a source is still there"
+    assert entries(pair.dst_dir) == {"a-dir", "a-symlink", "a-fifo"}
+    moved = pair.dst_dir
+    assert stat.S_ISDIR(os.lstat(moved / "a-dir").st_mode)
+    assert (moved / "a-dir" / "inner.txt").read_bytes() == b"inside"
+    assert stat.S_ISLNK(os.lstat(moved / "a-symlink").st_mode)
+    assert os.readlink(moved / "a-symlink") == "a-dir/inner.txt"
+    assert (moved / "a-symlink").read_bytes() == b"inside", "relative link no longer resolves"
+    assert stat.S_ISFIFO(os.lstat(moved / "a-fifo").st_mode)

@@ -83,7 +83,7 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
         return Err(Error::new(Errno::NOTDIR, "trailing slash on a non-directory"));
     }
     if src_is_dir {
-        if is_ancestor(&s, dst.dir.as_fd()) {
+        if is_ancestor(&s, dst.dir.as_fd()) || inside_through_another_mount(src, &s, dst)? {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
         if let Some(d) = &d {
@@ -116,6 +116,18 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
         return Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"));
     }
     Ok(Verdict::Move { src: Box::new(s), dst: d.map(Box::new) })
+}
+
+/// One filesystem through two mounts (a bind mount, overlayfs): the
+/// destination directory can be inside the source tree with no `..` path
+/// between them, so look for it in the tree (directories only), before
+/// anything is created there.
+fn inside_through_another_mount(src: &Entry, s: &Statx, dst: &Entry) -> Result<bool> {
+    let d = fstat(dst.dir.as_fd()).at("stat destination directory")?;
+    if (d.stx_dev_major, d.stx_dev_minor) != (s.stx_dev_major, s.stx_dev_minor) {
+        return Ok(false);
+    }
+    super::dir::contains_dir(src.dir.as_fd(), &src.name, super::walk::id(&d))
 }
 
 fn mount_root(st: &Statx) -> bool {

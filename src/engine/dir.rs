@@ -36,7 +36,7 @@ use super::check::{file_type, fstat, lstat, same_inode};
 use super::error::{At, Error, Result, retry};
 use super::install::{Temp, with_fresh_name};
 use super::path::Entry;
-use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir};
+use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
 use super::{Options, Report, copy, meta, node};
 
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
@@ -196,6 +196,37 @@ fn new_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
 fn locked(st: &Statx) -> bool {
     let locked = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
     st.stx_attributes.intersects(locked & st.stx_attributes_mask)
+}
+
+/// Whether the directory tree `dir`/`name` contains the directory `target`
+/// (directories only are visited, nothing is changed). Used when source and
+/// destination are one filesystem seen through two mounts, where the
+/// destination may be inside the source without `..` ever leading there.
+pub fn contains_dir(dir: BorrowedFd<'_>, name: &CStr, target: Id) -> Result<bool> {
+    // The copy has not seen these directories yet: keep their atimes.
+    let root = open_dir_noatime(dir, name).at("open source directory")?;
+    let mut walk = Walk::new([root])?;
+    if walk.top().ids[0] == target {
+        return Ok(true);
+    }
+    while !walk.is_done() {
+        let Some(n) = walk.next_name() else {
+            walk.pop()?;
+            continue;
+        };
+        let d = walk.fd(0)?;
+        let Ok(st) = lstat(d, &n) else { continue };
+        if file_type(&st) != FileType::Directory {
+            continue;
+        }
+        if id(&st) == target {
+            return Ok(true);
+        }
+        if let Ok(sub) = open_dir_noatime(d, &n) {
+            walk.push(n, [sub])?;
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the directory `name` in `dir` is empty.

@@ -150,6 +150,13 @@ fn remove_ours(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) {
     }
 }
 
+/// Removes an old destination kept at `backup`. An old directory was empty:
+/// rmdir, never a recursive delete of someone's data.
+fn remove_old(dir: BorrowedFd<'_>, backup: &CStr, is_dir: bool) {
+    let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    let _ = retry(|| rustix::fs::unlinkat(dir, backup, flags));
+}
+
 /// How the new file was put in place, and so how to undo it.
 #[derive(Debug)]
 enum Placed {
@@ -275,11 +282,7 @@ impl Installed<'_> {
     /// The source is gone: forget the old destination for good.
     pub fn commit(mut self) {
         match core::mem::replace(&mut self.placed, Placed::Overwritten) {
-            Placed::Exchanged { backup } | Placed::Linked { backup } => {
-                // An old directory was empty: rmdir, never a recursive delete.
-                let flags = if self.is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-                let _ = retry(|| rustix::fs::unlinkat(self.dir, &*backup, flags));
-            }
+            Placed::Exchanged { backup } | Placed::Linked { backup } => remove_old(self.dir, &backup, self.is_dir),
             Placed::Fresh | Placed::Overwritten => {}
         }
         core::mem::forget(self);
@@ -293,6 +296,13 @@ impl Installed<'_> {
                 if lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) {
                     remove_ours(dir, name, self.is_dir);
                 }
+            }
+            // If another rename replaced our file meanwhile, it also replaced
+            // the old destination (it came later): the old one goes, theirs stays.
+            Placed::Exchanged { backup } | Placed::Linked { backup }
+                if !lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) =>
+            {
+                remove_old(dir, backup, self.is_dir);
             }
             Placed::Exchanged { backup } => {
                 if retry(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {

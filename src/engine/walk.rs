@@ -44,11 +44,25 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd>
     retry(|| rustix::fs::openat(dir, name, flags, Mode::empty()))
 }
 
-/// The names in a directory, `.` and `..` left out.
+/// Opens the directory `name` in `dir` for a look that must not change its
+/// atime (`O_NOATIME`, allowed to its owner and to `CAP_FOWNER`; without it
+/// where not allowed).
+pub fn open_dir_noatime(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match retry(|| rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty())) {
+        Err(Errno::PERM) => open_dir(dir, name),
+        other => other,
+    }
+}
+
+/// The names in a directory, `.` and `..` left out, read from `dir` itself
+/// (so its open flags, such as `O_NOATIME`, apply). `dir` must be fresh: the
+/// listing starts at its current offset.
 pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
-    let mut d = rustix::fs::Dir::read_from(dir).at("open directory listing")?;
+    let mut buf = Vec::with_capacity(32 * 1024);
     let mut names = Vec::new();
-    while let Some(entry) = d.read() {
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
         let entry = entry.at("read directory")?;
         let name = entry.file_name();
         if name != c"." && name != c".." {
