@@ -123,7 +123,7 @@ impl<'d> Temp<'d> {
             // No RENAME_NOREPLACE here: link, which never replaces, then unlink.
             Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
                 retry(|| rustix::fs::linkat(self.dir, tmp, self.dir, name, AtFlags::empty()))?;
-                let _ = retry(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
+                let _ = tidy(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
                 self.name = None;
                 Ok(())
             }
@@ -144,17 +144,37 @@ impl Drop for Temp<'_> {
 /// directory); errors are ignored, as there is no one left to tell.
 fn remove_ours(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) {
     if is_dir {
-        let _ = super::dir::remove_tree(dir, name);
+        for _ in 0..TIDY_TRIES {
+            if super::dir::remove_tree(dir, name).is_ok() {
+                break;
+            }
+        }
     } else {
-        let _ = retry(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
+        let _ = tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
     }
+}
+
+/// Cleanup and rollback steps have no one to report to, and leaving them
+/// undone leaves a trace: a failure other than ENOENT is tried again.
+const TIDY_TRIES: usize = 3;
+
+fn tidy<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    let mut last = Err(Errno::IO);
+    for _ in 0..TIDY_TRIES {
+        last = retry(&mut f);
+        match last {
+            Ok(_) | Err(Errno::NOENT) => break,
+            Err(_) => continue,
+        }
+    }
+    last
 }
 
 /// Removes an old destination kept at `backup`. An old directory was empty:
 /// rmdir, never a recursive delete of someone's data.
 fn remove_old(dir: BorrowedFd<'_>, backup: &CStr, is_dir: bool) {
     let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-    let _ = retry(|| rustix::fs::unlinkat(dir, backup, flags));
+    let _ = tidy(|| rustix::fs::unlinkat(dir, backup, flags));
 }
 
 /// How the new file was put in place, and so how to undo it.
@@ -290,34 +310,44 @@ impl Installed<'_> {
 
     fn rollback(&mut self) {
         let (dir, name) = (self.dir, self.name);
+        let ours = self.holds_ours();
         match &self.placed {
+            // Remove our file, and only ours: when in doubt, leave it (a
+            // second complete copy is better than a deleted stranger).
             Placed::Fresh => {
-                // Remove our file, and only ours.
-                if lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) {
+                if ours == Some(true) {
                     remove_ours(dir, name, self.is_dir);
                 }
             }
-            // If another rename replaced our file meanwhile, it also replaced
-            // the old destination (it came later): the old one goes, theirs stays.
-            Placed::Exchanged { backup } | Placed::Linked { backup }
-                if !lstat(dir, name).is_ok_and(|st| same_inode(&st, &self.new)) =>
-            {
+            // Another rename replaced our file meanwhile: it came later, so it
+            // superseded the old destination too. The old one goes, theirs stays.
+            Placed::Exchanged { backup } | Placed::Linked { backup } if ours == Some(false) => {
                 remove_old(dir, backup, self.is_dir);
             }
             Placed::Exchanged { backup } => {
-                if retry(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
+                if tidy(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
                     remove_ours(dir, backup, self.is_dir);
                 } else {
-                    let _ = retry(|| rustix::fs::renameat(dir, &**backup, dir, name));
+                    let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
                 }
             }
             Placed::Linked { backup } => {
-                let _ = retry(|| rustix::fs::renameat(dir, &**backup, dir, name));
+                let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
             }
             Placed::Overwritten => return,
         }
         if self.sync {
-            let _ = retry(|| rustix::fs::fsync(dir));
+            let _ = tidy(|| rustix::fs::fsync(dir));
+        }
+    }
+
+    /// Whether the destination name still holds what we installed; `None`
+    /// when it cannot be told.
+    fn holds_ours(&self) -> Option<bool> {
+        match tidy(|| lstat(self.dir, self.name)) {
+            Ok(st) => Some(same_inode(&st, &self.new)),
+            Err(Errno::NOENT) => Some(false),
+            Err(_) => None,
         }
     }
 }
