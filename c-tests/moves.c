@@ -248,63 +248,105 @@ static void other_errors_pass_through_unchanged(void)
 }
 
 /*
- * CURRENT LIMITATION (issue 2): directories, symlinks and fifos are not moved
- * across devices yet; the caller still gets EXDEV and nothing changes.
- * This expectation will change in a later issue: update this test then.
+ * Since issue 3 every object type moves across devices: a directory (with
+ * its contents), a symlink (the link itself, also a dangling one) and a
+ * FIFO, through each hook and over each pair of mounts.
  */
-static void non_regular_sources_still_fail_with_exdev(void)
+static void non_regular_sources_move_across_devices(void)
 {
-    for (int op = 0; op < 3; op++) {
-        char *sd = test_dir("XT_TMPFS", op_names[op]);
-        char *dd = test_dir("XT_EXT4", op_names[op]);
-        require_kernel_exdev(sd, dd);
-        CHECK(mkdir(path_of("%s/dir", sd), 0755) == 0, "mkdir: %s", strerror(errno));
-        write_str(path_of("%s/dir/inner", sd), "inner");
-        CHECK(symlink("target-of-link", path_of("%s/link", sd)) == 0, "symlink: %s",
-              strerror(errno));
-        CHECK(mkfifo(path_of("%s/fifo", sd), 0644) == 0, "mkfifo: %s", strerror(errno));
-        static const char *const names[] = {"dir", "link", "fifo"};
-        for (int i = 0; i < 3; i++) {
-            char *what = path_of("%s of a %s across devices", op_names[op], names[i]);
-            int rc = do_op(op, path_of("%s/%s", sd, names[i]),
-                           path_of("%s/%s", dd, names[i]));
-            CHECK_FAILS_WITH(rc, EXDEV, what);
+    static const char *const names[] = {"dir", "link", "dangling", "fifo"};
+    for (int p = 0; p < 3; p++) {
+        for (int op = 0; op < 3; op++) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "%s-src", op_names[op]);
+            char *sd = test_dir(pairs[p].src_env, tag);
+            snprintf(tag, sizeof tag, "%s-dst", op_names[op]);
+            char *dd = test_dir(pairs[p].dst_env, tag);
+            require_kernel_exdev(sd, dd);
+            CHECK(mkdir(path_of("%s/dir", sd), 0755) == 0, "mkdir: %s", strerror(errno));
+            write_str(path_of("%s/dir/inner", sd), "inner content\n");
+            CHECK(symlink("target-of-link", path_of("%s/link", sd)) == 0, "symlink: %s",
+                  strerror(errno));
+            CHECK(symlink("no/such/target", path_of("%s/dangling", sd)) == 0,
+                  "symlink: %s", strerror(errno));
+            CHECK(mkfifo(path_of("%s/fifo", sd), 0640) == 0, "mkfifo: %s", strerror(errno));
+            CHECK(chmod(path_of("%s/fifo", sd), 0640) == 0, "chmod: %s", strerror(errno));
+            for (int i = 0; i < 4; i++) {
+                char *what = path_of("%s of a %s %s", op_names[op], names[i], pairs[p].label);
+                char *src = path_of("%s/%s", sd, names[i]);
+                char *dst = path_of("%s/%s", dd, names[i]);
+                errno = 0;
+                int rc = do_op(op, src, dst);
+                CHECK_RC0(rc, what);
+                check_absent(src, what);
+                struct stat st;
+                CHECK(lstat(dst, &st) == 0, "%s: destination %s is missing: %s", what,
+                      dst, strerror(errno));
+                char buf[64];
+                ssize_t n;
+                switch (i) {
+                case 0:
+                    CHECK(S_ISDIR(st.st_mode), "%s: destination is not a directory (mode %o)",
+                          what, st.st_mode);
+                    check_content_str(path_of("%s/inner", dst), "inner content\n", what);
+                    CHECK_DIR(dst, "inner", what);
+                    break;
+                case 1:
+                case 2:
+                    CHECK(S_ISLNK(st.st_mode), "%s: destination is not a symlink (mode %o)",
+                          what, st.st_mode);
+                    n = readlink(dst, buf, sizeof buf);
+                    const char *want = i == 1 ? "target-of-link" : "no/such/target";
+                    CHECK(n == (ssize_t)strlen(want) && memcmp(buf, want, (size_t)n) == 0,
+                          "%s: link target is \"%.*s\", expected \"%s\"", what,
+                          (int)(n < 0 ? 0 : n), buf, want);
+                    break;
+                case 3:
+                    CHECK(S_ISFIFO(st.st_mode), "%s: destination is not a FIFO (mode %o)",
+                          what, st.st_mode);
+                    CHECK((st.st_mode & 07777) == 0640, "%s: FIFO mode %04o, expected 0640",
+                          what, st.st_mode & 07777);
+                    break;
+                }
+            }
+            char *what = path_of("%s of non-regular sources %s", op_names[op], pairs[p].label);
+            CHECK_DIR(sd, "", what);
+            CHECK_DIR(dd, "dangling dir fifo link", what);
         }
-        CHECK_DIR(sd, "dir fifo link", "non-regular sources");
-        CHECK_DIR(path_of("%s/dir", sd), "inner", "non-regular sources");
-        CHECK_DIR(dd, "", "non-regular sources");
-        char buf[64];
-        ssize_t n = readlink(path_of("%s/link", sd), buf, sizeof buf);
-        CHECK(n == 14 && memcmp(buf, "target-of-link", 14) == 0, "symlink changed");
     }
 }
 
 /*
- * CURRENT LIMITATION (issue 2): renameat2 with flags != 0 is passed through,
- * so across devices the caller gets the kernel's EXDEV.
+ * renameat2 flags across devices (issue 4): RENAME_NOREPLACE is emulated
+ * (moves onto an absent name, EEXIST onto an existing one with nothing
+ * changed); RENAME_EXCHANGE cannot be atomic across filesystems and keeps
+ * the kernel's EXDEV.
  */
-static void renameat2_with_flags_returns_kernel_answer(void)
+static void renameat2_noreplace_is_emulated_and_exchange_keeps_exdev(void)
 {
     char *sd = test_dir("XT_TMPFS", "");
     char *dd = test_dir("XT_EXT4", "");
     require_kernel_exdev(sd, dd);
     write_str(path_of("%s/a", sd), "a");
+    write_str(path_of("%s/n", sd), "n");
+    write_str(path_of("%s/b", dd), "b");
     int rc = renameat2(AT_FDCWD, path_of("%s/a", sd), AT_FDCWD, path_of("%s/b", dd),
                        RENAME_NOREPLACE);
-    CHECK_FAILS_WITH(rc, EXDEV, "renameat2 RENAME_NOREPLACE across devices");
-    write_str(path_of("%s/b", dd), "b");
+    CHECK_FAILS_WITH(rc, EEXIST, "renameat2 RENAME_NOREPLACE onto an existing file across devices");
     rc = renameat2(AT_FDCWD, path_of("%s/a", sd), AT_FDCWD, path_of("%s/b", dd),
                    RENAME_EXCHANGE);
     CHECK_FAILS_WITH(rc, EXDEV, "renameat2 RENAME_EXCHANGE across devices");
     check_content_str(path_of("%s/a", sd), "a", "renameat2 with flags");
     check_content_str(path_of("%s/b", dd), "b", "renameat2 with flags");
-    CHECK_DIR(sd, "a", "renameat2 with flags");
+    CHECK_DIR(sd, "a n", "renameat2 with flags");
     CHECK_DIR(dd, "b", "renameat2 with flags");
-    /* same fs with a flag: kernel semantics (NOREPLACE refuses) */
-    write_str(path_of("%s/c", sd), "c");
-    rc = renameat2(AT_FDCWD, path_of("%s/c", sd), AT_FDCWD, path_of("%s/a", sd),
+    rc = renameat2(AT_FDCWD, path_of("%s/n", sd), AT_FDCWD, path_of("%s/new", dd),
                    RENAME_NOREPLACE);
-    CHECK_FAILS_WITH(rc, EEXIST, "renameat2 RENAME_NOREPLACE onto existing, same fs");
+    CHECK(rc == 0, "renameat2 RENAME_NOREPLACE onto an absent name across devices: %s",
+          strerror(errno));
+    check_content_str(path_of("%s/new", dd), "n", "renameat2 RENAME_NOREPLACE");
+    CHECK_DIR(sd, "a", "renameat2 RENAME_NOREPLACE");
+    CHECK_DIR(dd, "b new", "renameat2 RENAME_NOREPLACE");
 }
 
 XT_MAIN(TEST(regular_file_moves_from_tmpfs_to_ext4),
@@ -319,5 +361,5 @@ XT_MAIN(TEST(regular_file_moves_from_tmpfs_to_ext4),
         TEST(errno_is_unchanged_by_successful_cross_device_rename),
         TEST(errno_is_unchanged_by_successful_same_fs_rename),
         TEST(other_errors_pass_through_unchanged),
-        TEST(non_regular_sources_still_fail_with_exdev),
-        TEST(renameat2_with_flags_returns_kernel_answer))
+        TEST(non_regular_sources_move_across_devices),
+        TEST(renameat2_noreplace_is_emulated_and_exchange_keeps_exdev))
