@@ -99,7 +99,13 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
     }
     may_delete(src, &s, src_is_dir, "source")?;
     match &d {
-        None => may_write_dir(dst.dir.as_fd(), "destination")?,
+        None => {
+            // may_create: a removed directory (still open) takes no new entries.
+            if fstat(dst.dir.as_fd()).at("stat directory")?.stx_nlink == 0 {
+                return Err(Error::new(Errno::NOENT, "destination directory was removed"));
+            }
+            may_write_dir(dst.dir.as_fd(), "destination")?
+        }
         Some(d) => may_delete(dst, d, src_is_dir, "destination")?,
     }
     if src_is_dir {
