@@ -7,8 +7,11 @@
 //! | variable | meaning |
 //! | --- | --- |
 //! | `XRENAME_DISABLE=1` | pure pass-through: `EXDEV` is returned as the kernel gave it |
+//! | `XRENAME_MODE=observe` | do not emulate; log every `EXDEV` and return it as the kernel did |
 //! | `XRENAME_LOG=stderr` or `=/path` | one JSON line per `EXDEV` met (see [`crate::log`]) |
+//! | `XRENAME_SUMMARY_LOG=/path` | the same lines, for `xrename --summary` |
 //! | `XRENAME_FSYNC=0` | skip every fsync: faster, and unsafe on a crash |
+//! | `XRENAME_DIRS=0` | leave directory moves to the program (EXDEV) |
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
@@ -26,12 +29,14 @@ pub enum LogTarget {
 }
 
 /// The settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
-    /// `XRENAME_DISABLE`: never emulate.
+    /// `XRENAME_DISABLE`: never emulate, never log.
     pub disabled: bool,
-    /// `XRENAME_LOG`.
-    pub log: Option<LogTarget>,
+    /// `XRENAME_MODE=observe`: never emulate, log every EXDEV.
+    pub observe: bool,
+    /// `XRENAME_LOG`, then `XRENAME_SUMMARY_LOG`.
+    pub logs: Vec<LogTarget>,
     /// Settings passed to the engine.
     pub engine: Options,
 }
@@ -60,7 +65,15 @@ impl Config {
             Some("stderr" | "-") => Some(LogTarget::Stderr),
             _ => CString::new(v.into_vec()).ok().map(LogTarget::File),
         });
-        Config { disabled: flag("XRENAME_DISABLE", false), log, engine: Options { fsync: flag("XRENAME_FSYNC", true) } }
+        let summary = var("XRENAME_SUMMARY_LOG")
+            .filter(|v| !v.is_empty())
+            .and_then(|v| CString::new(v.into_vec()).ok().map(LogTarget::File));
+        Config {
+            disabled: flag("XRENAME_DISABLE", false),
+            observe: var("XRENAME_MODE").is_some_and(|v| v == "observe"),
+            logs: log.into_iter().chain(summary).collect(),
+            engine: Options { fsync: flag("XRENAME_FSYNC", true), dirs: flag("XRENAME_DIRS", true), progress: None },
+        }
     }
 }
 
@@ -76,8 +89,8 @@ mod tests {
     fn defaults_emulate_with_fsync_and_no_log() {
         let c = from(&[]);
         assert!(!c.disabled);
-        assert!(c.engine.fsync);
-        assert_eq!(c.log, None);
+        assert!(c.engine.fsync && c.engine.dirs && !c.observe);
+        assert!(c.logs.is_empty());
     }
 
     #[test]
@@ -89,13 +102,22 @@ mod tests {
 
     #[test]
     fn log_targets() {
-        assert_eq!(from(&[("XRENAME_LOG", "stderr")]).log, Some(LogTarget::Stderr));
-        assert_eq!(from(&[("XRENAME_LOG", "/tmp/x.log")]).log, Some(LogTarget::File(c"/tmp/x.log".into())));
-        assert_eq!(from(&[("XRENAME_LOG", "")]).log, None);
+        assert_eq!(from(&[("XRENAME_LOG", "stderr")]).logs, [LogTarget::Stderr]);
+        assert_eq!(from(&[("XRENAME_LOG", "/tmp/x.log")]).logs, [LogTarget::File(c"/tmp/x.log".into())]);
+        assert!(from(&[("XRENAME_LOG", "")]).logs.is_empty());
+        let both = from(&[("XRENAME_LOG", "-"), ("XRENAME_SUMMARY_LOG", "/s")]).logs;
+        assert_eq!(both, [LogTarget::Stderr, LogTarget::File(c"/s".into())]);
     }
 
     #[test]
-    fn fsync_can_be_turned_off() {
+    fn fsync_and_directories_can_be_turned_off() {
         assert!(!from(&[("XRENAME_FSYNC", "0")]).engine.fsync);
+        assert!(!from(&[("XRENAME_DIRS", "0")]).engine.dirs);
+    }
+
+    #[test]
+    fn observe_mode() {
+        assert!(from(&[("XRENAME_MODE", "observe")]).observe);
+        assert!(!from(&[("XRENAME_MODE", "emulate")]).observe);
     }
 }

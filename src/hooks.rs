@@ -108,6 +108,17 @@ unsafe fn fallback(
     if cfg.disabled {
         return -1; // errno is still the kernel's EXDEV
     }
+    if cfg.observe {
+        // SAFETY: the caller guarantees both are C strings.
+        let (old, new) = unsafe { (CStr::from_ptr(old), CStr::from_ptr(new)) };
+        let result = Err(engine::Error::new(Errno::XDEV, "observe"));
+        let report = Report::default();
+        for target in &cfg.logs {
+            log::write(target, &log::Event { op, old, new, report: &report, elapsed: Default::default(), result });
+        }
+        set_errno(libc::EXDEV);
+        return -1;
+    }
     let Some(_busy) = Busy::enter() else {
         return -1; // our own work reached a hook: answer as the kernel did
     };
@@ -124,7 +135,7 @@ unsafe fn fallback(
         }
         _ => Err(engine::Error::new(Errno::BADF, "dirfd")),
     };
-    if let Some(target) = &cfg.log {
+    for target in &cfg.logs {
         log::write(target, &log::Event { op, old, new, report: &report, elapsed: started.elapsed(), result });
     }
     match result {

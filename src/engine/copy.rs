@@ -12,6 +12,7 @@
 //! that grows meanwhile is copied up to that size.
 
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
@@ -20,7 +21,7 @@ use super::error::{At, Result, retry};
 
 /// Largest request per call: big enough to amortise the syscall, small
 /// enough to return to user space (signals, progress) now and then.
-const CHUNK: usize = 1 << 30;
+const CHUNK: usize = 64 << 20;
 const BUF: usize = 1 << 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +32,16 @@ enum Method {
 }
 
 /// Copies the first `size` bytes of `src` into the empty file `dst`,
-/// keeping holes. Adds the bytes transferred to `copied`.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64, copied: &mut u64) -> Result<()> {
-    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new() };
+/// keeping holes. Adds the bytes transferred to `copied`, and to `progress`
+/// as they go.
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    copied: &mut u64,
+    progress: Option<&AtomicU64>,
+) -> Result<()> {
+    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress };
     let mut pos = 0;
     while pos < size {
         let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
@@ -66,6 +74,7 @@ struct Copier<'a> {
     dst: BorrowedFd<'a>,
     method: Method,
     buf: Vec<u8>,
+    progress: Option<&'a AtomicU64>,
 }
 
 impl Copier<'_> {
@@ -111,6 +120,9 @@ impl Copier<'_> {
             }
             done += n as u64;
             *copied += n as u64;
+            if let Some(p) = self.progress {
+                p.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         Ok(done)
     }

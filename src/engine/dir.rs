@@ -56,7 +56,9 @@ pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
     let tmp_root = open_dir(dst_dir, tmp.name().expect("named")).at("open temp directory")?;
     let tmp_id = id(&fstat(tmp_root.as_fd()).at("stat temp directory")?);
 
-    let mut cx = Copy { walk: Walk::new([src_root, tmp_root])?, links: HashMap::new(), path: Vec::new(), report };
+    let walk = Walk::new([src_root, tmp_root])?;
+    let progress = opts.progress.as_deref();
+    let mut cx = Copy { walk, links: HashMap::new(), path: Vec::new(), report, progress };
     cx.check_dir(dst_parent)?;
     loop {
         let Some(name) = cx.walk.next_name() else {
@@ -86,6 +88,7 @@ struct Copy<'r> {
     /// Path of the current directory inside the copy, for `linkat`.
     path: Vec<u8>,
     report: &'r mut Report,
+    progress: Option<&'r std::sync::atomic::AtomicU64>,
 }
 
 impl Copy<'_> {
@@ -176,7 +179,7 @@ impl Copy<'_> {
             return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
         }
         let t = new_file(self.walk.fd(1)?, &name)?;
-        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes)?;
+        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress)?;
         meta::apply(s.as_fd(), t.as_fd(), &st)?;
         self.report.files += 1;
         if st.stx_nlink > 1 {

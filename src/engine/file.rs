@@ -47,7 +47,7 @@ pub fn move_file(src: &Entry, st: &Statx, dst: &Entry, dest: Dest, opts: &Option
         return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
     }
     let tmp = Temp::file(dst.dir.as_fd())?;
-    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes)?;
+    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref())?;
     meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
     if opts.fsync {
         retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;

@@ -24,6 +24,8 @@ pub mod walk;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use rustix::fs::{AtFlags, FileType, RenameFlags, Statx};
 use rustix::io::Errno;
@@ -72,15 +74,19 @@ pub struct Request<'a> {
 }
 
 /// How the engine works.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// fsync data and directories (off only for throwaway data).
     pub fsync: bool,
+    /// Move directories (off: EXDEV, the program's business).
+    pub dirs: bool,
+    /// Bytes copied so far, for a progress display in another thread.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true }
+        Options { fsync: true, dirs: true, progress: None }
     }
 }
 
@@ -141,6 +147,7 @@ fn move_object(
     let sync = opts.fsync && dst.syncable;
     match check::file_type(st) {
         FileType::RegularFile => file::move_file(src, st, dst, dest, opts, report),
+        FileType::Directory if !opts.dirs => Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
             let tmp = dir::copy_tree(src, st, dst, opts, report)?;
             let installed = install::install(tmp, &dst.name, dest, sync)?;
