@@ -3,7 +3,7 @@
 
 LIB := target/release/libxrename.so
 
-.PHONY: build demo deps test bench
+.PHONY: build demo deps test bench install
 
 build:
 	cargo build --release
@@ -26,3 +26,9 @@ test: deps build
 # Benchmarks (not part of the tests): ratios against mv, mv+sync, shutil.move.
 bench:
 	python3 bench/bench.py $(BENCH_ARGS)
+
+# Installs bin/xrename and lib/xrename/libxrename.so under PREFIX.
+PREFIX ?= /usr/local
+install: build
+	install -D -m 755 target/release/xrename $(DESTDIR)$(PREFIX)/bin/xrename
+	install -D -m 644 target/release/libxrename.so $(DESTDIR)$(PREFIX)/lib/xrename/libxrename.so

@@ -1,0 +1,228 @@
+//! `xrename explain SRC DST`: would `rename(SRC, DST)` fail with EXDEV, and why?
+//!
+//! The kernel compares the mounts of the two parent directories
+//! (`do_renameat2` in fs/namei.c): different mounts give EXDEV, even two
+//! bind mounts of one filesystem. On one overlayfs mount, a directory that
+//! comes from a lower layer cannot be renamed without `redirect_dir=on`, and
+//! overlayfs answers EXDEV too. This reads `/proc/self/mountinfo` and the
+//! mount id of each side (`statx(STATX_MNT_ID)`), changing nothing.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, StatxFlags};
+
+use crate::fail;
+use crate::mountinfo::{self, Mount};
+use crate::run::human;
+
+pub const HELP: &str = "\
+xrename explain SRC DST: say whether rename(SRC, DST) fails with EXDEV, and why
+
+Shows the mount, mount id and filesystem type of both sides, whether they
+are two mounts of one filesystem (a bind mount), whether SRC is a directory
+in an overlayfs lower layer, and what xrename would do instead: the object,
+the bytes and files it would copy, and what the destination filesystem keeps.
+If DST is an existing directory, SRC is explained as moved into it, as mv does.
+Nothing is changed.
+
+Example:
+  xrename explain /var/lib/app/upload.tmp /srv/data/upload
+";
+
+pub fn main(args: &[OsString]) -> i32 {
+    let args: Vec<&OsString> = args.iter().filter(|a| *a != "--").collect();
+    if args.iter().any(|a| *a == "-h" || *a == "--help") {
+        print!("{HELP}");
+        return 0;
+    }
+    let [src, dst] = args[..] else { return fail("explain takes SRC and DST (see xrename help explain)") };
+    match explain(Path::new(src), Path::new(dst)) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+struct Side {
+    parent: PathBuf,
+    mount: Mount,
+    dev: (u32, u32),
+}
+
+fn side(path: &Path) -> Result<Side, String> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let st =
+        rustix::fs::statx(rustix::fs::CWD, &parent, AtFlags::empty(), StatxFlags::BASIC_STATS | StatxFlags::MNT_ID)
+            .map_err(|e| format!("{}: {e}", parent.display()))?;
+    let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mount = mounts
+        .into_iter()
+        .find(|m| m.id == st.stx_mnt_id)
+        .ok_or_else(|| format!("{}: mount {} is not in /proc/self/mountinfo", parent.display(), st.stx_mnt_id))?;
+    Ok(Side { parent, mount, dev: (st.stx_dev_major, st.stx_dev_minor) })
+}
+
+fn explain(src: &Path, dst: &Path) -> Result<String, String> {
+    let st = rustix::fs::statx(rustix::fs::CWD, src, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+        .map_err(|e| format!("{}: {e} (rename would fail with this, not EXDEV)", src.display()))?;
+    let kind = FileType::from_raw_mode(st.stx_mode.into());
+    let mut out = String::new();
+    let mut dst = dst.to_path_buf();
+    if dst.is_dir() && !same(src, &dst) {
+        if let Some(name) = src.file_name() {
+            out.push_str(&format!("{} is a directory: explaining a move into it, as mv does.\n", dst.display()));
+            dst = dst.join(name);
+        }
+    }
+    let (s, d) = (side(src)?, side(&dst)?);
+    out.push_str(&format!("source:      {} ({})\n", src.display(), describe_kind(kind)));
+    out.push_str(&describe_mount(&s));
+    out.push_str(&format!("destination: {}\n", dst.display()));
+    out.push_str(&describe_mount(&d));
+
+    let mut exdev = true;
+    let verdict = if s.mount.id != d.mount.id {
+        if s.dev == d.dev {
+            format!(
+                "EXDEV: two mounts of one filesystem ({} {}): a bind mount. The kernel refuses rename between \
+                 mounts, even of the same filesystem.",
+                s.mount.fstype, s.mount.dev
+            )
+        } else {
+            format!("EXDEV: different filesystems ({} and {}).", s.mount.fstype, d.mount.fstype)
+        }
+    } else if let Some(why) = overlay_lower_dir(&s.mount, src, kind) {
+        why
+    } else {
+        exdev = false;
+        "no EXDEV: both sides are on one mount, so rename(2) works without xrename (unless a Landlock sandbox \
+         without the REFER right answers EXDEV)."
+            .to_owned()
+    };
+    out.push_str(&format!("verdict:     {verdict}\n"));
+    if !exdev {
+        out.push_str("xrename:     nothing to do: the kernel renames it.\n");
+        return Ok(out);
+    }
+    let (files, bytes) = count(src, kind);
+    out.push_str(&format!(
+        "xrename:     would copy {files} object(s), {} of data, into a hidden temp beside the destination, \
+         install it atomically, then remove the source.\n",
+        human(bytes)
+    ));
+    out.push_str(&format!("keeps:       {}\n", keeps(&d.mount)));
+    Ok(out)
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+fn describe_kind(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "FIFO",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Socket => "socket",
+        _ => "unknown type",
+    }
+}
+
+fn describe_mount(s: &Side) -> String {
+    let m = &s.mount;
+    let bind =
+        if m.root != "/" { format!(", showing {} of that filesystem (a bind mount)", m.root) } else { String::new() };
+    format!(
+        "             in {}: mount {} at {} ({} from {}, device {}{bind})\n",
+        s.parent.display(),
+        m.id,
+        m.point,
+        m.fstype,
+        m.source,
+        m.dev
+    )
+}
+
+/// On overlayfs, a directory present in a lower layer cannot be renamed
+/// unless `redirect_dir=on`.
+fn overlay_lower_dir(m: &Mount, src: &Path, kind: FileType) -> Option<String> {
+    if m.fstype != "overlay" || kind != FileType::Directory {
+        return None;
+    }
+    let redirect = mountinfo::option(&m.super_opts, "redirect_dir").unwrap_or("off (the usual default)");
+    if redirect == "on" {
+        return None;
+    }
+    let abs = src.canonicalize().ok()?;
+    let rel = abs.strip_prefix(&m.point).ok()?;
+    let lowers = mountinfo::option(&m.super_opts, "lowerdir")?;
+    let layer = lowers.split(':').find(|l| Path::new(l).join(rel).is_dir())?;
+    Some(format!(
+        "EXDEV: {} is a directory of the overlayfs lower layer {layer}, and redirect_dir is {redirect}: \
+         overlayfs cannot rename it (the Docker case).",
+        src.display()
+    ))
+}
+
+/// Objects and bytes of data a move would copy.
+fn count(src: &Path, kind: FileType) -> (u64, u64) {
+    if kind != FileType::Directory {
+        let bytes =
+            if kind == FileType::RegularFile { std::fs::symlink_metadata(src).map_or(0, |m| m.len()) } else { 0 };
+        return (1, bytes);
+    }
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        files += 1;
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) => {
+                    files += 1;
+                    if t.is_file() {
+                        bytes += e.metadata().map_or(0, |m| m.len());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// What a filesystem of this type keeps, from what its type supports.
+fn keeps(m: &Mount) -> String {
+    let t = m.fstype.as_str();
+    let base = match t {
+        "ext2" | "ext3" | "ext4" | "xfs" | "btrfs" | "f2fs" | "zfs" | "bcachefs" | "jfs" | "reiserfs" | "tmpfs" => {
+            let acl = if m.super_opts.split(',').any(|o| o == "noacl") { "no ACLs (mounted noacl)" } else { "ACLs" };
+            format!("{t} keeps owner, mode, nanosecond times, extended attributes, {acl}, holes")
+        }
+        "overlay" => "overlay keeps what its upper layer keeps (usually owner, mode, times, xattrs, ACLs)".to_owned(),
+        "nfs" | "nfs4" => {
+            "nfs keeps owner and mode as the server maps them; xattrs only with NFS 4.2; no POSIX ACLs".to_owned()
+        }
+        "vfat" | "msdos" | "exfat" | "ntfs" | "ntfs3" | "fuseblk" => {
+            format!("{t} keeps no owner, no Unix mode, no xattrs, no ACLs: mv would warn, xrename copies what it can")
+        }
+        _ => {
+            format!("{t}: unknown; xrename copies what the filesystem accepts and skips unsupported xattrs as mv does")
+        }
+    };
+    if m.opts.split(',').any(|o| o == "ro") {
+        format!("{base} (but the mount is READ-ONLY: the move would fail with EROFS)")
+    } else {
+        base
+    }
+}

@@ -1,0 +1,150 @@
+//! `xrename mv [OPTIONS] SRC... DST`: a cross-device mv with xrename's
+//! guarantees, from the same engine as the library.
+//!
+//! Each source is first given to `rename(2)` (a raw syscall); only on EXDEV
+//! does the engine copy, sync, install atomically, and remove the source.
+//! As with mv, a DST that is an existing directory receives the sources
+//! (unless `-T`).
+
+use std::ffi::{CString, OsString};
+use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use xrename::engine::{self, Op, Options, Report, Request};
+
+use crate::fail;
+
+pub const HELP: &str = "\
+xrename mv [OPTIONS] SRC... DST: move files and trees, across filesystems too
+
+Like mv, but a cross-device move is atomic at the destination (it appears
+complete or not at all), durable (fsynced before the source is removed), and
+a failed move leaves source and destination exactly as they were.
+
+Options:
+  -v, --verbose              say what was moved
+      --progress             show a progress bar for large moves (on a terminal only)
+  -T, --no-target-directory  treat DST as the name to create, even if it is a directory
+      --no-fsync             skip fsync: faster, UNSAFE (a crash may lose moved data)
+
+Examples:
+  xrename mv build/output.tar /mnt/nas/releases/
+  xrename mv -v --progress ~/videos /media/usb/
+";
+
+pub fn main(args: &[OsString]) -> i32 {
+    let (mut verbose, mut progress, mut no_target_dir, mut fsync) = (false, false, false, true);
+    let mut paths = Vec::new();
+    let mut options_done = false;
+    for a in args {
+        match a.to_str() {
+            _ if options_done => paths.push(PathBuf::from(a)),
+            Some("--") => options_done = true,
+            Some("-v" | "--verbose") => verbose = true,
+            Some("--progress") => progress = true,
+            Some("-T" | "--no-target-directory") => no_target_dir = true,
+            Some("--no-fsync") => fsync = false,
+            Some("-h" | "--help") => {
+                print!("{HELP}");
+                return 0;
+            }
+            Some(o) if o.starts_with('-') && o.len() > 1 => return fail(format_args!("mv: unknown option {o}")),
+            _ => paths.push(PathBuf::from(a)),
+        }
+    }
+    if paths.len() < 2 {
+        return fail("mv takes SRC... DST (see xrename help mv)");
+    }
+    let dst = paths.pop().expect("checked");
+    let into_dir = !no_target_dir && dst.is_dir();
+    if paths.len() > 1 && !into_dir {
+        return fail(format_args!("mv: target {} is not a directory", dst.display()));
+    }
+    let bar = progress && std::io::stderr().is_terminal();
+    let mut status = 0;
+    for src in &paths {
+        let target = match (into_dir, src.file_name()) {
+            (true, Some(name)) => dst.join(name),
+            _ => dst.clone(),
+        };
+        match move_one(src, &target, fsync, bar) {
+            Ok(()) if verbose => println!("renamed '{}' -> '{}'", src.display(), target.display()),
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("xrename mv: cannot move '{}' to '{}': {e}", src.display(), target.display());
+                status = 1;
+            }
+        }
+    }
+    status
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths from argv have no NUL")
+}
+
+fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String> {
+    let (old, new) = (cstr(src), cstr(dst));
+    match rustix::fs::rename(&*old, &*new) {
+        Ok(()) => return Ok(()),
+        Err(Errno::XDEV) => {}
+        Err(e) => return Err(std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()),
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()) };
+    let run = move || {
+        let req = Request {
+            op: Op::Rename,
+            old_dir: rustix::fs::CWD,
+            old: &old,
+            new_dir: rustix::fs::CWD,
+            new: &new,
+            flags: 0,
+        };
+        let mut report = Report::default();
+        engine::rename(&req, &opts, &mut report).map_err(|e| e.to_string())
+    };
+    if !bar {
+        return run();
+    }
+    let total = total_bytes(src);
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(src.display().to_string());
+    let worker = std::thread::spawn(run);
+    while !worker.is_finished() {
+        pb.set_position(counter.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pb.finish_and_clear();
+    worker.join().unwrap_or_else(|_| Err("internal error".to_owned()))
+}
+
+/// Bytes of data under `src`, for the progress bar's total.
+fn total_bytes(src: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(src) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let mut total = 0;
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}

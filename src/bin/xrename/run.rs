@@ -1,0 +1,315 @@
+//! `xrename [OPTIONS] [--] CMD [ARGS...]`: run a command with the library
+//! preloaded.
+//!
+//! The library is put first in `LD_PRELOAD`, keeping what was there. Without
+//! `--summary` xrename replaces itself with the command (`exec`), so the
+//! command keeps our pid and its exit status is ours by construction. With
+//! `--summary` it waits for the command, then reads the JSON lines every
+//! process of the run appended to a private summary log.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fail;
+
+#[derive(Default)]
+struct Opts {
+    log: Option<OsString>,
+    summary: bool,
+    observe: bool,
+    no_fsync: bool,
+    no_dirs: bool,
+}
+
+pub fn main(args: &[OsString]) -> i32 {
+    let mut opts = Opts::default();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].to_str() {
+            Some("--") => {
+                i += 1;
+                break;
+            }
+            Some("--log") => {
+                let Some(v) = args.get(i + 1) else { return fail("--log needs FILE or -") };
+                opts.log = Some(v.clone());
+                i += 1;
+            }
+            Some(a) if a.starts_with("--log=") => opts.log = Some(OsString::from(&a[6..])),
+            Some("--summary") => opts.summary = true,
+            Some("--observe") => opts.observe = true,
+            Some("--no-fsync") => opts.no_fsync = true,
+            Some("--no-dirs") => opts.no_dirs = true,
+            Some(a) if a.starts_with('-') && a.len() > 1 => {
+                return fail(format_args!("unknown option {a} (see xrename --help)"));
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    let Some(cmd) = args.get(i) else { return fail("no command given (see xrename --help)") };
+    let lib = match find_library() {
+        Ok(lib) => lib,
+        Err(tried) => {
+            let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+            return fail(format_args!(
+                "cannot find libxrename.so; tried: {} (set XRENAME_LIB to its path)",
+                list.join(", ")
+            ));
+        }
+    };
+    if let Some(why) = unreachable_by_preload(cmd) {
+        eprintln!(
+            "xrename: warning: {}: {why}; LD_PRELOAD cannot reach it, its renames are not emulated",
+            cmd.to_string_lossy()
+        );
+    }
+
+    let mut command = Command::new(cmd);
+    command.args(&args[i + 1..]);
+    let mut preload = lib.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    command.env("LD_PRELOAD", preload);
+    if let Some(log) = &opts.log {
+        command.env("XRENAME_LOG", if log == "-" { OsStr::new("stderr") } else { log });
+    }
+    if opts.observe {
+        command.env("XRENAME_MODE", "observe");
+    }
+    if opts.no_fsync {
+        command.env("XRENAME_FSYNC", "0");
+    }
+    if opts.no_dirs {
+        command.env("XRENAME_DIRS", "0");
+    }
+    if !opts.summary {
+        let err = command.exec();
+        return exec_failed(cmd, &err);
+    }
+    let summary = match SummaryLog::create() {
+        Ok(s) => s,
+        Err(e) => return fail(format_args!("cannot create the summary log: {e}")),
+    };
+    command.env("XRENAME_SUMMARY_LOG", &summary.path);
+    let status = match command.status() {
+        Ok(s) => s,
+        Err(e) => return exec_failed(cmd, &e),
+    };
+    eprintln!("xrename: {}", summary.read().describe(opts.observe));
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn exec_failed(cmd: &OsStr, err: &std::io::Error) -> i32 {
+    eprintln!("xrename: {}: {err}", cmd.to_string_lossy());
+    if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
+}
+
+/// Where the library may be, in order: `$XRENAME_LIB`, beside this program,
+/// `../lib/xrename/` from it. Returns the first that exists, or all tried.
+fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os("XRENAME_LIB").filter(|p| !p.is_empty()) {
+        tried.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            tried.push(dir.join("libxrename.so"));
+            tried.push(dir.join("../lib/xrename/libxrename.so"));
+        }
+    }
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.canonicalize().unwrap_or_else(|_| p.clone())),
+        None => Err(tried),
+    }
+}
+
+/// Why `LD_PRELOAD` will not reach `cmd`, if it will not.
+fn unreachable_by_preload(cmd: &OsStr) -> Option<&'static str> {
+    let path = resolve(cmd)?;
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.permissions().mode() & 0o6000 != 0 {
+        return Some("setuid/setgid program (the dynamic loader ignores LD_PRELOAD for it)");
+    }
+    if rustix::fs::getxattr(&path, "security.capability", &mut [0u8; 64][..]).is_ok() {
+        return Some("program with file capabilities (the dynamic loader ignores LD_PRELOAD for it)");
+    }
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)).ok()?;
+    head.truncate(n);
+    match elf_interp(&path, &head) {
+        Some(false) => Some("statically linked program (no dynamic loader)"),
+        _ if is_go(&path) => Some("Go program (it makes rename syscalls directly, not through libc)"),
+        _ => None,
+    }
+}
+
+/// Finds `cmd` as execvp would.
+fn resolve(cmd: &OsStr) -> Option<PathBuf> {
+    if cmd.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(cmd));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
+/// For a 64-bit little-endian ELF file: whether it has a PT_INTERP program
+/// header (a dynamic loader). None if it is not such a file.
+fn elf_interp(path: &Path, head: &[u8]) -> Option<bool> {
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().ok()?) as usize;
+    let (phentsize, phnum) = (u16_at(head, 0x36), u16_at(head, 0x38));
+    let table = std::fs::read(path).ok()?;
+    let found = (0..phnum).any(|k| {
+        let o = phoff + k * phentsize;
+        table.get(o..o + 4).is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == 3)
+    });
+    Some(found)
+}
+
+/// Go binaries carry a build-info block starting with this magic.
+fn is_go(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.windows(14).any(|w| w == b"\xff Go buildinf:"))
+}
+
+/// A private file every process of the run appends its log lines to.
+struct SummaryLog {
+    path: PathBuf,
+}
+
+impl SummaryLog {
+    fn create() -> std::io::Result<SummaryLog> {
+        let dir = std::env::temp_dir();
+        for n in 0..100u32 {
+            let path = dir.join(format!("xrename-summary-{}-{n}.jsonl", std::process::id()));
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(SummaryLog { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+    }
+
+    fn read(&self) -> Summary {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        Summary::from_lines(&text)
+    }
+}
+
+impl Drop for SummaryLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What the log lines of a run add up to.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    met: u64,
+    moved: u64,
+    failed: Vec<String>,
+    bytes: u64,
+    files: u64,
+    ms: f64,
+    processes: std::collections::BTreeSet<u64>,
+}
+
+impl Summary {
+    pub fn from_lines(text: &str) -> Summary {
+        let mut s = Summary::default();
+        for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            s.met += 1;
+            s.processes.insert(v["pid"].as_u64().unwrap_or(0));
+            s.bytes += v["bytes"].as_u64().unwrap_or(0);
+            s.files += v["files"].as_u64().unwrap_or(0);
+            s.ms += v["ms"].as_f64().unwrap_or(0.0);
+            match v["result"].as_str() {
+                Some("ok") => s.moved += 1,
+                Some(_) if v["step"] == "observe" => {}
+                Some(e) => s.failed.push(e.to_owned()),
+                None => {}
+            }
+        }
+        s
+    }
+
+    pub fn describe(&self, observe: bool) -> String {
+        let procs = self.processes.len();
+        if observe {
+            return format!(
+                "{} EXDEV met in {procs} process(es), observed and returned as the kernel gave them",
+                self.met
+            );
+        }
+        let mut failed = format!("{} failed", self.failed.len());
+        if !self.failed.is_empty() {
+            let mut counts = std::collections::BTreeMap::new();
+            for e in &self.failed {
+                *counts.entry(e.as_str()).or_insert(0) += 1;
+            }
+            let list: Vec<String> = counts.iter().map(|(e, n)| format!("{n} {e}")).collect();
+            failed.push_str(&format!(" ({})", list.join(", ")));
+        }
+        format!(
+            "{} EXDEV met in {procs} process(es): {} moved, {failed}; {} objects and {} copied in {:.1} ms",
+            self.met,
+            self.moved,
+            self.files,
+            human(self.bytes),
+            self.ms
+        )
+    }
+}
+
+/// Bytes in binary units.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_moves_failures_bytes_and_processes() {
+        let lines = concat!(
+            r#"{"pid":1,"result":"ok","bytes":1024,"files":1,"ms":1.5}"#,
+            "\n",
+            r#"{"pid":2,"result":"ok","bytes":1024,"files":3,"ms":0.5}"#,
+            "\n",
+            r#"{"pid":2,"result":"ENOSPC","step":"copy","bytes":7,"files":0,"ms":1.0}"#,
+            "\n",
+            "not json\n"
+        );
+        let s = Summary::from_lines(lines);
+        assert_eq!((s.met, s.moved, s.failed.len(), s.bytes, s.files), (3, 2, 1, 2055, 4));
+        assert_eq!(
+            s.describe(false),
+            "3 EXDEV met in 2 process(es): 2 moved, 1 failed (1 ENOSPC); 4 objects and 2.0 KiB copied in 3.0 ms"
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+}
