@@ -33,7 +33,7 @@ use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RenameFlags, Statx, St
 use rustix::io::Errno;
 
 use super::check::{file_type, fstat, lstat, same_inode};
-use super::error::{At, Error, Result, retry};
+use super::error::{At, Error, Result, retry, tidy};
 use super::install::{Temp, with_fresh_name};
 use super::path::Entry;
 use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
@@ -293,14 +293,14 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));
     }
-    // From here the move has happened; what follows only tidies up.
+    // From here the move has happened; what follows only tidies up, and
+    // cannot undo it: the source is already (partly) gone.
     let victim = name.as_deref().unwrap_or(&src.name);
-    let complete = delete_copied(sdir, victim, dst).unwrap_or(false);
-    if !complete {
-        if let Some(aside) = &name {
-            // Put back what we kept, under the original name if it is free.
-            let _ = retry(|| rustix::fs::renameat_with(sdir, &**aside, sdir, &*src.name, RenameFlags::NOREPLACE));
-        }
+    let deleted = delete_copied(sdir, victim, dst);
+    if let (true, Some(aside)) = (deleted.kept, &name) {
+        // What changed during the move goes back under the source name. What
+        // only failed to be deleted stays hidden: the copy has all of it.
+        let _ = tidy(|| rustix::fs::renameat_with(sdir, &**aside, sdir, &*src.name, RenameFlags::NOREPLACE));
     }
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));
@@ -308,49 +308,76 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     Ok(())
 }
 
+/// How deleting an old source tree went.
+#[derive(Debug, Default)]
+struct Deleted {
+    /// Entries were kept because the copy does not have them as they are:
+    /// they were created or changed during the move.
+    kept: bool,
+    /// Some step failed even when tried again.
+    errors: bool,
+}
+
 /// Deletes `dir`/`name`, an old source tree, entry by entry where the copy
-/// at `dst` has the same entry. Returns whether everything went.
-fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Result<bool> {
-    let root = open_dir(dir, name).at("open old source")?;
-    let copy = open_dir(dst.dir.as_fd(), &dst.name).at("open copy")?;
-    let mut walk = Walk::new([root, copy])?;
-    let mut complete = true;
+/// at `dst` has the same entry. Each step is a cleanup step ([`tidy`]).
+fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Deleted {
+    let mut out = Deleted::default();
+    let walk = match (tidy(|| open_dir(dir, name)), tidy(|| open_dir(dst.dir.as_fd(), &dst.name))) {
+        (Ok(root), Ok(copy)) => Walk::new([root, copy]).ok(),
+        _ => None,
+    };
+    let Some(mut walk) = walk else {
+        out.errors = true;
+        return out;
+    };
     loop {
-        match walk.next_name() {
-            Some(n) => {
-                let [sd, cd] = walk.fds()?;
-                let (s, c) = (lstat(sd, &n), lstat(cd, &n));
-                let (Ok(s), Ok(c)) = (s, c) else {
-                    complete = false;
-                    continue;
-                };
-                if !same_shape(&s, &c) {
-                    complete = false;
-                } else if file_type(&s) == FileType::Directory {
-                    match (open_dir(sd, &n), open_dir(cd, &n)) {
-                        (Ok(a), Ok(b)) if same_inode(&fstat(a.as_fd()).at("stat")?, &s) => walk.push(n, [a, b])?,
-                        _ => complete = false,
+        if let Some(n) = walk.next_name() {
+            let Ok([sd, cd]) = walk.fds() else {
+                out.errors = true;
+                break;
+            };
+            match (tidy(|| lstat(sd, &n)), tidy(|| lstat(cd, &n))) {
+                (Err(Errno::NOENT), _) => {}
+                (Ok(_), Err(Errno::NOENT)) => out.kept = true,
+                (Ok(s), Ok(c)) if !same_shape(&s, &c) => out.kept = true,
+                (Ok(s), Ok(_)) if file_type(&s) == FileType::Directory => {
+                    let (Ok(a), Ok(b)) = (tidy(|| open_dir(sd, &n)), tidy(|| open_dir(cd, &n))) else {
+                        out.errors = true;
+                        continue;
+                    };
+                    match tidy(|| fstat(a.as_fd())) {
+                        Ok(st) if same_inode(&st, &s) => out.errors |= walk.push(n, [a, b]).is_err(),
+                        Ok(_) => out.kept = true, // replaced meanwhile
+                        Err(_) => out.errors = true,
                     }
-                } else if retry(|| rustix::fs::unlinkat(sd, &*n, AtFlags::empty())).is_err() {
-                    complete = false;
                 }
+                (Ok(_), Ok(_)) => out.errors |= tidy(|| rustix::fs::unlinkat(sd, &*n, AtFlags::empty())).is_err(),
+                _ => out.errors = true,
             }
-            None => {
-                let Some((frame, _)) = walk.pop()? else { break };
-                if walk.is_done() {
-                    break;
-                }
-                let d = walk.fd(0)?;
-                if retry(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).is_err() {
-                    complete = false;
-                }
+            continue;
+        }
+        match walk.pop() {
+            Ok(Some((frame, _))) if !walk.is_done() => match walk.fd(0) {
+                Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
+                    Ok(()) | Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+                    Ok(()) => {}
+                    Err(_) => out.errors = true,
+                },
+                Err(_) => out.errors = true,
+            },
+            Ok(_) => break,
+            Err(_) => {
+                out.errors = true;
+                break;
             }
         }
     }
-    if retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_err() {
-        complete = false;
+    match tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)) {
+        Ok(()) => {}
+        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+        Err(_) => out.errors = true,
     }
-    Ok(complete)
+    out
 }
 
 /// Whether a source entry and its copy look the same: same type, and for

@@ -53,3 +53,20 @@ pub(crate) fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::
         }
     }
 }
+
+/// How often a cleanup step is tried: see [`tidy`].
+pub(crate) const TIDY_TRIES: usize = 3;
+
+/// Runs a cleanup or rollback step. These have no one to report to, and
+/// leaving them undone leaves a trace, so a failure other than ENOENT (the
+/// work is done already) is tried again, a few times.
+pub(crate) fn tidy<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    let mut last = Err(Errno::IO);
+    for _ in 0..TIDY_TRIES {
+        last = retry(&mut f);
+        if matches!(last, Ok(_) | Err(Errno::NOENT)) {
+            break;
+        }
+    }
+    last
+}

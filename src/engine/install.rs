@@ -32,7 +32,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
 use rustix::io::Errno;
 
 use super::check::{file_type, fstat, lstat, same_inode};
-use super::error::{At, Error, Result, retry};
+use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
 
 /// Prefix of every name xrename creates in a user's directory.
 pub const TEMP_PREFIX: &str = ".xrename-";
@@ -152,22 +152,6 @@ fn remove_ours(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) {
     } else {
         let _ = tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::empty()));
     }
-}
-
-/// Cleanup and rollback steps have no one to report to, and leaving them
-/// undone leaves a trace: a failure other than ENOENT is tried again.
-const TIDY_TRIES: usize = 3;
-
-fn tidy<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
-    let mut last = Err(Errno::IO);
-    for _ in 0..TIDY_TRIES {
-        last = retry(&mut f);
-        match last {
-            Ok(_) | Err(Errno::NOENT) => break,
-            Err(_) => continue,
-        }
-    }
-    last
 }
 
 /// Removes an old destination kept at `backup`. An old directory was empty:

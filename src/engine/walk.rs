@@ -14,11 +14,11 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags, Statx};
+use rustix::fs::{Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
 
 use super::check::fstat;
-use super::error::{At, Error, Result, retry};
+use super::error::{At, Error, Result, TIDY_TRIES, retry};
 
 /// How many of the deepest levels keep open descriptors.
 pub const WINDOW: usize = 32;
@@ -57,19 +57,39 @@ pub fn open_dir_noatime(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<
 
 /// The names in a directory, `.` and `..` left out, read from `dir` itself
 /// (so its open flags, such as `O_NOATIME`, apply). `dir` must be fresh: the
-/// listing starts at its current offset.
+/// listing starts at its current offset. A failed read starts over from the
+/// beginning, a few times.
 pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
     let mut buf = Vec::with_capacity(32 * 1024);
+    let mut last = Errno::IO;
+    for attempt in 0..TIDY_TRIES {
+        if attempt > 0 && retry(|| rustix::fs::seek(dir, SeekFrom::Start(0))).is_err() {
+            break;
+        }
+        match read_all(dir, &mut buf) {
+            Ok(mut names) => {
+                names.reverse(); // visited with pop(), in directory order
+                return Ok(names);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::new(last, "read directory"))
+}
+
+fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<CString>> {
     let mut names = Vec::new();
     let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
     while let Some(entry) = entries.next() {
-        let entry = entry.at("read directory")?;
+        let entry = match entry {
+            Err(Errno::INTR) => continue, // nothing was consumed: read again
+            other => other?,
+        };
         let name = entry.file_name();
         if name != c"." && name != c".." {
             names.push(name.to_owned());
         }
     }
-    names.reverse(); // visited with pop(), in directory order
     Ok(names)
 }
 
