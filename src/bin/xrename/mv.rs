@@ -17,8 +17,6 @@ use std::time::Duration;
 use rustix::io::Errno;
 use xrename::engine::{self, Op, Options, Report, Request};
 
-use crate::fail;
-
 pub const HELP: &str = "\
 xrename mv [OPTIONS] SRC... DST: move files and trees, across filesystems too
 
@@ -53,17 +51,17 @@ pub fn main(args: &[OsString]) -> i32 {
                 print!("{HELP}");
                 return 0;
             }
-            Some(o) if o.starts_with('-') && o.len() > 1 => return fail(format_args!("mv: unknown option {o}")),
+            Some(o) if o.starts_with('-') && o.len() > 1 => return usage(format_args!("unknown option {o}")),
             _ => paths.push(PathBuf::from(a)),
         }
     }
     if paths.len() < 2 {
-        return fail("mv takes SRC... DST (see xrename help mv)");
+        return usage("mv takes SRC... DST (see xrename help mv)");
     }
     let dst = paths.pop().expect("checked");
     let into_dir = !no_target_dir && dst.is_dir();
     if paths.len() > 1 && !into_dir {
-        return fail(format_args!("mv: target {} is not a directory", dst.display()));
+        return usage(format_args!("target {} is not a directory", dst.display()));
     }
     let bar = progress && std::io::stderr().is_terminal();
     let mut status = 0;
@@ -82,6 +80,12 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     }
     status
+}
+
+/// A usage error: exit status 1, as GNU mv.
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("xrename mv: {msg}");
+    1
 }
 
 fn cstr(p: &Path) -> CString {

@@ -64,10 +64,7 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     if let Some(why) = unreachable_by_preload(cmd) {
-        eprintln!(
-            "xrename: warning: {}: {why}; LD_PRELOAD cannot reach it, its renames are not emulated",
-            cmd.to_string_lossy()
-        );
+        eprintln!("xrename: warning: {}: {why}", cmd.to_string_lossy());
     }
 
     let mut command = Command::new(cmd);
@@ -136,17 +133,23 @@ fn unreachable_by_preload(cmd: &OsStr) -> Option<&'static str> {
     let path = resolve(cmd)?;
     let meta = std::fs::metadata(&path).ok()?;
     if meta.permissions().mode() & 0o6000 != 0 {
-        return Some("setuid/setgid program (the dynamic loader ignores LD_PRELOAD for it)");
+        return Some(
+            "setuid/setgid program: when it runs with raised privileges the loader ignores LD_PRELOAD, and its renames are not emulated",
+        );
     }
     if rustix::fs::getxattr(&path, "security.capability", &mut [0u8; 64][..]).is_ok() {
-        return Some("program with file capabilities (the dynamic loader ignores LD_PRELOAD for it)");
+        return Some(
+            "program with file capabilities: when they raise its privileges the loader ignores LD_PRELOAD, and its renames are not emulated",
+        );
     }
     let mut head = vec![0u8; 4096];
     let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)).ok()?;
     head.truncate(n);
     match elf_interp(&path, &head) {
-        Some(false) => Some("statically linked program (no dynamic loader)"),
-        _ if is_go(&path) => Some("Go program (it makes rename syscalls directly, not through libc)"),
+        Some(false) => Some("statically linked program: LD_PRELOAD cannot reach it, its renames are not emulated"),
+        _ if is_go(&path) => {
+            Some("Go program: it makes rename syscalls directly, not through libc, so they are not emulated")
+        }
         _ => None,
     }
 }

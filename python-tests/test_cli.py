@@ -1,0 +1,758 @@
+"""The `xrename` command (target/release/xrename), run as a user would.
+
+- `xrename [OPTIONS] [--] CMD ...`: runs CMD with libxrename.so preloaded;
+  exit status, library lookup, LD_PRELOAD chaining, --log, --summary,
+  --observe, --no-dirs and the warnings for programs LD_PRELOAD cannot reach.
+- `xrename explain SRC DST` on each kind of mount, changing nothing.
+- `xrename mv` and `xrename clean`, `make install`, --help and --version.
+
+Every test uses its own private mounts (conftest fixtures); every
+cross-device pair is first proved to give EXDEV without the shim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_harness import (
+    C_RENAME, XRENAME, assert_kernel_exdev, compile_c, dead_pid, describe, fstype,
+    parse_one_json_line, py_rename_argv, run, try_compile_c, verdict_line,
+    write_py_program, xrename, xrename_env,
+)
+from tree_harness import assert_same_listing, build_small_tree, leftovers, listing
+from xrename_harness import (
+    LIBRARY, PAST_ATIME_NS, PAST_MTIME_NS, REPO_ROOT, MiB, assert_metadata_equal,
+    entries, need, random_bytes, snapshot,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built_binary():
+    if not XRENAME.is_file():
+        pytest.fail(f"{XRENAME} not built: run `cargo build --release` first", pytrace=False)
+
+
+def _seed_file(path: Path, size: int, seed: int) -> bytes:
+    data = random_bytes(size, seed)
+    path.write_bytes(data)
+    return data
+
+
+# ==========================================================================
+# running a program: renames across devices just work
+# ==========================================================================
+
+DASHDASH = pytest.mark.parametrize("sep", [["--"], []], ids=["with-dashdash", "without-dashdash"])
+
+
+@DASHDASH
+def test_python_program_renames_across_devices_under_xrename(fs_pair, tmp_path, sep):
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    data = _seed_file(src, 50_000, seed=1)
+
+    proc = xrename(*sep, *py_rename_argv(prog, src, dst))
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)
+    assert out["ok"], f"rename failed under xrename: {out}\n{describe(proc)}"
+    assert out["preloaded"], f"libxrename.so not mapped in the program: {out['maps']}"
+    assert proc.stderr == "", f"xrename wrote to stderr without --log/--summary: {proc.stderr!r}"
+    assert not src.exists()
+    assert dst.read_bytes() == data
+    assert entries(fs_pair.src_dir) == set() and entries(fs_pair.dst_dir) == {"b.bin"}
+
+
+@DASHDASH
+def test_c_program_renames_across_devices_under_xrename(fs_pair, tmp_path, sep):
+    prog = compile_c(tmp_path, C_RENAME, "crename")
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    data = _seed_file(src, 70_001, seed=2)
+
+    proc = xrename(*sep, prog, src, dst)
+
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == "ok\n", describe(proc)
+    assert proc.stderr == "", describe(proc)
+    assert not src.exists()
+    assert dst.read_bytes() == data
+
+
+def test_without_xrename_the_same_programs_get_exdev(fs_pair, tmp_path):
+    """Control: the very same programs, run directly, fail with EXDEV."""
+    py, c = write_py_program(tmp_path), compile_c(tmp_path, C_RENAME, "crename")
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    data = _seed_file(src, 1000, seed=3)
+
+    p1 = run(py_rename_argv(py, src, dst))
+    p2 = run([c, src, dst])
+
+    out = parse_one_json_line(p1.stdout)
+    assert out == {**out, "ok": False, "errname": "EXDEV", "preloaded": False}, out
+    assert (p2.returncode, p2.stdout) == (1, "EXDEV\n"), describe(p2)
+    assert src.read_bytes() == data and not dst.exists()
+
+
+# ==========================================================================
+# exit status and library lookup
+# ==========================================================================
+
+SUMMARY_MODES = pytest.mark.parametrize("mode", [[], ["--summary"]], ids=["exec", "summary"])
+
+
+@SUMMARY_MODES
+def test_exit_status_of_the_command_is_passed_through(mode):
+    proc = xrename(*mode, "sh", "-c", "exit 7")
+    assert proc.returncode == 7, describe(proc)
+
+
+@SUMMARY_MODES
+def test_command_killed_by_sigkill_gives_status_137(mode):
+    # Seen from a shell, as a user sees it: $? is 128 + 9.
+    wrapper = ["sh", "-c", '"$@"; echo "status=$?"', "sh", XRENAME, *mode, "sh", "-c", "kill -9 $$"]
+    proc = run(wrapper)
+    assert proc.stdout.splitlines()[-1:] == ["status=137"], describe(proc)
+    # Seen by the parent directly: without --summary xrename *is* the command
+    # (exec), so it dies of the signal; with --summary it waits and exits 137.
+    direct = xrename(*mode, "sh", "-c", "kill -9 $$")
+    want = 137 if mode else -signal.SIGKILL
+    assert direct.returncode == want, describe(direct)
+
+
+@SUMMARY_MODES
+def test_missing_command_exits_127(mode, tmp_path):
+    missing = "xrename-test-no-such-command-7f3a"
+    proc = xrename(*mode, missing, "arg")
+    assert proc.returncode == 127, describe(proc)
+    assert missing in proc.stderr, describe(proc)
+    proc = xrename(*mode, tmp_path / "not-there")
+    assert proc.returncode == 127, describe(proc)
+
+
+def _lonely_copy(tmp_path: Path) -> Path:
+    d = tmp_path / "alone"
+    d.mkdir()
+    exe = d / "xrename"
+    shutil.copy2(XRENAME, exe)
+    assert not (tmp_path / "lib").exists()
+    return exe
+
+
+def test_missing_library_exits_125_naming_the_paths_tried(tmp_path):
+    exe = _lonely_copy(tmp_path)
+    d = os.path.realpath(exe.parent)
+    marker = tmp_path / "ran"
+
+    proc = xrename("touch", marker, exe=exe)
+
+    assert proc.returncode == 125, describe(proc)
+    want = (f"xrename: cannot find libxrename.so; tried: {d}/libxrename.so, "
+            f"{d}/../lib/xrename/libxrename.so (set XRENAME_LIB to its path)")
+    assert want in proc.stderr, f"expected {want!r} in stderr\n{describe(proc)}"
+    assert not marker.exists(), "the command ran although the library is missing"
+
+    # An XRENAME_LIB that does not exist is tried first, and named too.
+    bogus = tmp_path / "nowhere" / "libxrename.so"
+    proc = xrename("touch", marker, exe=exe, env=xrename_env({"XRENAME_LIB": str(bogus)}))
+    assert proc.returncode == 125, describe(proc)
+    assert f"tried: {bogus}, {d}/libxrename.so, " in proc.stderr, describe(proc)
+    assert not marker.exists()
+
+
+def test_xrename_lib_points_a_lonely_copy_at_the_library(fs_pair, tmp_path):
+    exe = _lonely_copy(tmp_path)
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
+    data = _seed_file(src, 4096, seed=4)
+
+    proc = xrename(*py_rename_argv(prog, src, dst), exe=exe,
+                   env=xrename_env({"XRENAME_LIB": str(LIBRARY)}))
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)
+    assert out["ok"] and out["preloaded"], out
+    assert str(LIBRARY.resolve()) in out["maps"], out["maps"]
+    assert dst.read_bytes() == data and not src.exists()
+
+
+def test_existing_ld_preload_is_kept_after_the_library(fs_pair, tmp_path):
+    marker_lib = compile_c(tmp_path, "int xrename_test_marker(void) { return 42; }\n",
+                           "libmarker.so", "-shared", "-fPIC")
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
+    _seed_file(src, 10, seed=5)
+
+    proc = xrename(*py_rename_argv(prog, src, dst), env=xrename_env({"LD_PRELOAD": str(marker_lib)}))
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)
+    assert out["ld_preload"] == f"{LIBRARY.resolve()}:{marker_lib}", out["ld_preload"]
+    assert str(marker_lib) in out["maps"], f"the existing LD_PRELOAD library was dropped: {out['maps']}"
+    assert str(LIBRARY.resolve()) in out["maps"], out["maps"]
+    assert out["ok"], out
+
+
+# ==========================================================================
+# --observe, --summary, --log, --no-dirs
+# ==========================================================================
+
+def _log_lines(text: str) -> list[dict]:
+    assert text == "" or text.endswith("\n"), f"log does not end with a newline: {text[-200:]!r}"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_observe_returns_exdev_and_logs_it_moving_nothing(fs_pair, tmp_path):
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    data = _seed_file(src, 3000, seed=6)
+    log = tmp_path / "observe.log"
+    before = {d: listing(d) for d in (fs_pair.src_dir, fs_pair.dst_dir)}
+
+    proc = xrename("--observe", "--log", log, *py_rename_argv(prog, src, dst))
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)
+    assert out["preloaded"], out
+    assert not out["ok"] and out["errname"] == "EXDEV", f"--observe must return EXDEV: {out}"
+    lines = _log_lines(log.read_text())
+    assert len(lines) == 1, lines
+    assert lines[0]["result"] == "EXDEV" and lines[0]["step"] == "observe", lines[0]
+    assert lines[0]["src"] == str(src) and lines[0]["dst"] == str(dst), lines[0]
+    assert lines[0]["pid"] == out["pid"], lines[0]
+    for d, b in before.items():
+        assert_same_listing(b, listing(d), "before", "after", f"--observe changed {d}")
+    assert src.read_bytes() == data
+
+
+def test_observe_with_summary_counts_without_moving(fs_pair, tmp_path):
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    _seed_file(src, 300, seed=7)
+
+    proc = xrename("--observe", "--summary", *py_rename_argv(prog, src, dst))
+
+    assert proc.returncode == 0, describe(proc)
+    assert parse_one_json_line(proc.stdout)["errname"] == "EXDEV"
+    assert proc.stderr == ("xrename: 1 EXDEV met in 1 process(es), observed and returned as the "
+                           "kernel gave them\n"), describe(proc)
+    assert src.exists() and not dst.exists()
+
+
+FORKING_PROGRAM = r'''
+import os, sys
+a_src, a_dst, b_src, b_dst = sys.argv[1:5]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.rename(b_src, b_dst)
+    except OSError as e:
+        print("child:", e, file=sys.stderr)
+        os._exit(1)
+    os._exit(0)
+os.rename(a_src, a_dst)
+_, st = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(st))
+'''
+
+
+def test_summary_counts_moves_and_bytes_across_a_forked_child(fs_pair, tmp_path):
+    prog = tmp_path / "fork_rename.py"
+    prog.write_text(FORKING_PROGRAM)
+    a, b = fs_pair.src_dir / "a", fs_pair.src_dir / "b"
+    da, db = _seed_file(a, 300, seed=8), _seed_file(b, 411, seed=9)
+    tmpdir = tmp_path / "tmpdir"  # where --summary keeps its private log
+    tmpdir.mkdir()
+
+    proc = xrename("--summary", sys.executable, prog, a, fs_pair.dst_dir / "a", b, fs_pair.dst_dir / "b",
+                   env=xrename_env({"TMPDIR": str(tmpdir)}))
+
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == "", describe(proc)
+    summary = [l for l in proc.stderr.splitlines() if "EXDEV met" in l]
+    assert len(summary) == 1, describe(proc)
+    pattern = (r"xrename: 2 EXDEV met in 2 process\(es\): 2 moved, 0 failed; "
+               r"2 objects and 711 B copied in \d+\.\d ms")
+    assert re.fullmatch(pattern, summary[0]), f"summary line {summary[0]!r} does not match {pattern!r}"
+    assert proc.stderr == summary[0] + "\n", describe(proc)
+    assert (fs_pair.dst_dir / "a").read_bytes() == da and (fs_pair.dst_dir / "b").read_bytes() == db
+    assert entries(fs_pair.src_dir) == set()
+    assert os.listdir(tmpdir) == [], f"--summary left its log behind: {os.listdir(tmpdir)}"
+
+
+@pytest.mark.parametrize("where", ["file", "stderr"])
+def test_log_writes_json_lines_and_leaves_program_stdout_alone(fs_pair, tmp_path, where):
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a.bin", fs_pair.dst_dir / "b.bin"
+    _seed_file(src, 12_345, seed=10)
+    log = tmp_path / "run.log"
+
+    proc = xrename("--log", log if where == "file" else "-", *py_rename_argv(prog, src, dst))
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)  # stdout is the program's own line, nothing else
+    assert out["ok"], out
+    if where == "file":
+        assert proc.stderr == "", describe(proc)
+        text = log.read_text()
+    else:
+        assert not log.exists()
+        text = proc.stderr
+    lines = _log_lines(text)
+    assert len(lines) == 1, f"want exactly one JSON line, got {text!r}"
+    line = lines[0]
+    assert (line["result"], line["src"], line["dst"], line["bytes"], line["files"], line["pid"]) == \
+        ("ok", str(src), str(dst), 12_345, 1, out["pid"]), line
+
+
+def test_no_dirs_leaves_directory_moves_to_the_program(fs_pair, tmp_path):
+    prog = write_py_program(tmp_path)
+    d_src, d_dst = fs_pair.src_dir / "tree", fs_pair.dst_dir / "tree"
+    build_small_tree(d_src, seed=11)
+    tree_before = listing(d_src)
+    f_src, f_dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    data = _seed_file(f_src, 999, seed=12)
+
+    pd = xrename("--no-dirs", *py_rename_argv(prog, d_src, d_dst))
+    pf = xrename("--no-dirs", *py_rename_argv(prog, f_src, f_dst))
+
+    od, of = parse_one_json_line(pd.stdout), parse_one_json_line(pf.stdout)
+    assert od["preloaded"] and not od["ok"] and od["errname"] == "EXDEV", \
+        f"--no-dirs: the directory move must get EXDEV: {od}"
+    assert_same_listing(tree_before, listing(d_src), "before", "after", "--no-dirs touched the tree")
+    assert not d_dst.exists()
+    assert of["ok"], f"--no-dirs: a file move must still be emulated: {of}"
+    assert f_dst.read_bytes() == data and not f_src.exists()
+
+
+# ==========================================================================
+# warnings for programs LD_PRELOAD cannot reach
+# ==========================================================================
+
+EXIT3 = "int main(void) { return 3; }\n"
+WARN = "xrename: warning:"
+
+
+def _assert_one_warning(proc, why: str) -> None:
+    assert proc.stderr.count(WARN) == 1, f"want exactly one warning\n{describe(proc)}"
+    line = next(l for l in proc.stderr.splitlines() if WARN in l)
+    assert why in line, f"warning should say {why!r}: {line!r}"
+    assert "LD_PRELOAD cannot reach it" in line, line
+
+
+def test_statically_linked_program_is_warned_about_once(fs_pair, tmp_path):
+    prog, err = try_compile_c(tmp_path, C_RENAME, "static-rename", "-static")
+    need(prog is not None, f"cc -static does not work here (no static libc?): {err}")
+    src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
+    _seed_file(src, 100, seed=13)
+
+    proc = xrename(prog, src, dst)
+
+    _assert_one_warning(proc, "statically linked program")
+    # The warning is true: the static program's rename is not emulated.
+    assert (proc.returncode, proc.stdout) == (1, "EXDEV\n"), describe(proc)
+    assert src.exists() and not dst.exists()
+
+
+def test_setuid_program_is_warned_about_once(tmp_path):
+    prog = compile_c(tmp_path, EXIT3, "suid-exit3")
+    os.chmod(prog, 0o4755)
+    proc = xrename(prog)
+    _assert_one_warning(proc, "setuid/setgid program")
+    assert proc.returncode == 3, describe(proc)
+
+    os.chmod(prog, 0o2755)
+    proc = xrename(prog)
+    _assert_one_warning(proc, "setuid/setgid program")
+
+
+def test_program_with_file_capabilities_is_warned_about_once(tmp_path):
+    prog = compile_c(tmp_path, EXIT3, "caps-exit3")
+    setcap = shutil.which("setcap")
+    need(setcap is not None, "setcap not installed")
+    p = subprocess.run([setcap, "cap_net_raw+ep", str(prog)], capture_output=True, text=True)
+    need(p.returncode == 0, f"cannot set file capabilities here: {p.stderr.strip()}")
+    proc = xrename(prog)
+    _assert_one_warning(proc, "file capabilities")
+
+
+GO_LIKE = r'''
+/* Not Go: a dynamic C program carrying Go's build-info magic, which is what
+   xrename looks for to recognise a Go binary. */
+__attribute__((used)) static const char go_buildinfo[] = "\xff Go buildinf:";
+int main(void) { return go_buildinfo[1] == ' ' ? 3 : 1; }
+'''
+
+
+def test_go_binary_is_warned_about_once(tmp_path):
+    prog = compile_c(tmp_path, GO_LIKE, "go-like")
+    assert b"\xff Go buildinf:" in prog.read_bytes()
+    proc = xrename(prog)
+    _assert_one_warning(proc, "Go program")
+    assert proc.returncode == 3, describe(proc)
+
+
+def test_ordinary_dynamic_program_gets_no_warning(tmp_path):
+    prog = compile_c(tmp_path, EXIT3, "plain-exit3")
+    proc = xrename(prog)
+    assert proc.returncode == 3 and proc.stderr == "", describe(proc)
+
+
+# ==========================================================================
+# explain
+# ==========================================================================
+
+def _explain_unchanged(roots, src, dst) -> subprocess.CompletedProcess:
+    before = {r: listing(r) for r in roots}
+    proc = xrename("explain", src, dst)
+    for r in roots:
+        # Reading a directory may update its atime; nothing else may change.
+        assert_same_listing(before[r], listing(r), "before explain", "after explain",
+                            f"explain changed {r}", ignore=("atime_ns",))
+    assert proc.returncode == 0, describe(proc)
+    return proc
+
+
+def test_explain_tmpfs_to_ext4_says_different_filesystems(tmpfs, ext4):
+    (tmpfs / "src").mkdir(); (ext4 / "dst").mkdir()
+    src, dst = tmpfs / "src" / "report.bin", ext4 / "dst" / "report.bin"
+    _seed_file(src, 2048, seed=14)
+
+    proc = _explain_unchanged([tmpfs, ext4], src, dst)
+
+    out = proc.stdout
+    assert verdict_line(out) == f"verdict:     EXDEV: different filesystems (tmpfs and {fstype(ext4)}).", out
+    assert f"source:      {src} (regular file)" in out, out
+    assert f"destination: {dst}" in out, out
+    assert "would copy 1 object(s), 2.0 KiB of data" in out, out
+    assert re.search(r"^keeps: +" + re.escape(fstype(ext4)) + " keeps ", out, re.M), out
+    assert_kernel_exdev(src, dst)  # the verdict is the kernel's
+
+
+def test_explain_into_an_existing_directory_explains_the_move_into_it(tmpfs, ext4):
+    (ext4 / "tree").mkdir(); (ext4 / "tree" / "x").write_bytes(b"12345"); (ext4 / "tree" / "sub").mkdir()
+    (ext4 / "tree" / "sub" / "y").write_bytes(b"678")
+    target = tmpfs / "target"
+    target.mkdir()
+
+    proc = _explain_unchanged([tmpfs, ext4], ext4 / "tree", target)
+
+    out = proc.stdout
+    assert f"{target} is a directory: explaining a move into it" in out, out
+    assert f"destination: {target / 'tree'}" in out, out
+    assert verdict_line(out) == f"verdict:     EXDEV: different filesystems ({fstype(ext4)} and tmpfs).", out
+    assert "would copy 4 object(s), 8 B of data" in out, out  # 2 dirs + 2 files
+    assert not (target / "tree").exists()
+
+
+def test_explain_bind_pair_says_bind_mount(bind_pair):
+    d, b = bind_pair
+    (d / "src").mkdir(); (d / "dst").mkdir()
+    src, dst = d / "src" / "f", b / "dst" / "f"
+    _seed_file(src, 10, seed=15)
+
+    proc = _explain_unchanged([d], src, dst)
+
+    v = verdict_line(proc.stdout)
+    assert v.startswith("verdict:     EXDEV: two mounts of one filesystem ("), proc.stdout
+    assert "a bind mount" in v, v
+    assert_kernel_exdev(src, dst)
+
+
+@pytest.fixture
+def overlay(mounts, ext4, tmpfs, tmp_path):
+    lower = ext4 / "lower"
+    lower.mkdir()
+    (lower / "d").mkdir()
+    (lower / "d" / "inner.txt").write_bytes(b"lower layer file")
+    (lower / "plain.txt").write_bytes(b"a lower regular file")
+    upper, work = tmpfs / "upper", tmpfs / "work"
+    upper.mkdir(); work.mkdir()
+    merged = tmp_path / "merged"
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    ok, err = mounts.try_mount(["-t", "overlay", "-o", opts + ",redirect_dir=off", "xrename-ovl"], merged)
+    if not ok:
+        mounts.mount(["-t", "overlay", "-o", opts, "xrename-ovl"], merged, f"overlayfs ({err})")
+    return lower, upper, merged
+
+
+def test_explain_overlay_lower_directory_says_lower_layer(overlay):
+    lower, upper, merged = overlay
+    src, dst = merged / "d", merged / "e"
+
+    proc = _explain_unchanged([lower, upper, merged], src, dst)
+
+    v = verdict_line(proc.stdout)
+    # redirect_dir=off when the mount accepted it, else the kernel default
+    # (nofollow in a user namespace); never "on", which would allow the rename.
+    want = (f"verdict:     EXDEV: {re.escape(str(src))} is a directory of the overlayfs lower layer "
+            f"{re.escape(str(lower))}, and redirect_dir is (off|nofollow|follow)\\b")
+    assert re.match(want, v), f"got {v!r}\nwant {want!r}"
+    assert_kernel_exdev(src, dst)
+
+    # A regular file of the lower layer is copied up by overlayfs: no EXDEV.
+    proc = _explain_unchanged([lower, upper, merged], merged / "plain.txt", merged / "moved.txt")
+    assert verdict_line(proc.stdout).startswith("verdict:     no EXDEV: both sides are on one mount"), proc.stdout
+
+
+def test_explain_same_filesystem_says_no_exdev(tmpfs):
+    (tmpfs / "a").mkdir(); (tmpfs / "b").mkdir()
+    src, dst = tmpfs / "a" / "f", tmpfs / "b" / "g"
+    _seed_file(src, 10, seed=16)
+
+    proc = _explain_unchanged([tmpfs], src, dst)
+
+    assert verdict_line(proc.stdout).startswith("verdict:     no EXDEV: both sides are on one mount"), proc.stdout
+    assert "xrename:     nothing to do" in proc.stdout, proc.stdout
+    os.rename(src, dst)  # and the kernel agrees
+
+
+def test_explain_missing_source_fails_with_the_real_error(tmpfs):
+    proc = xrename("explain", tmpfs / "nope", tmpfs / "x")
+    assert proc.returncode == 125, describe(proc)
+    assert "rename would fail with this, not EXDEV" in proc.stderr, describe(proc)
+    assert entries(tmpfs) == set()
+
+
+# ==========================================================================
+# mv
+# ==========================================================================
+
+def test_mv_file_across_devices_keeps_content_and_metadata(fs_pair):
+    src, dst = fs_pair.src_dir / "f.bin", fs_pair.dst_dir / "g.bin"
+    data = _seed_file(src, 200_000, seed=17)
+    os.chmod(src, 0o640)
+    os.setxattr(src, "user.cli", b"kept")
+    os.utime(src, ns=(PAST_ATIME_NS, PAST_MTIME_NS))
+    before = snapshot(src)
+
+    proc = xrename("mv", src, dst)
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), describe(proc)
+    assert not os.path.lexists(src)
+    assert dst.read_bytes() == data
+    after = snapshot(dst)
+    assert_metadata_equal(before, after, ["type", "mode", "uid", "gid", "size", "mtime_ns", "xattrs"])
+    assert entries(fs_pair.src_dir) == set() and entries(fs_pair.dst_dir) == {"g.bin"}
+
+
+def test_mv_tree_across_devices_keeps_the_tree(fs_pair):
+    src, dst = fs_pair.src_dir / "tree", fs_pair.dst_dir / "tree2"
+    build_small_tree(src, seed=18)
+    before = listing(src)
+
+    proc = xrename("mv", src, dst)
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), describe(proc)
+    assert not os.path.lexists(src)
+    assert_same_listing(before, listing(dst), "source", "destination", "mv changed the tree")
+    assert leftovers(fs_pair.src_dir, fs_pair.dst_dir) == []
+
+
+def test_mv_into_an_existing_directory(fs_pair):
+    src = fs_pair.src_dir / "f"
+    data = _seed_file(src, 5000, seed=19)
+
+    proc = xrename("mv", src, fs_pair.dst_dir)
+
+    assert proc.returncode == 0, describe(proc)
+    assert (fs_pair.dst_dir / "f").read_bytes() == data
+    assert entries(fs_pair.src_dir) == set() and entries(fs_pair.dst_dir) == {"f"}
+
+
+def test_mv_several_sources_into_a_directory(fs_pair):
+    a, b, t = fs_pair.src_dir / "a", fs_pair.src_dir / "b", fs_pair.src_dir / "t"
+    da, db = _seed_file(a, 10, seed=20), _seed_file(b, 20_000, seed=21)
+    build_small_tree(t, seed=22)
+    tree_before = listing(t)
+
+    proc = xrename("mv", a, b, t, fs_pair.dst_dir)
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), describe(proc)
+    assert entries(fs_pair.src_dir) == set()
+    assert entries(fs_pair.dst_dir) == {"a", "b", "t"}
+    assert (fs_pair.dst_dir / "a").read_bytes() == da and (fs_pair.dst_dir / "b").read_bytes() == db
+    assert_same_listing(tree_before, listing(fs_pair.dst_dir / "t"), "source", "destination", "tree differs")
+
+
+def test_mv_verbose_names_each_move(fs_pair, tmp_path):
+    a, t = fs_pair.src_dir / "a", fs_pair.src_dir / "t"
+    _seed_file(a, 10, seed=23)
+    t.mkdir()
+    rel = lambda p: os.path.relpath(p, tmp_path)  # noqa: E731
+    dst = rel(fs_pair.dst_dir)
+
+    proc = xrename("mv", "-v", rel(a), rel(t), dst, cwd=tmp_path)
+
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == (f"renamed '{rel(a)}' -> '{dst}/a'\n"
+                           f"renamed '{rel(t)}' -> '{dst}/t'\n"), describe(proc)
+    assert entries(fs_pair.dst_dir) == {"a", "t"}
+
+
+@pytest.mark.parametrize("target", ["existing-file", "absent"])
+def test_mv_several_sources_onto_a_non_directory_fails_changing_nothing(fs_pair, target):
+    a, b = fs_pair.src_dir / "a", fs_pair.src_dir / "b"
+    _seed_file(a, 10, seed=24); _seed_file(b, 10, seed=25)
+    dst = fs_pair.dst_dir / "target"
+    if target == "existing-file":
+        dst.write_bytes(b"in the way")
+    before = {d: listing(d) for d in (fs_pair.src_dir, fs_pair.dst_dir)}
+
+    proc = xrename("mv", a, b, dst)
+
+    assert proc.returncode != 0, describe(proc)
+    assert "not a directory" in proc.stderr, describe(proc)
+    for d, l in before.items():
+        assert_same_listing(l, listing(d), "before", "after", f"a refused mv changed {d}")
+
+
+def test_mv_progress_draws_nothing_when_stderr_is_not_a_terminal(fs_pair):
+    src, dst = fs_pair.src_dir / "big", fs_pair.dst_dir / "big"
+    data = _seed_file(src, 8 * MiB, seed=26)
+
+    proc = xrename("mv", "--progress", src, dst)  # stderr is a pipe
+
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), describe(proc)
+    assert dst.read_bytes() == data and not src.exists()
+
+
+# ==========================================================================
+# clean
+# ==========================================================================
+
+HEX1, HEX2, HEX3, HEX4 = "0123456789abcdef", "00000000deadbeef", "fedcba9876543210", "aaaaaaaaaaaaaaaa"
+
+
+def _leftover_fixture(root: Path):
+    dead, live = dead_pid(), os.getpid()
+    dead_file = root / f".xrename-{dead}-{HEX1}"
+    dead_file.write_bytes(b"0123456789")  # 10 B
+    dead_tree = root / f".xrename-{dead}-{HEX2}"
+    dead_tree.mkdir()
+    (dead_tree / "sub" / "deeper").mkdir(parents=True)
+    (dead_tree / "sub" / "deeper" / "f").write_bytes(b"x" * 100)
+    (dead_tree / "top").write_bytes(b"y")
+    os.symlink("top", dead_tree / "link")
+    live_file = root / f".xrename-{live}-{HEX3}"
+    live_file.write_bytes(b"live move in progress")
+    unrelated = [root / ".hidden-unrelated", root / f".xrename-{dead}-0011",
+                 root / f"xrename-{dead}-{HEX4}", root / f".xrename-abc-{HEX4}"]
+    for u in unrelated:
+        u.write_bytes(b"not ours")
+    (root / "sub").mkdir()
+    below = root / "sub" / f".xrename-{dead}-{HEX4}"  # clean looks in DIR, not below it
+    below.write_bytes(b"below")
+    return dead, live, dead_file, dead_tree, live_file, unrelated, below
+
+
+def test_clean_lists_leftovers_and_changes_nothing(tmpfs):
+    dead, live, dead_file, dead_tree, live_file, unrelated, below = _leftover_fixture(tmpfs)
+    before = listing(tmpfs)
+
+    proc = xrename("clean", tmpfs)
+
+    assert proc.returncode == 0, describe(proc)
+    assert sorted(proc.stdout.splitlines()) == sorted([
+        f"{dead_file}: leftover of process {dead} (file, 10 B)",
+        f"{dead_tree}: leftover of process {dead} (directory)",
+        f"{live_file}: in use by running process {live} (file, 21 B), left alone",
+    ]), describe(proc)
+    assert_same_listing(before, listing(tmpfs), "before", "after", "clean without --remove changed something",
+                        ignore=("atime_ns",))
+
+
+def test_clean_remove_deletes_only_dead_leftovers(tmpfs):
+    dead, live, dead_file, dead_tree, live_file, unrelated, below = _leftover_fixture(tmpfs)
+    live_before = os.lstat(live_file)
+
+    proc = xrename("clean", "--remove", tmpfs)
+
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stderr == "", describe(proc)
+    assert sorted(proc.stdout.splitlines()) == sorted([
+        f"{dead_file}: removed (file, 10 B)",
+        f"{dead_tree}: removed (directory)",
+        f"{live_file}: in use by running process {live} (file, 21 B), left alone",
+    ]), describe(proc)
+    assert not os.path.lexists(dead_file) and not os.path.lexists(dead_tree)
+    assert live_file.read_bytes() == b"live move in progress"
+    live_after = os.lstat(live_file)
+    assert (live_after.st_ino, live_after.st_mtime_ns) == (live_before.st_ino, live_before.st_mtime_ns)
+    for u in unrelated:
+        assert u.read_bytes() == b"not ours", f"{u} was touched"
+    assert below.read_bytes() == b"below"
+    assert entries(tmpfs) == {live_file.name, "sub", *(u.name for u in unrelated)}
+
+
+# ==========================================================================
+# make install
+# ==========================================================================
+
+def test_make_install_gives_a_working_xrename(fs_pair, tmp_path):
+    need(shutil.which("make") is not None and shutil.which("cargo") is not None, "make/cargo not installed")
+    prefix = tmp_path / "prefix"
+    p = run(["make", "-s", "install", f"PREFIX={prefix}"], cwd=REPO_ROOT, timeout=900)
+    assert p.returncode == 0, describe(p)
+    exe, lib = prefix / "bin" / "xrename", prefix / "lib" / "xrename" / "libxrename.so"
+    assert stat.S_IMODE(os.stat(exe).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(lib).st_mode) == 0o644
+    assert not (prefix / "bin" / "libxrename.so").exists()
+
+    prog = write_py_program(tmp_path)
+    src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
+    data = _seed_file(src, 4321, seed=27)
+    proc = xrename(*py_rename_argv(prog, src, dst), exe=exe)
+
+    assert proc.returncode == 0, describe(proc)
+    out = parse_one_json_line(proc.stdout)
+    assert out["ok"], out
+    assert str(lib.resolve()) in out["maps"], f"the installed library is not the one loaded: {out['maps']}"
+    assert dst.read_bytes() == data and not src.exists()
+
+
+# ==========================================================================
+# help and version
+# ==========================================================================
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["-h"], ["help"],
+    ["help", "explain"], ["explain", "--help"],
+    ["help", "mv"], ["mv", "--help"],
+    ["help", "clean"], ["clean", "--help"],
+], ids=lambda a: " ".join(a))
+def test_help_exits_0_and_shows_examples(argv):
+    proc = xrename(*argv)
+    assert proc.returncode == 0, describe(proc)
+    assert "Example" in proc.stdout, describe(proc)
+    assert proc.stderr == "", describe(proc)
+
+
+def test_subcommand_help_is_about_that_subcommand():
+    for sub in ("explain", "mv", "clean"):
+        out = xrename("help", sub).stdout
+        assert out.startswith(f"xrename {sub} "), out
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_name_and_version(flag):
+    proc = xrename(flag)
+    assert proc.returncode == 0, describe(proc)
+    assert re.fullmatch(r"xrename \d+\.\d+\.\d+\S*\n", proc.stdout), describe(proc)
+
+
+def test_unknown_option_exits_125_without_running_anything(tmp_path):
+    marker = tmp_path / "ran"
+    proc = xrename("--frobnicate", "touch", marker)
+    assert proc.returncode == 125, describe(proc)
+    assert "--frobnicate" in proc.stderr, describe(proc)
+    assert not marker.exists()
