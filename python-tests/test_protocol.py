@@ -99,3 +99,11 @@ def test_destination_appears_atomically_after_fsync_and_source_is_unlinked_last(
     assert unlinks, "source was never unlinked by a syscall"
     assert all(i > install for i in unlinks), "source unlinked before the destination was installed:\n" + \
         "\n".join(fmt(c) for c in after)
+
+    # The new name is made durable (fsync of the destination directory)
+    # before the source goes, and the removal is made durable after.
+    first_unlink = min(unlinks)
+    assert any(c[0] == "fsync" and c[2] == "0" for c in after[install + 1:first_unlink]), \
+        "no fsync between the install and the removal of the source:\n" + "\n".join(fmt(c) for c in after)
+    assert any(c[0] == "fsync" and c[2] == "0" for c in after[first_unlink + 1:]), \
+        "no fsync after the removal of the source:\n" + "\n".join(fmt(c) for c in after)
