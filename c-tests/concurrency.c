@@ -819,9 +819,70 @@ static void exec_keeps_the_shim_active(void)
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* Deferred pthread cancellation during a move                         */
+
+struct cancel_arg {
+    const char *src, *dst;
+    atomic_int ready;
+    int rc, err;
+};
+
+static void *cancelled_mover(void *arg)
+{
+    struct cancel_arg *a = arg;
+    /* Deferred cancellation (the default). Neither the atomic store nor
+     * rename() is a cancellation point, and xrename disables cancellation
+     * during a move, so a cancel that arrives now takes effect only at the
+     * read() below. */
+    atomic_store(&a->ready, 1);
+    a->rc = rename(a->src, a->dst);
+    a->err = errno;
+    char c;
+    int never[2];
+    if (pipe(never) == 0)
+        (void)!read(never[0], &c, 1); /* a cancellation point: the thread ends here */
+    return NULL;
+}
+
+static void cancel_during_a_tree_move_never_leaves_it_half_done(void)
+{
+    watchdog(60, "pthread_cancel during a tree move");
+    for (int round = 0; round < 4; round++) {
+        char *sd = test_dir("XT_TMPFS", path_of("cancel%d", round));
+        char *dd = test_dir("XT_EXT4", path_of("cancel%d", round));
+        require_kernel_exdev(sd, dd);
+        char *src = path_of("%s/tree", sd), *dst = path_of("%s/tree", dd);
+        CHECK(mkdir(src, 0755) == 0, "mkdir: %s", strerror(errno));
+        for (int i = 0; i < 300; i++) {
+            int e = ts_write_pattern(path_of("%s/f%03d", src, i), 32768 + i, 1000 + i);
+            CHECK(e == 0, "setup: %s", strerror(e));
+        }
+        struct cancel_arg a = {src, dst, 0, -2, 0};
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, cancelled_mover, &a) == 0, "pthread_create");
+        while (!atomic_load(&a.ready))
+            ; /* the mover is about to call rename(): cancel it now */
+        CHECK(pthread_cancel(th) == 0, "pthread_cancel");
+        void *res;
+        CHECK(pthread_join(th, &res) == 0, "pthread_join");
+        CHECK(res == PTHREAD_CANCELED, "the thread was not cancelled");
+        CHECK(a.rc == 0, "round %d: rename returned %d (%s): the cancel stopped the move", round, a.rc,
+              ename(a.err));
+        for (int i = 0; i < 300; i++)
+            CHECK_PATTERN(path_of("%s/f%03d", dst, i), 32768 + (size_t)i, 1000 + (uint64_t)i,
+                          "file of a tree moved by a cancelled thread");
+        check_absent(src, "source of a tree moved by a cancelled thread");
+        char *only[] = {"tree"};
+        check_dir_exactly(dd, only, 1, "destination dir after a cancelled thread's move");
+        check_dir_exactly(sd, NULL, 0, "source dir after a cancelled thread's move");
+    }
+}
+
 XT_MAIN(TEST(eight_threads_move_a_hundred_files_each),
         TEST(racing_movers_to_one_name_leave_exactly_one_complete_winner),
         TEST(move_in_child_after_fork_in_multithreaded_parent),
         TEST(move_survives_sigalrm_every_millisecond_without_sa_restart),
         TEST(rename_from_signal_handler_on_fast_path_works),
-        TEST(exec_keeps_the_shim_active))
+        TEST(exec_keeps_the_shim_active),
+        TEST(cancel_during_a_tree_move_never_leaves_it_half_done))
