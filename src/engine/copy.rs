@@ -24,6 +24,9 @@ use super::error::{At, Result, retry};
 const CHUNK: usize = 64 << 20;
 const BUF: usize = 1 << 17;
 
+/// From this size on, the kernel is told the source is read sequentially.
+const SEQUENTIAL_HINT: u64 = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     CopyFileRange,
@@ -41,6 +44,10 @@ pub fn copy_data(
     copied: &mut u64,
     progress: Option<&AtomicU64>,
 ) -> Result<()> {
+    if size >= SEQUENTIAL_HINT {
+        // Read-ahead for a big file; advice only, so a refusal changes nothing.
+        let _ = rustix::fs::fadvise(src, 0, None, rustix::fs::Advice::Sequential);
+    }
     let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress };
     let mut pos = 0;
     while pos < size {
