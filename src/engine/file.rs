@@ -1,17 +1,13 @@
-//! Moving a regular file.
+//! Copying a regular file for a move.
 //!
 //! 1. Open the source once, `O_NOFOLLOW`, and check it is the inode the
 //!    preflight saw; from then on only that descriptor is read.
 //! 2. Copy data and holes into a private temp file in the destination
 //!    directory ([`copy`](super::copy)), then metadata ([`meta`](super::meta)).
 //! 3. `fsync` the temp: its data must be durable before any name points at it.
-//! 4. Install it atomically and `fsync` the destination directory
-//!    ([`install`](super::install)): from here the new file survives a crash.
-//! 5. Remove the source (if it is still the inode we copied), then `fsync`
-//!    its directory.
-//! 6. Only now drop the old destination. If step 5 fails, the placement is
-//!    undone and the old destination is back, so a failed move changes
-//!    nothing.
+//!
+//! The caller ([`super::rename`]) then installs it, removes the source and
+//! drops the old destination, in that order.
 //!
 //! A source with several hard links becomes an independent copy at the
 //! destination and loses one name, as with mv.
@@ -23,16 +19,16 @@ use rustix::io::Errno;
 
 use super::check::{fstat, same_inode};
 use super::error::{At, Error, Result, retry};
-use super::install::{Dest, Temp, install};
+use super::install::Temp;
 use super::path::Entry;
-use super::remove_source;
 use super::{Options, Report, copy, meta};
 
 /// The step name used when the source is not the inode the preflight saw.
 pub(crate) const SOURCE_CHANGED: &str = "source changed";
 
-/// Moves the regular file `src` (seen as `st`) to `dst`.
-pub fn move_file(src: &Entry, st: &Statx, dst: &Entry, dest: Dest, opts: &Options, report: &mut Report) -> Result<()> {
+/// Copies the regular file `src` (seen as `st`) into a temp file in `dst`'s
+/// directory, durable and ready to install.
+pub fn copy_file<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, report: &mut Report) -> Result<Temp<'d>> {
     // O_NONBLOCK: if the name now holds a FIFO, do not hang on it.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let fd = match retry(|| rustix::fs::openat(src.dir.as_fd(), &*src.name, flags, Mode::empty())) {
@@ -52,9 +48,6 @@ pub fn move_file(src: &Entry, st: &Statx, dst: &Entry, dest: Dest, opts: &Option
     if opts.fsync {
         retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;
     }
-    let installed = install(tmp, &dst.name, dest, opts.fsync && dst.syncable)?;
-    remove_source(src, &st_now, opts)?;
-    installed.commit();
     report.files += 1;
-    Ok(())
+    Ok(tmp)
 }

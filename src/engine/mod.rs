@@ -144,28 +144,22 @@ fn move_object(
     opts: &Options,
     report: &mut Report,
 ) -> Result<()> {
-    let sync = opts.fsync && dst.syncable;
-    match check::file_type(st) {
-        FileType::RegularFile => file::move_file(src, st, dst, dest, opts, report),
-        FileType::Directory if !opts.dirs => Err(Error::new(Errno::XDEV, "directories left to the program")),
-        FileType::Directory => {
-            let tmp = dir::copy_tree(src, st, dst, opts, report)?;
-            let installed = install::install(tmp, &dst.name, dest, sync)?;
-            dir::remove_source(src, st, dst, opts)?;
-            installed.commit();
-            Ok(())
-        }
-        _ => {
-            let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
-            let tmp = install::Temp::named(ddir, false, |n| node::create(sdir, &src.name, st, ddir, n))?;
-            node::apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
-            let installed = install::install(tmp, &dst.name, dest, sync)?;
-            remove_source(src, st, opts)?;
-            installed.commit();
-            report.files += 1;
-            Ok(())
-        }
+    let kind = check::file_type(st);
+    let tmp = match kind {
+        FileType::RegularFile => file::copy_file(src, st, dst, opts, report)?,
+        FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
+        FileType::Directory => dir::copy_tree(src, st, dst, opts, report)?,
+        _ => node::copy_node(src, st, dst, report)?,
+    };
+    // Dropped without commit, `installed` puts the old destination back.
+    let installed = install::install(tmp, &dst.name, dest, opts.fsync && dst.syncable)?;
+    if kind == FileType::Directory {
+        dir::remove_source(src, st, dst, opts)?;
+    } else {
+        remove_source(src, st, opts)?;
     }
+    installed.commit();
+    Ok(())
 }
 
 /// Removes the source name (not a directory) if it still refers to the
@@ -176,9 +170,7 @@ fn move_object(
 pub(crate) fn remove_source(src: &Entry, moved: &Statx, opts: &Options) -> Result<()> {
     match check::lstat(src.dir.as_fd(), &src.name) {
         Ok(now) if check::same_inode(&now, moved) => {
-            let flags =
-                if check::file_type(moved) == FileType::Directory { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-            retry(|| rustix::fs::unlinkat(src.dir.as_fd(), &*src.name, flags)).at("remove source")?;
+            retry(|| rustix::fs::unlinkat(src.dir.as_fd(), &*src.name, AtFlags::empty())).at("remove source")?;
         }
         Ok(_) | Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(Error::new(e, "look up source")),

@@ -12,14 +12,27 @@
 //! follow the last component.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, Statx, XattrFlags};
 use rustix::io::Errno;
 
+use super::Report;
 use super::check::file_type;
 use super::error::{At, Error, Result, retry};
+use super::install::Temp;
 use super::meta::{SPECIAL_BITS, read_growing, timestamps};
+use super::path::Entry;
+
+/// Copies the symlink or special file `src` (seen as `st`) under a hidden
+/// name in `dst`'s directory, ready to install.
+pub fn copy_node<'d>(src: &Entry, st: &Statx, dst: &'d Entry, report: &mut Report) -> Result<Temp<'d>> {
+    let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
+    let tmp = Temp::named(ddir, false, |n| create(sdir, &src.name, st, ddir, n))?;
+    apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
+    report.files += 1;
+    Ok(tmp)
+}
 
 /// Creates at `dst_dir`/`dst_name` a copy of the symlink or special file
 /// `src_dir`/`src_name`, seen as `st`. Fails with EEXIST if the name is taken.
