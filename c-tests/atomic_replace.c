@@ -77,9 +77,8 @@ static void reader(int full, const char *path, off_t size_a, uint64_t hash_a,
 static void reader_never_sees_missing_or_partial_destination_during_replace(void)
 {
     const off_t size_a = 20 * MIB, size_b = 20 * MIB - 12345;
-    char *sd = test_dir("XT_TMPFS", "");
-    char *dd = test_dir("XT_EXT4", "");
-    require_kernel_exdev(sd, dd);
+    char *sd, *dd;
+    xdev_dirs("", &sd, &dd);
     char *dst = path_of("%s/data", dd);
     char *src = path_of("%s/next", sd);
     uint64_t hash_a = write_pattern_file(dst, (size_t)size_a, 1000);

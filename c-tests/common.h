@@ -36,6 +36,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -113,6 +114,40 @@ SKIP(const char *fmt, ...)
 }
 
 /* ------------------------------------------------------------------ */
+/* Results of calls                                                    */
+
+/* The symbolic name of an errno value ("?" if unknown). */
+XT_FN const char *err_name(int e)
+{
+    const char *n = strerrorname_np(e);
+    return n ? n : "?";
+}
+
+/* What a rename-like call returned: rc, and errno when rc != 0. */
+struct res {
+    int rc, err;
+};
+
+/* "0" or "-1 ENOENT"; the last four results stay valid. */
+XT_FN const char *res_str(struct res r)
+{
+    static char buf[4][48];
+    static int k;
+    char *b = buf[k++ % 4];
+    if (r.rc == 0)
+        snprintf(b, 48, "0");
+    else
+        snprintf(b, 48, "%d %s", r.rc, err_name(r.err));
+    return b;
+}
+
+/* Same return value, and the same errno if it failed. */
+XT_FN int res_eq(struct res a, struct res b)
+{
+    return a.rc == b.rc && (a.rc == 0 || a.err == b.err);
+}
+
+/* ------------------------------------------------------------------ */
 /* Environment and paths                                               */
 
 XT_FN const char *env_path(const char *var)
@@ -169,6 +204,25 @@ XT_FN void empty_dir(const char *dir)
     free(cmd);
 }
 
+static int xt_remove_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    if (f->level == 0)
+        return 0;
+    if (remove(p) != 0 && errno != ENOENT) {
+        printf("  cannot remove %s: %s\n", p, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Remove everything inside `dir` (which stays), without a shell: 0, or -1. */
+XT_FN int remove_below(const char *dir)
+{
+    return nftw(dir, xt_remove_cb, 32, FTW_DEPTH | FTW_PHYS);
+}
+
 /*
  * A fresh empty directory for the running test below the filesystem whose
  * root is in environment variable `var`.  `tag` distinguishes several
@@ -180,6 +234,11 @@ XT_FN char *test_dir(const char *var, const char *tag)
     rm_rf(d);
     CHECK(mkdir(d, 0755) == 0, "mkdir %s: %s", d, strerror(errno));
     return d;
+}
+
+XT_FN void mkdir1(const char *path)
+{
+    CHECK(mkdir(path, 0755) == 0, "mkdir %s: %s", path, strerror(errno));
 }
 
 /* ------------------------------------------------------------------ */
@@ -343,22 +402,34 @@ static int xt_cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Sorted, space-separated names in `dir` (without . and ..). */
-XT_FN char *list_dir(const char *dir)
+/*
+ * The names in `dir` (without . and ..), sorted, in a malloc'd array of
+ * malloc'd strings; more than `max` entries fail the test.
+ */
+XT_FN char **sorted_names(const char *dir, size_t max, size_t *count)
 {
     DIR *d = opendir(dir);
     CHECK(d, "opendir %s: %s", dir, strerror(errno));
-    char *names[4096];
+    char **names = malloc((max ? max : 1) * sizeof *names);
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
-        CHECK(n < 4096, "too many entries in %s", dir);
+        CHECK(n < max, "too many entries in %s", dir);
         names[n++] = strdup(e->d_name);
     }
     closedir(d);
     qsort(names, n, sizeof names[0], xt_cmp_str);
+    *count = n;
+    return names;
+}
+
+/* Sorted, space-separated names in `dir` (without . and ..). */
+XT_FN char *list_dir(const char *dir)
+{
+    size_t n;
+    char **names = sorted_names(dir, 4096, &n);
     size_t total = 1;
     for (size_t i = 0; i < n; i++)
         total += strlen(names[i]) + 1;
@@ -369,6 +440,7 @@ XT_FN char *list_dir(const char *dir)
         strcat(out, names[i]);
         free(names[i]);
     }
+    free(names);
     return out;
 }
 
@@ -381,6 +453,82 @@ XT_FN char *list_dir(const char *dir)
               (dir), xt_l_, (expected));                                       \
         free(xt_l_);                                                           \
     } while (0)
+
+/* ------------------------------------------------------------------ */
+/* Tree snapshots                                                      */
+
+/* A growing string. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+
+XT_FN __attribute__((format(printf, 2, 3))) void sb_add(struct sbuf *sb, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (sb->len + (size_t)n + 1 > sb->cap) {
+        sb->cap = (sb->len + (size_t)n + 1) * 2;
+        sb->p = realloc(sb->p, sb->cap);
+    }
+    va_start(ap, fmt);
+    vsnprintf(sb->p + sb->len, sb->cap - sb->len, fmt, ap);
+    va_end(ap);
+    sb->len += (size_t)n;
+}
+
+/* Printable ASCII as is, anything else (and backslash) as \xNN. */
+XT_FN void sb_bytes(struct sbuf *sb, const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\')
+            sb_add(sb, "%c", s[i]);
+        else
+            sb_add(sb, "\\x%02x", s[i]);
+    }
+}
+
+/* Describes one entry (`path`, display name `rel`) of a snapshot into sb. */
+typedef void (*snap_entry_fn)(struct sbuf *sb, const char *path, const char *rel,
+                              const struct stat *st);
+
+/*
+ * Recursive description of everything below `path` (`rel` its display name),
+ * in name order: `entry` for each entry, then for a directory what is in it.
+ * More than `max` entries in one directory fail the test.
+ */
+XT_FN void snap_tree(struct sbuf *sb, const char *path, const char *rel, size_t max,
+                     snap_entry_fn entry)
+{
+    size_t n;
+    char **names = sorted_names(path, max, &n);
+    for (size_t i = 0; i < n; i++) {
+        char *p = path_of("%s/%s", path, names[i]);
+        char *r = path_of("%s/%s", rel, names[i]);
+        struct stat st;
+        CHECK(lstat(p, &st) == 0, "lstat %s: %s", p, strerror(errno));
+        entry(sb, p, r, &st);
+        if (S_ISDIR(st.st_mode))
+            snap_tree(sb, p, r, max, entry);
+        free(p);
+        free(r);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* "S: <snapshot of S> | D: <snapshot of D>", malloc'd. */
+XT_FN char *snapshot2_with(const char *S, const char *D, size_t max, snap_entry_fn entry)
+{
+    struct sbuf sb = {0};
+    sb_add(&sb, "S:");
+    snap_tree(&sb, S, "", max, entry);
+    sb_add(&sb, " | D:");
+    snap_tree(&sb, D, "", max, entry);
+    return sb.p;
+}
 
 /* ------------------------------------------------------------------ */
 /* Cross-device sanity                                                 */
@@ -414,6 +562,27 @@ XT_FN void require_kernel_exdev(const char *src_dir, const char *dst_dir)
 {
     require_kernel_exdev_via(src_dir, src_dir, dst_dir);
 }
+
+/*
+ * Fresh directories for the running test on XT_TMPFS (*sd) and XT_EXT4 (*dd),
+ * both named after `tag`, between which the kernel's rename gives EXDEV.
+ */
+XT_FN void xdev_dirs(const char *tag, char **sd, char **dd)
+{
+    *sd = test_dir("XT_TMPFS", tag);
+    *dd = test_dir("XT_EXT4", tag);
+    require_kernel_exdev(*sd, *dd);
+}
+
+/* The mounts a cross-device move is tried between. */
+struct mount_pair {
+    const char *label, *src_env, *dst_env;
+};
+static const struct mount_pair mount_pairs[] __attribute__((unused)) = {
+    {"tmpfs->ext4", "XT_TMPFS", "XT_EXT4"},
+    {"ext4->tmpfs", "XT_EXT4", "XT_TMPFS"},
+    {"bind D->B", "XT_BIND_SRC", "XT_BIND_DST"},
+};
 
 /* ------------------------------------------------------------------ */
 /* The three hooked entry points, selectable by name                   */
@@ -526,7 +695,7 @@ XT_FN const char *describe_status(int st)
     else if (st == 0)
         snprintf(buf, sizeof buf, "exit 0 (success)");
     else
-        snprintf(buf, sizeof buf, "exit %d (errno %s?)", st, strerrorname_np(st) ? strerrorname_np(st) : "?");
+        snprintf(buf, sizeof buf, "exit %d (errno %s?)", st, err_name(st));
     return buf;
 }
 

@@ -635,9 +635,8 @@ static void move_survives_sigalrm_every_millisecond_without_sa_restart(void)
     /* setitimer replaces the runner's alarm(120): keep a separate watchdog */
     watchdog(50, "moving 200 MiB under SIGALRM every ms");
     const size_t size = 200u * MIB;
-    char *td = test_dir("XT_TMPFS", "");
-    char *ed = test_dir("XT_EXT4", "");
-    require_kernel_exdev(td, ed);
+    char *td, *ed;
+    xdev_dirs("", &td, &ed);
     char *a = path_of("%s/big", td), *b = path_of("%s/big", ed);
     uint64_t want = write_pattern_file(a, size, 4242);
 
@@ -714,9 +713,8 @@ static void *signal_sender(void *arg)
 static void rename_from_signal_handler_on_fast_path_works(void)
 {
     watchdog(50, "rename() in a signal handler while the main thread renames and allocates");
-    char *d = test_dir("XT_TMPFS", "");
-    char *ed = test_dir("XT_EXT4", "");
-    require_kernel_exdev(d, ed);
+    char *d, *ed;
+    xdev_dirs("", &d, &ed);
     snprintf(h_a, sizeof h_a, "%s/handler.a", d);
     snprintf(h_b, sizeof h_b, "%s/handler.b", d);
     write_str(h_a, "moved by the signal handler\n");
@@ -789,9 +787,8 @@ static void exec_keeps_the_shim_active(void)
     CHECK(preload && strstr(preload, "libxrename"),
           "setup: LD_PRELOAD is \"%s\", expected the library", preload ? preload : "(unset)");
     for (int how = 0; how < 2; how++) {
-        char *sd = test_dir("XT_TMPFS", how ? "posix_spawn" : "fork-exec");
-        char *dd = test_dir("XT_EXT4", how ? "posix_spawn" : "fork-exec");
-        require_kernel_exdev(sd, dd);
+        char *sd, *dd;
+        xdev_dirs(how ? "posix_spawn" : "fork-exec", &sd, &dd);
         char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
         write_str(src, "moved by an exec'd child\n");
         char *argv[] = {xt_self, "--child", "rename", src, dst, NULL};
@@ -849,9 +846,8 @@ static void cancel_during_a_tree_move_never_leaves_it_half_done(void)
 {
     watchdog(60, "pthread_cancel during a tree move");
     for (int round = 0; round < 4; round++) {
-        char *sd = test_dir("XT_TMPFS", path_of("cancel%d", round));
-        char *dd = test_dir("XT_EXT4", path_of("cancel%d", round));
-        require_kernel_exdev(sd, dd);
+        char *sd, *dd;
+        xdev_dirs(path_of("cancel%d", round), &sd, &dd);
         char *src = path_of("%s/tree", sd), *dst = path_of("%s/tree", dd);
         CHECK(mkdir(src, 0755) == 0, "mkdir: %s", strerror(errno));
         for (int i = 0; i < 300; i++) {

@@ -17,9 +17,8 @@ static void rename_in_constructor_of_other_preloaded_library_is_handled(void)
     for (int o = 0; o < 2; o++) {
         char tag[8];
         snprintf(tag, sizeof tag, "%d", o);
-        char *sd = test_dir("XT_TMPFS", tag);
-        char *dd = test_dir("XT_EXT4", tag);
-        require_kernel_exdev(sd, dd);
+        char *sd, *dd;
+        xdev_dirs(tag, &sd, &dd);
         char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
         char *marker = path_of("%s/%s.marker", env_path("XT_WORK"), xt_name);
         unlink(marker);

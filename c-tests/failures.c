@@ -111,9 +111,8 @@ static void late_source_removal_failure(int had_dst)
     if (!have_strace())
         SKIP("strace is not installed");
     for (int op = 0; op < 3; op++) {
-        char *sd = test_dir("XT_TMPFS", op_names[op]);
-        char *dd = test_dir("XT_EXT4", op_names[op]);
-        require_kernel_exdev(sd, dd);
+        char *sd, *dd;
+        xdev_dirs(op_names[op], &sd, &dd);
         char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
         uint64_t h = write_pattern_file(src, 200000, 11);
         if (had_dst)
@@ -149,9 +148,8 @@ static void disable_variable_leaves_kernel_exdev(void)
     const char *set[] = {"XRENAME_DISABLE=1", NULL};
     for (int had_dst = 0; had_dst < 2; had_dst++) {
         for (int op = 0; op < 3; op++) {
-            char *sd = test_dir("XT_TMPFS", op_names[op]);
-            char *dd = test_dir("XT_EXT4", op_names[op]);
-            require_kernel_exdev(sd, dd);
+            char *sd, *dd;
+            xdev_dirs(op_names[op], &sd, &dd);
             char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
             uint64_t h = write_pattern_file(src, 5000, 3);
             if (had_dst)

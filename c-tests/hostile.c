@@ -9,12 +9,6 @@
 
 #include <sys/mman.h>
 
-static const char *err_name(int e)
-{
-    const char *n = strerrorname_np(e);
-    return n ? n : "?";
-}
-
 /* Call `fn` (0 rename, 1 renameat(AT_FDCWD), 2 renameat2(AT_FDCWD, 0)). */
 static int call3(int fn, const char *a, const char *b)
 {
@@ -29,14 +23,6 @@ static int call3(int fn, const char *a, const char *b)
 }
 
 static const char *const fn_names[] = {"rename", "renameat", "renameat2"};
-
-/* A file S/a on tmpfs and an empty D on ext4 (kernel: EXDEV between them). */
-static void cross_pair(char **sd, char **dd, const char *tag)
-{
-    *sd = test_dir("XT_TMPFS", tag);
-    *dd = test_dir("XT_EXT4", tag);
-    require_kernel_exdev(*sd, *dd);
-}
 
 /* Run fn in a child: it must not crash; returns its rc/errno via exit code. */
 static void expect_in_child(int fn, const char *a, const char *b, int want_errno,
@@ -65,7 +51,7 @@ static void expect_in_child(int fn, const char *a, const char *b, int want_errno
 static void null_pointers_give_efault_for_all_three_functions(void)
 {
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
     write_str(src, "must stay\n");
     const char *volatile nul = NULL;
@@ -94,7 +80,7 @@ static void null_pointers_give_efault_for_all_three_functions(void)
 static void unmapped_pointer_gives_efault(void)
 {
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
     write_str(src, "must stay\n");
     long pg = sysconf(_SC_PAGESIZE);
@@ -127,7 +113,7 @@ static void unmapped_pointer_gives_efault(void)
 static void empty_strings_give_enoent(void)
 {
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
     write_str(src, "must stay\n");
     for (int fn = 0; fn < 3; fn++) {
@@ -160,7 +146,7 @@ static void overlong_last_component_gives_enametoolong_like_kernel(void)
     longname[NAME_MAX + 1] = 0;
     char *same = test_dir("XT_TMPFS", "same");
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     write_str(path_of("%s/f", same), "f");
     write_str(path_of("%s/f", sd), "f");
     for (int side = 0; side < 2; side++) {
@@ -193,7 +179,7 @@ static void name_max_last_component_moves_across_devices(void)
     memset(name, 'n', NAME_MAX);
     name[NAME_MAX] = 0;
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     for (int fn = 0; fn < 3; fn++) {
         for (int replace = 0; replace < 2; replace++) {
             char *a = path_of("%s/%s", sd, name), *b = path_of("%s/%s", dd, name);
@@ -225,7 +211,7 @@ static void name_max_last_component_moves_across_devices(void)
 static void path_longer_than_path_max_gives_enametoolong(void)
 {
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
     write_str(src, "must stay\n");
     /* "D/./././...../b": resolvable if it were short enough */
@@ -265,7 +251,7 @@ static void non_utf8_and_newline_names_move_across_devices(void)
     static const char *const names[] = {"\xff\xfe", "new\nline", "tab\there", "\x01\x7f",
                                         " lead space", "-dash", "\xc3\x28"};
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         for (int fn = 0; fn < 3; fn++) {
             char *a = path_of("%s/%s", sd, names[i]), *b = path_of("%s/%s.moved", dd, names[i]);
@@ -333,7 +319,7 @@ static __attribute__((noreturn)) void racer(const char *sd)
 static void replaced_source_moves_one_complete_candidate_or_fails_cleanly(void)
 {
     char *sd, *dd;
-    cross_pair(&sd, &dd, "");
+    xdev_dirs("", &sd, &dd);
     uint64_t hashes[NCAND];
     static unsigned char buf[1u << 20];
     for (int c = 0; c < NCAND; c++) {

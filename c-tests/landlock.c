@@ -113,23 +113,6 @@ static int sandbox(const char *const *dirs, const uint64_t *rights, int n)
 /* ------------------------------------------------------------------ */
 /* Calls made inside the sandbox                                       */
 
-struct res {
-    int rc, err;
-};
-
-static const char *res_str(struct res r)
-{
-    static char buf[4][48];
-    static int k;
-    char *b = buf[k++ % 4];
-    if (r.rc == 0)
-        snprintf(b, 48, "0");
-    else
-        snprintf(b, 48, "%d %s", r.rc,
-                 strerrorname_np(r.err) ? strerrorname_np(r.err) : "?");
-    return b;
-}
-
 enum { FN_RENAME, FN_RENAMEAT, FN_RENAMEAT2, FN_NOREPLACE, FN_EXCHANGE, FN_RAW, FN_RAW_EXCHANGE };
 static const char *const fn_labels[] = {"rename",           "renameat(dirfds)",
                                         "renameat2(dirfds)", "renameat2(NOREPLACE)",
@@ -219,9 +202,14 @@ static void sandboxed_calls(const char *const *dirs, const uint64_t *rights, int
     munmap(sh, sizeof *sh);
 }
 
-static void mkdir1(const char *p)
+/* Fresh sibling directories *S and *D of one tmpfs directory (`tag`). */
+static void sibling_dirs(const char *tag, char **S, char **D)
 {
-    CHECK(mkdir(p, 0755) == 0, "mkdir %s: %s", p, strerror(errno));
+    char *t = test_dir("XT_TMPFS", tag);
+    *S = path_of("%s/S", t);
+    *D = path_of("%s/D", t);
+    mkdir1(*S);
+    mkdir1(*D);
 }
 
 /* ------------------------------------------------------------------ */
@@ -238,10 +226,8 @@ static void missing_right_case(uint64_t deny_src, uint64_t deny_dst, const char 
     uint64_t rights[2] = {base & ~deny_src, base & ~deny_dst};
 
     /* oracle: same fs */
-    char *same = test_dir("XT_TMPFS", "same");
-    char *oS = path_of("%s/S", same), *oD = path_of("%s/D", same);
-    mkdir1(oS);
-    mkdir1(oD);
+    char *oS, *oD;
+    sibling_dirs("same", &oS, &oD);
     write_str(path_of("%s/a", oS), "oracle\n");
     const char *odirs[2] = {oS, oD};
     struct call oc[1] = {{FN_RAW, oS, "a", oD, "b"}};
@@ -357,10 +343,8 @@ static void refer_only_missing_case(const char *S, const char *D, int same_fs)
 static void landlock_exdev_without_refer_between_sibling_dirs_is_emulated(void)
 {
     require_landlock();
-    char *t = test_dir("XT_TMPFS", "");
-    char *S = path_of("%s/S", t), *D = path_of("%s/D", t);
-    mkdir1(S);
-    mkdir1(D);
+    char *S, *D;
+    sibling_dirs("", &S, &D);
     refer_only_missing_case(S, D, 1);
 }
 
@@ -382,10 +366,8 @@ static void landlock_without_refer_across_devices_is_emulated(void)
 static void landlock_tree_move_needing_denied_right_leaves_nothing(void)
 {
     require_landlock();
-    char *t = test_dir("XT_TMPFS", "");
-    char *S = path_of("%s/S", t), *D = path_of("%s/D", t);
-    mkdir1(S);
-    mkdir1(D);
+    char *S, *D;
+    sibling_dirs("", &S, &D);
     mkdir1(path_of("%s/t", S));
     write_str(path_of("%s/t/g", S), "needs MAKE_REG\n");
     uint64_t base = all_fs_rights() & ~LL_REFER;

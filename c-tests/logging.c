@@ -234,9 +234,8 @@ static void check_empty_file(const char *path, const char *what)
 
 static void log_file_gets_one_json_line_per_handled_move(void)
 {
-    char *sd = test_dir("XT_TMPFS", "");
-    char *dd = test_dir("XT_EXT4", "");
-    require_kernel_exdev(sd, dd);
+    char *sd, *dd;
+    xdev_dirs("", &sd, &dd);
     char *logf = path_of("%s/%s.log", env_path("XT_WORK"), xt_name);
     char *out = path_of("%s/%s.stdout", env_path("XT_WORK"), xt_name);
     unlink(logf);
@@ -301,9 +300,8 @@ static void log_records_errno_name_of_failed_move(void)
 
 static void log_to_stderr_writes_the_same_line(void)
 {
-    char *sd = test_dir("XT_TMPFS", "");
-    char *dd = test_dir("XT_EXT4", "");
-    require_kernel_exdev(sd, dd);
+    char *sd, *dd;
+    xdev_dirs("", &sd, &dd);
     char *out = path_of("%s/%s.stdout", env_path("XT_WORK"), xt_name);
     char *err = path_of("%s/%s.stderr", env_path("XT_WORK"), xt_name);
     char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);

@@ -4,17 +4,8 @@
  */
 #include "common.h"
 
-struct pair {
-    const char *label, *src_env, *dst_env;
-};
-static const struct pair pairs[] = {
-    {"tmpfs->ext4", "XT_TMPFS", "XT_EXT4"},
-    {"ext4->tmpfs", "XT_EXT4", "XT_TMPFS"},
-    {"bind D->B", "XT_BIND_SRC", "XT_BIND_DST"},
-};
-
 /* Move a fresh file src_dir/a -> dst_dir/b with `op` and check the outcome. */
-static void move_one(enum op op, const struct pair *p, size_t size, int replace)
+static void move_one(enum op op, const struct mount_pair *p, size_t size, int replace)
 {
     char tag[64];
     snprintf(tag, sizeof tag, "%s-src", op_names[op]);
@@ -46,33 +37,33 @@ static void move_one(enum op op, const struct pair *p, size_t size, int replace)
 static void regular_file_moves_from_tmpfs_to_ext4(void)
 {
     for (int op = 0; op < 3; op++)
-        move_one(op, &pairs[0], 100000, 0);
+        move_one(op, &mount_pairs[0], 100000, 0);
 }
 
 static void regular_file_moves_from_ext4_to_tmpfs(void)
 {
     for (int op = 0; op < 3; op++)
-        move_one(op, &pairs[1], 100000, 0);
+        move_one(op, &mount_pairs[1], 100000, 0);
 }
 
 static void regular_file_moves_between_bind_mounts_of_same_fs(void)
 {
     for (int op = 0; op < 3; op++)
-        move_one(op, &pairs[2], 100000, 0);
+        move_one(op, &mount_pairs[2], 100000, 0);
 }
 
 static void existing_destination_is_replaced(void)
 {
     for (int p = 0; p < 3; p++)
         for (int op = 0; op < 3; op++)
-            move_one(op, &pairs[p], 5000, 1);
+            move_one(op, &mount_pairs[p], 5000, 1);
 }
 
 static void empty_file_moves(void)
 {
     for (int p = 0; p < 3; p++)
         for (int op = 0; op < 3; op++)
-            move_one(op, &pairs[p], 0, 0);
+            move_one(op, &mount_pairs[p], 0, 0);
 }
 
 /* renameat and renameat2 with real directory file descriptors. */
@@ -81,8 +72,8 @@ static void renameat_with_directory_fds_moves_file(void)
     for (int p = 0; p < 2; p++) {
         for (int use2 = 0; use2 < 2; use2++) {
             const char *fn = use2 ? "renameat2" : "renameat";
-            char *sd = test_dir(pairs[p].src_env, fn);
-            char *dd = test_dir(pairs[p].dst_env, fn);
+            char *sd = test_dir(mount_pairs[p].src_env, fn);
+            char *dd = test_dir(mount_pairs[p].dst_env, fn);
             require_kernel_exdev(sd, dd);
             write_str(path_of("%s/a", sd), "moved through directory fds\n");
             int sfd = open(sd, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -90,7 +81,7 @@ static void renameat_with_directory_fds_moves_file(void)
             CHECK(sfd >= 0 && dfd >= 0, "open dirs: %s", strerror(errno));
             char what[96];
             snprintf(what, sizeof what, "%s(dirfd, \"a\", dirfd, \"b\") %s", fn,
-                     pairs[p].label);
+                     mount_pairs[p].label);
             int rc = use2 ? renameat2(sfd, "a", dfd, "b", 0)
                           : renameat(sfd, "a", dfd, "b");
             CHECK_RC0(rc, what);
@@ -107,9 +98,8 @@ static void renameat_with_directory_fds_moves_file(void)
 static void relative_paths_from_cwd_move_file(void)
 {
     for (int op = 0; op < 3; op++) {
-        char *sd = test_dir("XT_TMPFS", op_names[op]);
-        char *dd = test_dir("XT_EXT4", op_names[op]);
-        require_kernel_exdev(sd, dd);
+        char *sd, *dd;
+        xdev_dirs(op_names[op], &sd, &dd);
         write_str(path_of("%s/a", sd), "relative\n");
         CHECK(chdir("/") == 0, "chdir /: %s", strerror(errno));
         /* "/x/y" relative to "/" is "x/y" */
@@ -137,9 +127,8 @@ static void relative_paths_from_cwd_move_file(void)
 static void large_100mib_file_keeps_its_content(void)
 {
     const size_t size = 100u << 20;
-    char *sd = test_dir("XT_TMPFS", "");
-    char *dd = test_dir("XT_EXT4", "");
-    require_kernel_exdev(sd, dd);
+    char *sd, *dd;
+    xdev_dirs("", &sd, &dd);
     char *src = path_of("%s/big", sd), *dst = path_of("%s/big", dd);
     uint64_t want = write_pattern_file(src, size, 42);
     int rc = rename(src, dst);
@@ -190,9 +179,8 @@ static void errno_is_unchanged_by_successful_cross_device_rename(void)
     static const int sentinels[] = {12345, EBADF};
     for (int s = 0; s < 2; s++) {
         for (int op = 0; op < 3; op++) {
-            char *sd = test_dir("XT_TMPFS", op_names[op]);
-            char *dd = test_dir("XT_EXT4", op_names[op]);
-            require_kernel_exdev(sd, dd);
+            char *sd, *dd;
+            xdev_dirs(op_names[op], &sd, &dd);
             char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
             write_str(src, "x");
             errno = sentinels[s];
@@ -259,9 +247,9 @@ static void non_regular_sources_move_across_devices(void)
         for (int op = 0; op < 3; op++) {
             char tag[64];
             snprintf(tag, sizeof tag, "%s-src", op_names[op]);
-            char *sd = test_dir(pairs[p].src_env, tag);
+            char *sd = test_dir(mount_pairs[p].src_env, tag);
             snprintf(tag, sizeof tag, "%s-dst", op_names[op]);
-            char *dd = test_dir(pairs[p].dst_env, tag);
+            char *dd = test_dir(mount_pairs[p].dst_env, tag);
             require_kernel_exdev(sd, dd);
             CHECK(mkdir(path_of("%s/dir", sd), 0755) == 0, "mkdir: %s", strerror(errno));
             write_str(path_of("%s/dir/inner", sd), "inner content\n");
@@ -272,7 +260,7 @@ static void non_regular_sources_move_across_devices(void)
             CHECK(mkfifo(path_of("%s/fifo", sd), 0640) == 0, "mkfifo: %s", strerror(errno));
             CHECK(chmod(path_of("%s/fifo", sd), 0640) == 0, "chmod: %s", strerror(errno));
             for (int i = 0; i < 4; i++) {
-                char *what = path_of("%s of a %s %s", op_names[op], names[i], pairs[p].label);
+                char *what = path_of("%s of a %s %s", op_names[op], names[i], mount_pairs[p].label);
                 char *src = path_of("%s/%s", sd, names[i]);
                 char *dst = path_of("%s/%s", dd, names[i]);
                 errno = 0;
@@ -309,7 +297,8 @@ static void non_regular_sources_move_across_devices(void)
                     break;
                 }
             }
-            char *what = path_of("%s of non-regular sources %s", op_names[op], pairs[p].label);
+            char *what = path_of("%s of non-regular sources %s", op_names[op],
+                                 mount_pairs[p].label);
             CHECK_DIR(sd, "", what);
             CHECK_DIR(dd, "dangling dir fifo link", what);
         }
@@ -324,9 +313,8 @@ static void non_regular_sources_move_across_devices(void)
  */
 static void renameat2_noreplace_is_emulated_and_exchange_keeps_exdev(void)
 {
-    char *sd = test_dir("XT_TMPFS", "");
-    char *dd = test_dir("XT_EXT4", "");
-    require_kernel_exdev(sd, dd);
+    char *sd, *dd;
+    xdev_dirs("", &sd, &dd);
     write_str(path_of("%s/a", sd), "a");
     write_str(path_of("%s/n", sd), "n");
     write_str(path_of("%s/b", dd), "b");

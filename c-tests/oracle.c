@@ -23,33 +23,13 @@
  */
 #include "common.h"
 
-#include <ftw.h>
-
 /* ------------------------------------------------------------------ */
 /* Small local helpers                                                 */
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)flag;
-    if (f->level == 0)
-        return 0;
-    if (remove(p) != 0 && errno != ENOENT) {
-        fprintf(stderr, "remove %s: %s\n", p, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
 /* Remove everything inside `dir` (which stays), without a shell. */
 static void clear_dir(const char *dir)
 {
-    CHECK(nftw(dir, rm_cb, 32, FTW_DEPTH | FTW_PHYS) == 0, "could not empty %s", dir);
-}
-
-static void mkdir_p1(const char *path)
-{
-    CHECK(mkdir(path, 0755) == 0, "mkdir %s: %s", path, strerror(errno));
+    CHECK(remove_below(dir) == 0, "could not empty %s", dir);
 }
 
 static void make_symlink(const char *target, const char *path)
@@ -57,125 +37,35 @@ static void make_symlink(const char *target, const char *path)
     CHECK(symlink(target, path) == 0, "symlink %s: %s", path, strerror(errno));
 }
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static __attribute__((format(printf, 2, 3))) void sb_add(struct sbuf *sb, const char *fmt, ...)
+/* A snapshot entry: escaped name, type, mode, contents or link target. */
+static void snap_entry(struct sbuf *sb, const char *p, const char *r, const struct stat *st)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (sb->len + (size_t)n + 1 > sb->cap) {
-        sb->cap = (sb->len + (size_t)n + 1) * 2;
-        sb->p = realloc(sb->p, sb->cap);
-    }
-    va_start(ap, fmt);
-    vsnprintf(sb->p + sb->len, sb->cap - sb->len, fmt, ap);
-    va_end(ap);
-    sb->len += (size_t)n;
-}
-
-static void sb_bytes(struct sbuf *sb, const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '\\')
-            sb_add(sb, "%c", s[i]);
-        else
-            sb_add(sb, "\\x%02x", s[i]);
+    sb_add(sb, " ");
+    sb_bytes(sb, (const unsigned char *)r, strlen(r));
+    if (S_ISDIR(st->st_mode)) {
+        sb_add(sb, "/(%04o)", st->st_mode & 07777);
+    } else if (S_ISLNK(st->st_mode)) {
+        char t[PATH_MAX];
+        ssize_t k = readlink(p, t, sizeof t);
+        CHECK(k >= 0, "readlink %s: %s", p, strerror(errno));
+        sb_add(sb, "->");
+        sb_bytes(sb, (unsigned char *)t, (size_t)k);
+    } else if (S_ISREG(st->st_mode)) {
+        size_t len;
+        unsigned char *c = read_file(p, &len);
+        sb_add(sb, "(%04o)=\"", st->st_mode & 07777);
+        sb_bytes(sb, c, len > 64 ? 64 : len);
+        sb_add(sb, "\"");
+        free(c);
+    } else {
+        sb_add(sb, "?(%o)", st->st_mode);
     }
 }
 
-static int cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Recursive description of everything below `path`, `rel` its display name. */
-static void snap_rec(struct sbuf *sb, const char *path, const char *rel)
-{
-    DIR *d = opendir(path);
-    CHECK(d, "opendir %s: %s", path, strerror(errno));
-    char *names[512];
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        CHECK(n < 512, "too many entries in %s", path);
-        names[n++] = strdup(e->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof names[0], cmp_names);
-    for (size_t i = 0; i < n; i++) {
-        char *p = path_of("%s/%s", path, names[i]);
-        char *r = path_of("%s/%s", rel, names[i]);
-        struct stat st;
-        CHECK(lstat(p, &st) == 0, "lstat %s: %s", p, strerror(errno));
-        sb_add(sb, " ");
-        sb_bytes(sb, (const unsigned char *)r, strlen(r));
-        if (S_ISDIR(st.st_mode)) {
-            sb_add(sb, "/(%04o)", st.st_mode & 07777);
-            snap_rec(sb, p, r);
-        } else if (S_ISLNK(st.st_mode)) {
-            char t[PATH_MAX];
-            ssize_t k = readlink(p, t, sizeof t);
-            CHECK(k >= 0, "readlink %s: %s", p, strerror(errno));
-            sb_add(sb, "->");
-            sb_bytes(sb, (unsigned char *)t, (size_t)k);
-        } else if (S_ISREG(st.st_mode)) {
-            size_t len;
-            unsigned char *c = read_file(p, &len);
-            sb_add(sb, "(%04o)=\"", st.st_mode & 07777);
-            sb_bytes(sb, c, len > 64 ? 64 : len);
-            sb_add(sb, "\"");
-            free(c);
-        } else {
-            sb_add(sb, "?(%o)", st.st_mode);
-        }
-        free(p);
-        free(r);
-        free(names[i]);
-    }
-}
-
+/* Recursive description of everything below S and D. */
 static char *snapshot2(const char *S, const char *D)
 {
-    struct sbuf sb = {0};
-    sb_add(&sb, "S:");
-    snap_rec(&sb, S, "");
-    sb_add(&sb, " | D:");
-    snap_rec(&sb, D, "");
-    return sb.p;
-}
-
-static const char *err_name(int e)
-{
-    const char *n = strerrorname_np(e);
-    return n ? n : "?";
-}
-
-struct res {
-    int rc, err;
-};
-
-static const char *res_str(struct res r)
-{
-    static char buf[4][48];
-    static int k;
-    char *b = buf[k++ % 4];
-    if (r.rc == 0)
-        snprintf(b, 48, "0");
-    else
-        snprintf(b, 48, "%d %s", r.rc, err_name(r.err));
-    return b;
-}
-
-static int res_eq(struct res a, struct res b)
-{
-    return a.rc == b.rc && (a.rc == 0 || a.err == b.err);
+    return snapshot2_with(S, D, 512, snap_entry);
 }
 
 static int open_dir(const char *p)
@@ -202,14 +92,14 @@ static void setup_sides(void)
     char *t = test_dir("XT_TMPFS", "same");
     same_side.S = path_of("%s/S", t);
     same_side.D = path_of("%s/D", t);
-    mkdir_p1(same_side.S);
-    mkdir_p1(same_side.D);
+    mkdir1(same_side.S);
+    mkdir1(same_side.D);
     t = test_dir(reverse ? "XT_EXT4" : "XT_TMPFS", "cross-src");
     cross_side.S = path_of("%s/S", t);
-    mkdir_p1(cross_side.S);
+    mkdir1(cross_side.S);
     t = test_dir(reverse ? "XT_TMPFS" : "XT_EXT4", "cross-dst");
     cross_side.D = path_of("%s/D", t);
-    mkdir_p1(cross_side.D);
+    mkdir1(cross_side.D);
     require_kernel_exdev(cross_side.S, cross_side.D);
 }
 
@@ -230,18 +120,18 @@ static void make_src(int kind, const char *S)
         make_symlink("dangling/source/target", path_of("%s/a", S));
         break;
     case SRC_SYMLINK_DIR:
-        mkdir_p1(path_of("%s/realdir", S));
+        mkdir1(path_of("%s/realdir", S));
         make_symlink("realdir", path_of("%s/a", S));
         break;
     case SRC_DIR:
-        mkdir_p1(path_of("%s/a", S));
+        mkdir1(path_of("%s/a", S));
         write_str(path_of("%s/a/f", S), "inner file\n");
-        mkdir_p1(path_of("%s/a/sub", S));
+        mkdir1(path_of("%s/a/sub", S));
         write_str(path_of("%s/a/sub/g", S), "deeper file\n");
         make_symlink("../f", path_of("%s/a/sub/l", S));
         break;
     case SRC_EMPTY_DIR:
-        mkdir_p1(path_of("%s/a", S));
+        mkdir1(path_of("%s/a", S));
         break;
     case SRC_MISSING:
         break;
@@ -267,16 +157,16 @@ static void d_symlink(const char *D)
 }
 static void d_symlink_dir(const char *D)
 {
-    mkdir_p1(path_of("%s/realdir", D));
+    mkdir1(path_of("%s/realdir", D));
     make_symlink("realdir", path_of("%s/b", D));
 }
 static void d_empty_dir(const char *D)
 {
-    mkdir_p1(path_of("%s/b", D));
+    mkdir1(path_of("%s/b", D));
 }
 static void d_full_dir(const char *D)
 {
-    mkdir_p1(path_of("%s/b", D));
+    mkdir1(path_of("%s/b", D));
     write_str(path_of("%s/b/x", D), "occupant\n");
 }
 static void d_nondir_parent(const char *D)
@@ -797,7 +687,7 @@ static void removed_directory_dirfds_match_kernel(void)
             clear_dir(sd->D);
             write_str(path_of("%s/a", sd->S), "alive\n");
             char *gone = path_of("%s/gone", which ? sd->D : sd->S);
-            mkdir_p1(gone);
+            mkdir1(gone);
             int gfd = open_dir(gone);
             CHECK(rmdir(gone) == 0, "rmdir: %s", strerror(errno));
             int sfd = which ? open_dir(sd->S) : gfd, dfd = which ? gfd : open_dir(sd->D);
@@ -860,8 +750,8 @@ static void bind_case(const char *label, void (*mk)(const char *D), const char *
 
 static void mk_tree(const char *d)
 {
-    mkdir_p1(path_of("%s/t", d));
-    mkdir_p1(path_of("%s/t/sub", d));
+    mkdir1(path_of("%s/t", d));
+    mkdir1(path_of("%s/t/sub", d));
     write_str(path_of("%s/t/sub/f", d), "in tree\n");
 }
 
@@ -919,9 +809,9 @@ static void mount_point_source_or_destination_gives_ebusy(void)
     }
     /* the mount point as the destination: a directory over it */
     char *sd = test_dir("XT_TMPFS", "");
-    mkdir_p1(path_of("%s/d", sd));
+    mkdir1(path_of("%s/d", sd));
     errno = 0;
-    mkdir_p1(path_of("%s/empty", W));
+    mkdir1(path_of("%s/empty", W));
     orc = syscall(SYS_renameat2, AT_FDCWD, path_of("%s/empty", W), AT_FDCWD, env_path("XT_RO"), 0);
     want = (struct res){(int)orc, errno};
     rmdir(path_of("%s/empty", W));

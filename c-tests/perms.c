@@ -31,33 +31,6 @@
 #define NOBODY 65534
 #define OTHER 1234
 
-static const char *err_name(int e)
-{
-    const char *n = strerrorname_np(e);
-    return n ? n : "?";
-}
-
-struct res {
-    int rc, err;
-};
-
-static const char *res_str(struct res r)
-{
-    static char buf[4][48];
-    static int k;
-    char *b = buf[k++ % 4];
-    if (r.rc == 0)
-        snprintf(b, 48, "0");
-    else
-        snprintf(b, 48, "%d %s", r.rc, err_name(r.err));
-    return b;
-}
-
-static int res_eq(struct res a, struct res b)
-{
-    return a.rc == b.rc && (a.rc == 0 || a.err == b.err);
-}
-
 /* ------------------------------------------------------------------ */
 /* Attribute flags (chattr) and cleanup                                */
 
@@ -92,99 +65,33 @@ static int unlock_cb(const char *p, const struct stat *st, int flag, struct FTW 
     return 0;
 }
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)flag;
-    if (f->level == 0)
-        return 0;
-    if (remove(p) != 0 && errno != ENOENT) {
-        printf("  cannot remove %s: %s\n", p, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
 /* Clear immutable/append-only flags below `dir`, then empty it. */
 static int reset_dir(const char *dir)
 {
     nftw(dir, unlock_cb, 32, FTW_PHYS);
-    return nftw(dir, rm_cb, 32, FTW_DEPTH | FTW_PHYS);
+    return remove_below(dir);
 }
 
 /* ------------------------------------------------------------------ */
 /* Snapshots (types, modes, owners, contents)                          */
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-};
-
-static __attribute__((format(printf, 2, 3))) void sb_add(struct sbuf *sb, const char *fmt, ...)
+/* A snapshot entry: name, mode, owner; "/" for a directory, or contents. */
+static void snap_entry(struct sbuf *sb, const char *p, const char *r, const struct stat *st)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (sb->len + (size_t)n + 1 > sb->cap) {
-        sb->cap = (sb->len + (size_t)n + 1) * 2;
-        sb->p = realloc(sb->p, sb->cap);
-    }
-    va_start(ap, fmt);
-    vsnprintf(sb->p + sb->len, sb->cap - sb->len, fmt, ap);
-    va_end(ap);
-    sb->len += (size_t)n;
-}
-
-static int cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void snap_rec(struct sbuf *sb, const char *path, const char *rel)
-{
-    DIR *d = opendir(path);
-    CHECK(d, "opendir %s: %s", path, strerror(errno));
-    char *names[256];
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        CHECK(n < 256, "too many entries in %s", path);
-        names[n++] = strdup(e->d_name);
-    }
-    closedir(d);
-    qsort(names, n, sizeof names[0], cmp_names);
-    for (size_t i = 0; i < n; i++) {
-        char *p = path_of("%s/%s", path, names[i]);
-        char *r = path_of("%s/%s", rel, names[i]);
-        struct stat st;
-        CHECK(lstat(p, &st) == 0, "lstat %s: %s", p, strerror(errno));
-        sb_add(sb, " %s(%04o,%u)", r, st.st_mode & 07777, (unsigned)st.st_uid);
-        if (S_ISDIR(st.st_mode)) {
-            sb_add(sb, "/");
-            snap_rec(sb, p, r);
-        } else if (S_ISREG(st.st_mode)) {
-            size_t len;
-            unsigned char *c = read_file(p, &len);
-            sb_add(sb, "=\"%.*s\"", (int)(len > 40 ? 40 : len), (char *)c);
-            free(c);
-        }
-        free(p);
-        free(r);
-        free(names[i]);
+    sb_add(sb, " %s(%04o,%u)", r, st->st_mode & 07777, (unsigned)st->st_uid);
+    if (S_ISDIR(st->st_mode)) {
+        sb_add(sb, "/");
+    } else if (S_ISREG(st->st_mode)) {
+        size_t len;
+        unsigned char *c = read_file(p, &len);
+        sb_add(sb, "=\"%.*s\"", (int)(len > 40 ? 40 : len), (char *)c);
+        free(c);
     }
 }
 
 static char *snapshot2(const char *S, const char *D)
 {
-    struct sbuf sb = {0};
-    sb_add(&sb, "S:");
-    snap_rec(&sb, S, "");
-    sb_add(&sb, " | D:");
-    snap_rec(&sb, D, "");
-    return sb.p;
+    return snapshot2_with(S, D, 256, snap_entry);
 }
 
 /* ------------------------------------------------------------------ */

@@ -119,9 +119,8 @@ static void check_sparse(const char *path, const struct stat *orig, const char *
 
 static void multi_gib_sparse_file_moves_intact(void)
 {
-    char *td = test_dir("XT_TMPFS", "");
-    char *ed = test_dir("XT_EXT4", "");
-    require_kernel_exdev(td, ed);
+    char *td, *ed;
+    xdev_dirs("", &td, &ed);
     char *a = path_of("%s/sparse", td), *b = path_of("%s/sparse", ed);
     /* 6 GiB apparent, 4 MiB of data: neither the 1 GiB tmpfs nor the
      * 512 MiB ext4 could hold it if the holes were filled */
@@ -160,15 +159,6 @@ static void multi_gib_sparse_file_moves_intact(void)
 /* ------------------------------------------------------------------ */
 /* Zero bytes                                                          */
 
-struct pair {
-    const char *label, *src_env, *dst_env;
-};
-static const struct pair pairs[] = {
-    {"tmpfs->ext4", "XT_TMPFS", "XT_EXT4"},
-    {"ext4->tmpfs", "XT_EXT4", "XT_TMPFS"},
-    {"bind D->B", "XT_BIND_SRC", "XT_BIND_DST"},
-};
-
 static void zero_byte_file_moves(void)
 {
     for (int p = 0; p < 3; p++) {
@@ -176,14 +166,14 @@ static void zero_byte_file_moves(void)
             for (int replace = 0; replace < 2; replace++) {
                 char tag[64];
                 snprintf(tag, sizeof tag, "%s-%d-src", op_names[op], replace);
-                char *sd = test_dir(pairs[p].src_env, tag);
+                char *sd = test_dir(mount_pairs[p].src_env, tag);
                 snprintf(tag, sizeof tag, "%s-%d-dst", op_names[op], replace);
-                char *dd = test_dir(pairs[p].dst_env, tag);
+                char *dd = test_dir(mount_pairs[p].dst_env, tag);
                 require_kernel_exdev(sd, dd);
                 char *src = path_of("%s/empty", sd), *dst = path_of("%s/moved", dd);
                 char what[128];
                 snprintf(what, sizeof what, "%s of a 0-byte file %s%s", op_names[op],
-                         pairs[p].label, replace ? " over a non-empty file" : "");
+                         mount_pairs[p].label, replace ? " over a non-empty file" : "");
 
                 write_file(src, "", 0);
                 CHECK(chmod(src, 0604) == 0, "chmod: %s", strerror(errno));
@@ -323,7 +313,7 @@ static void appender(int fd, int ready, int stop)
     _exit(0);
 }
 
-static void appended_move(const struct pair *p, enum op op, int round)
+static void appended_move(const struct mount_pair *p, enum op op, int round)
 {
     char tag[64];
     snprintf(tag, sizeof tag, "%s-%d-src", op_names[op], round);
@@ -407,8 +397,8 @@ static void appended_move(const struct pair *p, enum op op, int round)
 static void file_appended_during_move_gives_a_consistent_copy(void)
 {
     for (int round = 0; round < 2; round++) {
-        appended_move(&pairs[0], (enum op)(round ? OP_RENAMEAT : OP_RENAME), round);
-        appended_move(&pairs[1], (enum op)(round ? OP_RENAME : OP_RENAMEAT2), round);
+        appended_move(&mount_pairs[0], (enum op)(round ? OP_RENAMEAT : OP_RENAME), round);
+        appended_move(&mount_pairs[1], (enum op)(round ? OP_RENAME : OP_RENAMEAT2), round);
     }
 }
 

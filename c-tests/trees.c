@@ -22,23 +22,14 @@
 #define MIB (1u << 20)
 #define MAXENT 256
 
-struct dir_pair {
-    const char *label, *src_env, *dst_env;
-};
-static const struct dir_pair pairs[] = {
-    {"tmpfs->ext4", "XT_TMPFS", "XT_EXT4"},
-    {"ext4->tmpfs", "XT_EXT4", "XT_TMPFS"},
-    {"bind D->B", "XT_BIND_SRC", "XT_BIND_DST"},
-};
-
 /* Fresh source/destination directories for pair p; `tag` makes them unique. */
 static void dirs_for(int p, const char *tag, char **sd, char **dd)
 {
     char t[96];
     snprintf(t, sizeof t, "%s-%d-src", tag, p);
-    *sd = test_dir(pairs[p].src_env, t);
+    *sd = test_dir(mount_pairs[p].src_env, t);
     snprintf(t, sizeof t, "%s-%d-dst", tag, p);
-    *dd = test_dir(pairs[p].dst_env, t);
+    *dd = test_dir(mount_pairs[p].dst_env, t);
     require_kernel_exdev(*sd, *dd);
 }
 
@@ -495,7 +486,7 @@ static void tree_moves_with_all_object_types_and_metadata(void)
         build_rich_tree(src);
         struct snap *before = record(src, 1);
         char *what = path_of("%s of a tree with every object type %s", op_names[op],
-                             pairs[p].label);
+                             mount_pairs[p].label);
         errno = 0;
         int rc = do_op(op, src, dst);
         CHECK_RC0(rc, what);
@@ -529,7 +520,7 @@ static void directory_replaces_empty_directory(void)
             mkdir_mode(dst, 0777);
             struct snap *before = record(src, 1);
             char *what = path_of("%s of a tree onto an empty directory %s", op_names[op],
-                                 pairs[p].label);
+                                 mount_pairs[p].label);
             int rc = do_op(op, src, dst);
             CHECK_RC0(rc, what);
             check_tree(before, dst, 1, what);
@@ -556,7 +547,7 @@ static void renameat_with_dirfds_moves_a_tree(void)
             CHECK(sfd >= 0 && dfd >= 0, "open dirs: %s", strerror(errno));
             CHECK(chdir("/") == 0, "chdir /: %s", strerror(errno)); /* cwd elsewhere */
             char *what = path_of("%s(dirfd, \"t\", dirfd, \"x/t2\"%s) %s", fn,
-                                 use2 ? ", 0" : "", pairs[p].label);
+                                 use2 ? ", 0" : "", mount_pairs[p].label);
             int rc = use2 ? renameat2(sfd, "t", dfd, "x/t2", 0) : renameat(sfd, "t", dfd, "x/t2");
             CHECK_RC0(rc, what);
             check_tree(before, path_of("%s/x/t2", dd), 1, what);
@@ -654,7 +645,7 @@ static void directory_onto_nonempty_directory_is_enotempty(void)
             build_small_tree(dst, "destination\n");
             struct snap *sb = record(src, 1), *db = record(dst, 1);
             char *what = path_of("%s of a tree onto a non-empty directory %s", op_names[op],
-                                 pairs[p].label);
+                                 mount_pairs[p].label);
             int rc = do_op(op, src, dst);
             CHECK_FAILS_WITH(rc, ENOTEMPTY, what);
             check_tree(sb, src, 0, what);
@@ -684,7 +675,7 @@ static void directory_onto_file_is_enotdir(void)
             for (int k = 0; k < 2; k++) {
                 char *what = path_of("%s of a tree onto a %s %s", op_names[op],
                                      k ? "symlink to a directory" : "regular file",
-                                     pairs[p].label);
+                                     mount_pairs[p].label);
                 int rc = do_op(op, src, path_of("%s/%s", dd, targets[k]));
                 CHECK_FAILS_WITH(rc, ENOTDIR, what);
                 check_tree(sb, src, 0, what);
@@ -722,7 +713,8 @@ static void einval_body(void *arg)
           x->t, x->dst, krc, krc == 0 ? "success" : strerror(ke));
     for (int op = 0; op < 3; op++) {
         char *what = path_of("%s of a %s directory to a mount point inside itself (%s)",
-                             op_names[op], pairs[x->src_p].src_env, x->dst + strlen(x->sd) + 1);
+                             op_names[op], mount_pairs[x->src_p].src_env,
+                             x->dst + strlen(x->sd) + 1);
         int rc = do_op(op, x->t, x->dst);
         CHECK_FAILS_WITH(rc, EINVAL, what);
         CHECK(is_mount_point(x->m), "%s: %s is no longer a mount point", what, x->m);
@@ -740,7 +732,7 @@ static void directory_into_mount_point_inside_itself_is_einval(void)
         for (int deep = 0; deep < 2; deep++) { /* T/m, then T/x/y/m */
             struct einval x;
             x.src_p = p;
-            x.sd = test_dir(pairs[p].src_env, deep ? "deep" : "flat");
+            x.sd = test_dir(mount_pairs[p].src_env, deep ? "deep" : "flat");
             x.t = path_of("%s/t", x.sd);
             build_small_tree(x.t, "moving into itself\n");
             if (deep) {
@@ -781,7 +773,8 @@ static void ebusy_body(void *arg)
             if (had_dst)
                 CHECK(mkdir(dst, 0755) == 0, "mkdir: %s", strerror(errno));
             char *what = path_of("%s of a mount point to %s%s", op_names[op],
-                                 pairs[x->p].dst_env, had_dst ? " onto an empty directory" : "");
+                                 mount_pairs[x->p].dst_env,
+                                 had_dst ? " onto an empty directory" : "");
             int rc = do_op(op, x->mp, dst);
             CHECK_FAILS_WITH(rc, EBUSY, what);
             CHECK(is_mount_point(x->mp), "%s: %s is no longer a mount point", what, x->mp);
@@ -805,8 +798,8 @@ static void mount_point_source_is_ebusy(void)
     for (int p = 0; p < 2; p++) {
         struct ebusy x;
         x.p = p;
-        x.sd = test_dir(pairs[p].src_env, "src");
-        x.dd = test_dir(pairs[p].dst_env, "dst");
+        x.sd = test_dir(mount_pairs[p].src_env, "src");
+        x.dd = test_dir(mount_pairs[p].dst_env, "dst");
         x.mp = path_of("%s/mp", x.sd);
         CHECK(mkdir(x.mp, 0755) == 0, "mkdir: %s", strerror(errno));
         mount_tmpfs(x.mp);
@@ -978,7 +971,7 @@ static void tree_move_refuses_unremovable_source_before_copying(void)
     static const int ps[] = {1, 2}; /* ext4->tmpfs, bind D->B */
     for (int k = 0; k < 2; k++) {
         struct immutable x;
-        x.label = pairs[ps[k]].label;
+        x.label = mount_pairs[ps[k]].label;
         dirs_for(ps[k], "immutable", &x.sd, &x.dd);
         x.src = path_of("%s/t", x.sd);
         build_small_tree(x.src, "a tree that cannot be removed\n");

@@ -208,36 +208,25 @@ def run_fault_class(request, tmp_path: Path, child: Path, kind: str, pair_name: 
 # the tests: object kind x pair x fault class
 # --------------------------------------------------------------------------
 
-kinds = pytest.mark.parametrize("kind", KINDS)
-pairs = pytest.mark.parametrize("pair_name", FAULT_PAIRS)
+def fault_class_test(name: str, fault_class: str):
+    """The test `name`: run_fault_class for `fault_class`, per object kind x pair."""
+    @pytest.mark.parametrize("kind", KINDS)
+    @pytest.mark.parametrize("pair_name", FAULT_PAIRS)
+    def test(request, tmp_path, fault_child, kind, pair_name):
+        run_fault_class(request, tmp_path, fault_child, kind, pair_name, fault_class)
+
+    test.__name__ = test.__qualname__ = name
+    return test
 
 
-@kinds
-@pairs
-def test_enospc_eio_edquot_at_any_syscall_completes_the_move_or_leaves_everything_as_before(
-        request, tmp_path, fault_child, kind, pair_name):
-    run_fault_class(request, tmp_path, fault_child, kind, pair_name, "errors")
-
-
-@kinds
-@pairs
-def test_eagain_on_data_calls_completes_the_move_or_leaves_everything_as_before(
-        request, tmp_path, fault_child, kind, pair_name):
-    run_fault_class(request, tmp_path, fault_child, kind, pair_name, "eagain")
-
-
-@kinds
-@pairs
-def test_eintr_at_any_syscall_is_retried_and_the_move_succeeds(
-        request, tmp_path, fault_child, kind, pair_name):
-    run_fault_class(request, tmp_path, fault_child, kind, pair_name, "eintr")
-
-
-@kinds
-@pairs
-def test_sigkill_at_any_syscall_leaves_a_complete_source_or_destination(
-        request, tmp_path, fault_child, kind, pair_name):
-    run_fault_class(request, tmp_path, fault_child, kind, pair_name, "kill")
+test_enospc_eio_edquot_at_any_syscall_completes_the_move_or_leaves_everything_as_before = fault_class_test(
+    "test_enospc_eio_edquot_at_any_syscall_completes_the_move_or_leaves_everything_as_before", "errors")
+test_eagain_on_data_calls_completes_the_move_or_leaves_everything_as_before = fault_class_test(
+    "test_eagain_on_data_calls_completes_the_move_or_leaves_everything_as_before", "eagain")
+test_eintr_at_any_syscall_is_retried_and_the_move_succeeds = fault_class_test(
+    "test_eintr_at_any_syscall_is_retried_and_the_move_succeeds", "eintr")
+test_sigkill_at_any_syscall_leaves_a_complete_source_or_destination = fault_class_test(
+    "test_sigkill_at_any_syscall_leaves_a_complete_source_or_destination", "kill")
 
 
 # --------------------------------------------------------------------------

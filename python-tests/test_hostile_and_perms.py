@@ -83,11 +83,18 @@ def dirs(tmpfs, ext4) -> Dirs:
 COLUMNS = ["call", "as", "expected", "got", "problem"]
 
 
-def failing_parity(table: Table, build: Callable[[Path, Path], list[tuple[str, dict]]],
-                   d: Dirs, documented: str | None, uid: int | None = None) -> None:
+def _must_stay(d: Dirs) -> None:
+    """The source S/a of calls that must fail, on both sides."""
+    for S in (d.sS, d.xS):
+        (S / "a").write_text("must stay\n")
+
+
+def failing_parity(build: Callable[[Path, Path], list[tuple[str, dict]]], d: Dirs,
+                   documented: str | None, what: str, uid: int | None = None) -> None:
     """Calls that must all fail: the kernel (one fs) and xrename (across
     devices) must give the same errno, `documented` if given, and change
-    nothing on either side."""
+    nothing on either side.  Mismatches are the rows of table `what`."""
+    table = Table(COLUMNS)
     same_ops, cross_ops = build(d.sS, d.sD), build(d.xS, d.xD)
     pre_same, pre_cross = snap(d.sS.parent, d.sD.parent), snap(d.xS.parent, d.xD.parent)
     want = run_ops([o for _, o in same_ops], preload=False, uid=uid).results
@@ -106,6 +113,32 @@ def failing_parity(table: Table, build: Callable[[Path, Path], list[tuple[str, d
         table.add("(all calls)", who, "no change", "changed", "directories changed",
                   detail=f"before: {listing_str(pre_cross)}\n      after:  {listing_str(post_cross)}")
     assert snap(d.sS.parent, d.sD.parent) == pre_same, "test assumption: the kernel changed the same-fs side"
+    table.check(what)
+
+
+def succeeding_parity(build: Callable[[Path, Path], list[tuple[str, dict]]], d: Dirs, what: str,
+                      differ: str, check_errno: bool = False) -> None:
+    """Calls that must all succeed: the kernel (one fs) must succeed, xrename
+    (across devices) must give the same result (and, with `check_errno`,
+    leave errno alone), and both sides must end up alike (else `differ`).
+    Mismatches are the rows of table `what`."""
+    table = Table(COLUMNS)
+    same_ops, cross_ops = build(d.sS, d.sD), build(d.xS, d.xD)
+    want = run_ops([o for _, o in same_ops], preload=False).results
+    got = run_ops([o for _, o in cross_ops], preload=True).results
+    for (label, _), w, g in zip(same_ops, want, got):
+        table.compared += 1
+        if not w["ok"]:
+            table.add(label, "root", "0", res_str(w), "test assumption: same-fs kernel failed")
+        elif not res_eq(g, w):
+            table.add(label, "root", res_str(w), res_str(g), "differs from the same-fs kernel")
+        elif check_errno and g["errno_after"] not in (None, ERRNO_SENTINEL):
+            table.add(label, "root", "0", "0", f"errno changed on success to {g['errno_after']}")
+    a, b = snap(d.sS, d.sD), snap(d.xS, d.xD)
+    if a != b:
+        table.add("(result)", "root", "same-fs tree", "differs", differ,
+                  detail=f"same-fs: {listing_str(a)}\n      cross:   {listing_str(b)}")
+    table.check(what)
 
 
 def calls_on(S: Path, sname, D: Path, dname, flags_too: bool = True) -> list[tuple[str, dict]]:
@@ -130,8 +163,7 @@ def calls_on(S: Path, sname, D: Path, dname, flags_too: bool = True) -> list[tup
 # --------------------------------------------------------------------------
 
 def test_empty_paths_give_enoent_like_the_kernel(dirs):
-    for S in (dirs.sS, dirs.xS):
-        (S / "a").write_text("must stay\n")
+    _must_stay(dirs)
 
     def build(S, D):
         out = []
@@ -150,9 +182,7 @@ def test_empty_paths_give_enoent_like_the_kernel(dirs):
                  op("libc.renameat2", b"a", b"", sdir=S, ddir=D, flags=RENAME_NOREPLACE))]
         return out
 
-    table = Table(COLUMNS)
-    failing_parity(table, build, dirs, "ENOENT")
-    table.check("empty paths")
+    failing_parity(build, dirs, "ENOENT", "empty paths")
 
 
 def test_names_longer_than_name_max_give_enametoolong_like_the_kernel(dirs):
@@ -173,14 +203,11 @@ def test_names_longer_than_name_max_give_enametoolong_like_the_kernel(dirs):
                 out.append((f"{c}: {src} -> {NAME_MAX + 1}-byte middle component", o))
         return out
 
-    table = Table(COLUMNS)
-    failing_parity(table, build, dirs, "ENAMETOOLONG")
-    table.check("over-long names")
+    failing_parity(build, dirs, "ENAMETOOLONG", "over-long names")
 
 
 def test_paths_longer_than_path_max_give_enametoolong_like_the_kernel(dirs):
-    for S in (dirs.sS, dirs.xS):
-        (S / "a").write_text("must stay\n")
+    _must_stay(dirs)
 
     def padded(d: Path, name: str) -> bytes:
         p = os.fsencode(d)
@@ -200,14 +227,11 @@ def test_paths_longer_than_path_max_give_enametoolong_like_the_kernel(dirs):
                      op("libc.renameat2", src, dst, flags=RENAME_NOREPLACE))]
         return out
 
-    table = Table(COLUMNS)
-    failing_parity(table, build, dirs, "ENAMETOOLONG")
-    table.check("paths longer than PATH_MAX")
+    failing_parity(build, dirs, "ENAMETOOLONG", "paths longer than PATH_MAX")
 
 
 def test_null_path_pointers_give_efault_without_crashing(dirs):
-    for S in (dirs.sS, dirs.xS):
-        (S / "a").write_text("must stay\n")
+    _must_stay(dirs)
 
     def build(S, D):
         out = []
@@ -223,9 +247,7 @@ def test_null_path_pointers_give_efault_without_crashing(dirs):
                  op("libc.renameat2", b"a", None, sdir=S, ddir=D, flags=RENAME_NOREPLACE))]
         return out
 
-    table = Table(COLUMNS)
-    failing_parity(table, build, dirs, "EFAULT")  # run_ops asserts the children exited 0
-    table.check("NULL pointers")
+    failing_parity(build, dirs, "EFAULT", "NULL pointers")  # run_ops asserts the children exited 0
 
 
 ODD_NAMES = [b"\xff\xfe", b"new\nline", b"tab\there", b"\x01\x7f", b" lead space", b"-dash",
@@ -272,23 +294,7 @@ def test_non_utf8_and_newline_names_move_like_the_kernel_moves_them(dirs):
 
     setup(dirs.sS)
     setup(dirs.xS)
-    same_ops, cross_ops = build(dirs.sS, dirs.sD), build(dirs.xS, dirs.xD)
-    want = run_ops([o for _, o in same_ops], preload=False).results
-    got = run_ops([o for _, o in cross_ops], preload=True).results
-    table = Table(COLUMNS)
-    for (label, _), w, g in zip(same_ops, want, got):
-        table.compared += 1
-        if not w["ok"]:
-            table.add(label, "root", "0", res_str(w), "test assumption: same-fs kernel failed")
-        elif not res_eq(g, w):
-            table.add(label, "root", res_str(w), res_str(g), "differs from the same-fs kernel")
-        elif g["errno_after"] not in (None, ERRNO_SENTINEL):
-            table.add(label, "root", "0", "0", f"errno changed on success to {g['errno_after']}")
-    same_after, cross_after = snap(dirs.sS, dirs.sD), snap(dirs.xS, dirs.xD)
-    if same_after != cross_after:
-        table.add("(result)", "root", "same-fs tree", "differs", "moved trees differ",
-                  detail=f"same-fs: {listing_str(same_after)}\n      cross:   {listing_str(cross_after)}")
-    table.check("odd names")
+    succeeding_parity(build, dirs, "odd names", "moved trees differ", check_errno=True)
     assert os.listdir(dirs.xS) == [], "sources left behind"
     assert os.readlink(os.fsencode(dirs.xD) + b"/\xfe\ntree/link\n") == b"\xff\xfe"
 
@@ -319,21 +325,7 @@ def test_name_max_names_move_across_devices_like_the_kernel(dirs):
 
     setup(dirs.sS, dirs.sD)
     setup(dirs.xS, dirs.xD)
-    same_ops, cross_ops = build(dirs.sS, dirs.sD), build(dirs.xS, dirs.xD)
-    want = run_ops([o for _, o in same_ops], preload=False).results
-    got = run_ops([o for _, o in cross_ops], preload=True).results
-    table = Table(COLUMNS)
-    for (label, _), w, g in zip(same_ops, want, got):
-        table.compared += 1
-        if not w["ok"]:
-            table.add(label, "root", "0", res_str(w), "test assumption: same-fs kernel failed")
-        elif not res_eq(g, w):
-            table.add(label, "root", res_str(w), res_str(g), "differs from the same-fs kernel")
-    a, b = snap(dirs.sS, dirs.sD), snap(dirs.xS, dirs.xD)
-    if a != b:
-        table.add("(result)", "root", "same-fs tree", "differs", "results differ",
-                  detail=f"same-fs: {listing_str(a)}\n      cross:   {listing_str(b)}")
-    table.check("NAME_MAX names")
+    succeeding_parity(build, dirs, "NAME_MAX names", "results differ")
 
 
 # --------------------------------------------------------------------------
@@ -461,65 +453,64 @@ def privileged():
     need(PRIVILEGED, "needs real root to chown and to drop to uid 65534")
 
 
-def _sticky_source(S, D):
-    file_for(S, OTHER_UID)
-    own(S, 0, 0o1777)
+def _file_case(S, D, s_mode=0o777, d_mode=0o777, uid=NOBODY, target=None):
+    """S/a of `uid` in root's S (s_mode), for root's D (d_mode); `target`
+    (text, uid, mode): an existing D/b."""
+    file_for(S, uid)
+    own(S, 0, s_mode)
+    if target:
+        text, t_uid, t_mode = target
+        (D / "b").write_text(text)
+        own(D / "b", t_uid, t_mode)
+    own(D, 0, d_mode)
+
+
+def _dir_case(S, D, uid, mode, inner_uid=None):
+    """Directory S/a (holding `inner`, of inner_uid if given) of `uid`, mode
+    `mode`, in root's S for root's D (both 0777)."""
+    (S / "a").mkdir()
+    (S / "a" / "inner").write_text("inner\n")
+    if inner_uid is not None:
+        own(S / "a" / "inner", inner_uid, 0o644)
+    own(S / "a", uid, mode)
+    own(S, 0, 0o777)
     own(D, 0, 0o777)
+
+
+def _sticky_source(S, D):
+    _file_case(S, D, s_mode=0o1777, uid=OTHER_UID)
 
 
 def _source_not_writable(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o555)
-    own(D, 0, 0o777)
+    _file_case(S, D, s_mode=0o555)
 
 
 def _dest_not_writable(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o777)
-    own(D, 0, 0o555)
+    _file_case(S, D, d_mode=0o555)
 
 
 def _sticky_dest(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o777)
-    (D / "b").write_text("someone else's file\n")
-    own(D / "b", OTHER_UID, 0o644)
-    own(D, 0, 0o1777)
+    _file_case(S, D, d_mode=0o1777, target=("someone else's file\n", OTHER_UID, 0o644))
 
 
 def _dir_not_writable(S, D):
-    (S / "a").mkdir()
-    (S / "a" / "inner").write_text("inner\n")
-    own(S / "a" / "inner", NOBODY, 0o644)
-    own(S / "a", 0, 0o555)  # a new ".." needs write permission on the directory itself
-    own(S, 0, 0o777)
-    own(D, 0, 0o777)
+    _dir_case(S, D, 0, 0o555, inner_uid=NOBODY)  # a new ".." needs write permission on the directory itself
 
 
 def _write_search_only(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o333)
-    own(D, 0, 0o333)
+    _file_case(S, D, s_mode=0o333, d_mode=0o333)
 
 
 def _sticky_own_file(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o1777)
-    own(D, 0, 0o777)
+    _file_case(S, D, s_mode=0o1777)
 
 
 def _foreign_readonly_target(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o777)
-    (D / "b").write_text("root's read-only file\n")
-    own(D / "b", 0, 0o444)
-    own(D, 0, 0o777)
+    _file_case(S, D, target=("root's read-only file\n", 0, 0o444))
 
 
 def _plain(S, D):
-    file_for(S, NOBODY)
-    own(S, 0, 0o777)
-    own(D, 0, 0o777)
+    _file_case(S, D)
 
 
 TMPFS_CASES = {
@@ -564,11 +555,7 @@ def _append_only_source_dir(S, D):
 
 
 def _immutable_dir_object(S, D):
-    (S / "a").mkdir()
-    (S / "a" / "inner").write_text("inner\n")
-    own(S / "a", NOBODY, 0o777)
-    own(S, 0, 0o777)
-    own(D, 0, 0o777)
+    _dir_case(S, D, NOBODY, 0o777)
     chattr(S / "a", "+i")
 
 
@@ -654,6 +641,14 @@ def all_rights(abi: int) -> int:
     return r
 
 
+def _sibling_dirs(tmpfs: Path) -> tuple[Path, Path]:
+    """Fresh sibling directories S and D of one tmpfs."""
+    S, D = tmpfs / "ll" / "S", tmpfs / "ll" / "D"
+    S.mkdir(parents=True)
+    D.mkdir()
+    return S, D
+
+
 @pytest.fixture
 def landlock() -> int:
     abi = landlock_abi()
@@ -722,9 +717,7 @@ def test_landlock_exdev_without_refer_is_emulated_and_exchange_keeps_exdev(landl
     unsandboxed same-fs rename leaves; RENAME_EXCHANGE keeps EXDEV."""
     rights = all_rights(landlock) & ~LL_REFER
     if where.startswith("sibling"):
-        S, D = tmpfs / "ll" / "S", tmpfs / "ll" / "D"
-        S.mkdir(parents=True)
-        D.mkdir()
+        S, D = _sibling_dirs(tmpfs)
     else:
         S, D = dirs.xS, dirs.xD
     _landlock_sources(S, D)
@@ -758,9 +751,7 @@ def test_landlock_exdev_without_refer_is_emulated_and_exchange_keeps_exdev(landl
 def test_landlock_tree_move_needing_a_denied_right_is_refused_and_leaves_nothing(landlock, tmpfs):
     """Every right but REFER, and no MAKE_REG on D: a tree holding a file
     cannot be created there; EACCES and nothing left behind."""
-    S, D = tmpfs / "ll" / "S", tmpfs / "ll" / "D"
-    S.mkdir(parents=True)
-    D.mkdir()
+    S, D = _sibling_dirs(tmpfs)
     (S / "t").mkdir()
     (S / "t" / "g").write_text("needs MAKE_REG\n")
     base = all_rights(landlock) & ~LL_REFER

@@ -46,17 +46,43 @@ def _write(p: Path, text: str) -> None:
     p.write_text(text)
 
 
-def src_file(S: Path) -> None:
-    _write(S / "a", "source file\n")
+# Setups of S or D: each makes one object, `name` (the source "a", the
+# destination "b"), in the directory it is given.
+
+def _nothing(d: Path) -> None:
+    pass
 
 
-def src_symlink(S: Path) -> None:
-    os.symlink("dangling/source/target", S / "a")
+def _file(name: str, text: str) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        _write(d / name, text)
+    return make
 
 
-def src_symlink_dir(S: Path) -> None:
-    (S / "realdir").mkdir()
-    os.symlink("realdir", S / "a")
+def _symlink(name: str, target: str) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        os.symlink(target, d / name)
+    return make
+
+
+def _symlink_dir(name: str) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        (d / "realdir").mkdir()
+        os.symlink("realdir", d / name)
+    return make
+
+
+def _empty_dir(name: str) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        (d / name).mkdir()
+    return make
+
+
+src_file = _file("a", "source file\n")
+src_symlink = _symlink("a", "dangling/source/target")
+src_symlink_dir = _symlink_dir("a")
+src_empty_dir = _empty_dir("a")
+src_missing = _nothing
 
 
 def src_dir(S: Path) -> None:
@@ -65,14 +91,6 @@ def src_dir(S: Path) -> None:
     (S / "a" / "sub").mkdir()
     _write(S / "a" / "sub" / "g", "deeper file\n")
     os.symlink("../f", S / "a" / "sub" / "l")
-
-
-def src_empty_dir(S: Path) -> None:
-    (S / "a").mkdir()
-
-
-def src_missing(S: Path) -> None:
-    pass
 
 
 SOURCES: dict[str, Callable[[Path], None]] = {
@@ -85,34 +103,17 @@ SOURCES: dict[str, Callable[[Path], None]] = {
 }
 
 
-def d_none(D: Path) -> None:
-    pass
-
-
-def d_file(D: Path) -> None:
-    _write(D / "b", "old destination\n")
-
-
-def d_symlink(D: Path) -> None:
-    os.symlink("dangling/dest/target", D / "b")
-
-
-def d_symlink_dir(D: Path) -> None:
-    (D / "realdir").mkdir()
-    os.symlink("realdir", D / "b")
-
-
-def d_empty_dir(D: Path) -> None:
-    (D / "b").mkdir()
+d_none = _nothing
+d_file = _file("b", "old destination\n")
+d_symlink = _symlink("b", "dangling/dest/target")
+d_symlink_dir = _symlink_dir("b")
+d_empty_dir = _empty_dir("b")
+d_nondir_parent = _file("f", "a plain file\n")
 
 
 def d_full_dir(D: Path) -> None:
     (D / "b").mkdir()
     _write(D / "b" / "x", "occupant\n")
-
-
-def d_nondir_parent(D: Path) -> None:
-    _write(D / "f", "a plain file\n")
 
 
 # (label, last component(s) of the destination, setup of D)
