@@ -94,8 +94,14 @@ def test_destination_appears_atomically_after_fsync_and_source_is_unlinked_last(
     assert syncs, "no fsync/fdatasync before the destination was installed:\n" + \
         "\n".join(fmt(c) for c in after[:install + 1])
 
+    # The source name goes either by an unlink, or by a rename aside to a
+    # hidden name that is then unlinked: both count as its removal.
+    asides = [quoted(c[1])[-1] for c in after if c[0] in ("rename", "renameat", "renameat2") and c[2] == "0"
+              and names_arg(c[1], "proto-src.bin") and not is_name(last_path(c[1]), "proto-dst.bin")]
     unlinks = [i for i, c in enumerate(after) if c[0] in ("unlink", "unlinkat") and c[2] == "0"
-               and names_arg(c[1], "proto-src.bin")]
+               and (names_arg(c[1], "proto-src.bin") or any(names_arg(c[1], a.rsplit("/", 1)[-1]) for a in asides))]
+    unlinks += [i for i, c in enumerate(after) if c[0] in ("rename", "renameat", "renameat2") and c[2] == "0"
+                and names_arg(c[1], "proto-src.bin") and not is_name(last_path(c[1]), "proto-dst.bin")]
     assert unlinks, "source was never unlinked by a syscall"
     assert all(i > install for i in unlinks), "source unlinked before the destination was installed:\n" + \
         "\n".join(fmt(c) for c in after)
@@ -105,5 +111,5 @@ def test_destination_appears_atomically_after_fsync_and_source_is_unlinked_last(
     first_unlink = min(unlinks)
     assert any(c[0] == "fsync" and c[2] == "0" for c in after[install + 1:first_unlink]), \
         "no fsync between the install and the removal of the source:\n" + "\n".join(fmt(c) for c in after)
-    assert any(c[0] == "fsync" and c[2] == "0" for c in after[first_unlink + 1:]), \
+    assert any(c[0] == "fsync" and c[2] == "0" for c in after[max(unlinks) + 1:]), \
         "no fsync after the removal of the source:\n" + "\n".join(fmt(c) for c in after)

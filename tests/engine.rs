@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::CWD;
 use rustix::io::Errno;
+use xrename::engine::path::Entry;
 use xrename::engine::{self, Op, Options, Report, Request, install};
 
 /// A private directory, removed on drop.
@@ -299,7 +300,8 @@ fn replace_keeps_old_destination_until_committed() {
     let t = TempDir::new("rollback-replace");
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap();
+    let dst = Entry::open(dir.as_fd(), c"b").unwrap();
+    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     // The old file is still there, under a hidden name, until commit or drop.
     assert_eq!(t.names().len(), 2);
@@ -312,7 +314,8 @@ fn replace_keeps_old_destination_until_committed() {
 fn rollback_of_a_fresh_install_removes_it() {
     let t = TempDir::new("rollback-fresh");
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Absent, true).unwrap();
+    let dst = Entry::open(dir.as_fd(), c"b").unwrap();
+    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     drop(installed);
     assert!(t.names().is_empty());
@@ -323,7 +326,8 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
     let t = TempDir::new("race-appeared");
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
-    let installed = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Absent, true).unwrap();
+    let dst = Entry::open(dir.as_fd(), c"b").unwrap();
+    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true).unwrap();
     installed.commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
@@ -333,7 +337,8 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
 fn install_creates_a_destination_that_vanished_after_the_check() {
     let t = TempDir::new("race-vanished");
     let dir = dir_fd(&t);
-    install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap().commit();
+    let dst = Entry::open(dir.as_fd(), c"b").unwrap();
+    install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap().commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
 }
@@ -343,7 +348,8 @@ fn install_refuses_a_directory_that_appeared_after_the_check() {
     let t = TempDir::new("race-dir");
     fs::create_dir(t.path("b")).unwrap();
     let dir = dir_fd(&t);
-    let err = install::install(temp_with(dir.as_fd(), b"new"), c"b", install::Dest::Present, true).unwrap_err();
+    let dst = Entry::open(dir.as_fd(), c"b").unwrap();
+    let err = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap_err();
     assert_eq!(err.errno, Errno::ISDIR);
     assert!(fs::metadata(t.path("b")).unwrap().is_dir());
     assert_eq!(t.names(), ["b"]);
@@ -359,8 +365,10 @@ fn dropped_temp_file_leaves_nothing() {
 
 #[test]
 fn temp_names_are_hidden_and_distinct() {
-    let a = install::fresh_name();
-    let b = install::fresh_name();
+    let a = install::fresh_name(install::Role::Temp);
+    let b = install::fresh_name(install::Role::Temp);
     assert!(a.to_str().unwrap().starts_with(install::TEMP_PREFIX));
     assert_ne!(a, b);
+    let src = install::fresh_name(install::Role::Source);
+    assert!(src.to_str().unwrap().starts_with(".xrename-src-"));
 }

@@ -48,7 +48,7 @@ pub fn copy_data(
         // Read-ahead for a big file; advice only, so a refusal changes nothing.
         let _ = rustix::fs::fadvise(src, 0, None, rustix::fs::Advice::Sequential);
     }
-    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress };
+    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress, agains: 0 };
     let mut pos = 0;
     while pos < size {
         let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
@@ -82,6 +82,8 @@ struct Copier<'a> {
     method: Method,
     buf: Vec<u8>,
     progress: Option<&'a AtomicU64>,
+    /// EAGAIN answers so far: retried, but not forever.
+    agains: u32,
 }
 
 impl Copier<'_> {
@@ -97,7 +99,8 @@ impl Copier<'_> {
                     let (mut i, mut o) = (at, at);
                     match rustix::fs::copy_file_range(self.src, Some(&mut i), self.dst, Some(&mut o), want) {
                         Ok(n) => n,
-                        Err(Errno::INTR | Errno::AGAIN) => continue,
+                        Err(Errno::INTR) => continue,
+                        Err(Errno::AGAIN) if self.again() => continue,
                         Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF)
                             if done == 0 =>
                         {
@@ -112,7 +115,8 @@ impl Copier<'_> {
                     let mut i = at;
                     match rustix::fs::sendfile(self.dst, self.src, Some(&mut i), want) {
                         Ok(n) => n,
-                        Err(Errno::INTR | Errno::AGAIN) => continue,
+                        Err(Errno::INTR) => continue,
+                        Err(Errno::AGAIN) if self.again() => continue,
                         Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if done == 0 => {
                             self.method = Method::ReadWrite;
                             continue;
@@ -132,6 +136,12 @@ impl Copier<'_> {
             }
         }
         Ok(done)
+    }
+
+    /// Whether an EAGAIN may be retried (a lease break, say), up to a limit.
+    fn again(&mut self) -> bool {
+        self.agains += 1;
+        self.agains <= 1000
     }
 
     fn read_write(&mut self, at: u64, want: usize) -> Result<usize> {

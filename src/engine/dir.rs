@@ -29,15 +29,15 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RenameFlags, Statx, StatxAttributes};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Statx, StatxAttributes};
 use rustix::io::Errno;
 
 use super::check::{file_type, fstat, lstat, same_inode};
 use super::error::{At, Error, Result, retry, tidy};
-use super::install::{Temp, with_fresh_name};
+use super::install::Temp;
 use super::path::Entry;
 use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
-use super::{Options, Report, copy, meta, node};
+use super::{Options, Report, copy, meta, node, source};
 
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
 /// `dst`'s directory. Returns the temp, ready to install.
@@ -52,9 +52,12 @@ pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
     }
     let dst_dir = dst.dir.as_fd();
     let dst_parent = id(&fstat(dst_dir).at("stat destination directory")?);
-    let tmp = Temp::named(dst_dir, true, |n| retry(|| rustix::fs::mkdirat(dst_dir, n, Mode::from_raw_mode(0o700))))?;
+    let mut tmp =
+        Temp::named(dst_dir, true, |n| retry(|| rustix::fs::mkdirat(dst_dir, n, Mode::from_raw_mode(0o700))))?;
     let tmp_root = open_dir(dst_dir, tmp.name().expect("named")).at("open temp directory")?;
+    private(tmp_root.as_fd())?;
     let tmp_id = id(&fstat(tmp_root.as_fd()).at("stat temp directory")?);
+    tmp.keep_fd(rustix::io::fcntl_dupfd_cloexec(&tmp_root, 0).at("dup")?);
 
     let walk = Walk::new([src_root, tmp_root])?;
     let progress = opts.progress.as_deref();
@@ -157,6 +160,7 @@ impl Copy<'_> {
         let tdir = self.walk.fd(1)?;
         retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
         let t = open_dir(tdir, &name).at("open new directory")?;
+        private(t.as_fd())?;
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');
         self.walk.push(name, [s, t])?;
@@ -168,12 +172,17 @@ impl Copy<'_> {
         if st.stx_nlink > 1 {
             if let Some(first) = self.links.get(&key) {
                 let (root, tdir) = self.walk.root_and_current(1)?;
-                return retry(|| rustix::fs::linkat(root, &**first, tdir, &*name, AtFlags::empty())).at("link");
+                let (parent, last) = open_parent(root, first)?;
+                return retry(|| rustix::fs::linkat(&parent, &*last, tdir, &*name, AtFlags::empty())).at("link");
             }
         }
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
         let sdir = self.walk.fd(0)?;
-        let s = retry(|| rustix::fs::openat(sdir, &*name, flags, Mode::empty())).at("open source file")?;
+        let s = match retry(|| rustix::fs::openat(sdir, &*name, flags, Mode::empty())) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
+            Err(e) => return Err(Error::new(e, "open source file")),
+        };
         let st = fstat(s.as_fd()).at("stat source file")?;
         if id(&st) != key {
             return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
@@ -189,6 +198,29 @@ impl Copy<'_> {
         }
         Ok(())
     }
+}
+
+/// Makes a directory of the copy 0700 whatever the umask, so that it can be
+/// filled; its own mode comes when it is complete.
+fn private(dir: BorrowedFd<'_>) -> Result<()> {
+    retry(|| rustix::fs::fchmod(dir, Mode::from_raw_mode(0o700))).at("chmod temp directory")
+}
+
+/// Opens the parent of `path` (relative to `root`, inside the copy) one
+/// component at a time, so that no path length limit applies however deep.
+fn open_parent(root: BorrowedFd<'_>, path: &CStr) -> Result<(OwnedFd, CString)> {
+    let bytes = path.to_bytes();
+    let (dirs, last) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&bytes[..0], bytes),
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut fd = retry(|| rustix::fs::openat(root, c".", flags, Mode::empty())).at("open copy")?;
+    for part in dirs.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+        let part = CString::new(part).expect("no NUL");
+        fd = retry(|| rustix::fs::openat(&fd, &*part, flags, Mode::empty())).at("open copy")?;
+    }
+    Ok((fd, CString::new(last).expect("no NUL")))
 }
 
 fn new_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
@@ -271,36 +303,28 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 }
 
 /// Removes the moved source directory `src` (seen as `moved`), whose copy
-/// is installed as `dst`: aside first, then entry by entry, keeping
-/// whatever the copy does not have.
+/// is installed as `dst`: taken from its name first ([`source::take`]),
+/// then deleted entry by entry, keeping whatever the copy does not have.
 pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) -> Result<()> {
     let sdir = src.dir.as_fd();
-    match lstat(sdir, &src.name) {
-        Ok(now) if same_inode(&now, moved) => {}
-        // Replaced after the copy was taken: the newcomer stays.
-        Ok(_) | Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(Error::new(e, "look up source")),
-    }
-    // Aside: the source name disappears in one step. On overlayfs a lower
-    // directory cannot be renamed (that is why we are here): delete in place.
-    let aside =
-        with_fresh_name(|n| retry(|| rustix::fs::renameat_with(sdir, &*src.name, sdir, n, RenameFlags::NOREPLACE)));
-    let name = match aside {
-        Ok(((), name)) => Some(name),
-        Err(Errno::XDEV) => None,
-        Err(e) => return Err(Error::new(e, "move source aside")),
+    let aside = match source::take(src, moved)? {
+        source::Taken::Gone => return Ok(()),
+        source::Taken::InPlace => None,
+        source::Taken::Aside(name) => Some(name),
     };
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));
     }
     // From here the move has happened; what follows only tidies up, and
     // cannot undo it: the source is already (partly) gone.
-    let victim = name.as_deref().unwrap_or(&src.name);
+    let victim = aside.as_deref().unwrap_or(&src.name);
     let deleted = delete_copied(sdir, victim, dst);
-    if let (true, Some(aside)) = (deleted.kept, &name) {
-        // What changed during the move goes back under the source name. What
-        // only failed to be deleted stays hidden: the copy has all of it.
-        let _ = tidy(|| rustix::fs::renameat_with(sdir, &**aside, sdir, &*src.name, RenameFlags::NOREPLACE));
+    if let (true, Some(aside)) = (deleted.kept, &aside) {
+        // What changed during the move goes back under the source name. If
+        // the name is taken, it stays at the `.xrename-src-*` name, which
+        // `xrename clean` reports and never removes. What only failed to be
+        // deleted stays there too: the copy has all of it.
+        source::put_back(sdir, aside, &src.name);
     }
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));

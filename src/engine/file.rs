@@ -21,6 +21,7 @@ use super::check::{fstat, same_inode};
 use super::error::{At, Error, Result, retry};
 use super::install::Temp;
 use super::path::Entry;
+use super::source::file_changed;
 use super::{Options, Report, copy, meta};
 
 /// The step name used when the source is not the inode the preflight saw.
@@ -39,12 +40,18 @@ pub fn copy_file<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
         Err(e) => return Err(Error::new(e, "open source")),
     };
     let st_now = fstat(fd.as_fd()).at("stat source")?;
-    if !same_inode(st, &st_now) {
+    if !same_inode(st, &st_now) || file_changed(&st_now, st) {
         return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
     }
+    // The descriptor was opened non-blocking only so as not to hang on a FIFO.
+    let _ = rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty());
     let tmp = Temp::file(dst.dir.as_fd())?;
     copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref())?;
     meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
+    // Changed while it was copied: the copy may be torn. Start over.
+    if file_changed(&fstat(fd.as_fd()).at("stat source")?, &st_now) {
+        return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED));
+    }
     if opts.fsync {
         retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;
     }

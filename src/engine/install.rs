@@ -3,7 +3,7 @@
 //! The copy is written into an unnamed `O_TMPFILE` in the destination
 //! directory, so a crash leaves nothing behind. Where the filesystem has no
 //! `O_TMPFILE`, or `/proc` is missing (linking an unnamed file by
-//! `/proc/self/fd/N` with `AT_SYMLINK_FOLLOW` needs no capability, unlike
+//! `/proc/thread-self/fd/N` with `AT_SYMLINK_FOLLOW` needs no capability, unlike
 //! `AT_EMPTY_PATH`), a hidden file named [`TEMP_PREFIX`]`<random>` is used
 //! instead and removed on every failure path by [`Temp`]'s `Drop`.
 //!
@@ -33,9 +33,22 @@ use rustix::io::Errno;
 
 use super::check::{file_type, fstat, lstat, same_inode};
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
+use super::path::Entry;
 
 /// Prefix of every name xrename creates in a user's directory.
 pub const TEMP_PREFIX: &str = ".xrename-";
+
+/// What a hidden name holds, for someone who finds it after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `.xrename-<pid>-<hex>`: a copy being built, or an old destination kept
+    /// for rollback. Never the only copy of anything: safe to remove.
+    Temp,
+    /// `.xrename-src-<pid>-<hex>`: a moved source set aside to be deleted. Its
+    /// copy is installed, but entries changed during the move may be only
+    /// here: to be inspected, never removed blindly.
+    Source,
+}
 
 /// A new object in the destination directory that no one else can see or
 /// rely on yet: an unnamed file, or a hidden name. Dropping it removes it
@@ -60,9 +73,10 @@ impl<'d> Temp<'d> {
             }
         }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let (fd, name) =
-            with_fresh_name(|name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
-                .at("create temp file")?;
+        let (fd, name) = with_fresh_name(Role::Temp, |name| {
+            retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)))
+        })
+        .at("create temp file")?;
         Ok(Temp { dir, fd: Some(fd), name: Some(name), is_dir: false })
     }
 
@@ -74,8 +88,14 @@ impl<'d> Temp<'d> {
         is_dir: bool,
         mut create: impl FnMut(&CStr) -> rustix::io::Result<()>,
     ) -> Result<Temp<'d>> {
-        let ((), name) = with_fresh_name(|name| create(name)).at("create temp")?;
+        let ((), name) = with_fresh_name(Role::Temp, |name| create(name)).at("create temp")?;
         Ok(Temp { dir, fd: None, name: Some(name), is_dir })
+    }
+
+    /// Keeps a descriptor of a named temp (a tree's root), so that its
+    /// filesystem can be synced after the install.
+    pub fn keep_fd(&mut self, fd: OwnedFd) {
+        self.fd = Some(fd);
     }
 
     /// The temp file's descriptor (regular files only).
@@ -99,7 +119,7 @@ impl<'d> Temp<'d> {
     /// Gives an unnamed temp a hidden name, so it can be renamed.
     fn ensure_named(&mut self) -> Result<&CStr> {
         if self.name.is_none() {
-            let ((), name) = with_fresh_name(|name| self.link_unnamed(name)).at("name temp file")?;
+            let ((), name) = with_fresh_name(Role::Temp, |name| self.link_unnamed(name)).at("name temp file")?;
             self.name = Some(name);
         }
         Ok(self.name.as_deref().expect("just named"))
@@ -116,19 +136,23 @@ impl<'d> Temp<'d> {
             return self.link_unnamed(name);
         };
         match retry(|| rustix::fs::renameat_with(self.dir, tmp, self.dir, name, RenameFlags::NOREPLACE)) {
-            Ok(()) => {
-                self.name = None;
-                Ok(())
-            }
-            // No RENAME_NOREPLACE here: link, which never replaces, then unlink.
-            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+            Ok(()) => {}
+            // No RENAME_NOREPLACE here (NFS, old kernels): a file is linked,
+            // which never replaces, then unlinked. A directory cannot be
+            // linked: a plain rename, only if the name is still free.
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if !self.is_dir => {
                 retry(|| rustix::fs::linkat(self.dir, tmp, self.dir, name, AtFlags::empty()))?;
                 let _ = tidy(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
-                self.name = None;
-                Ok(())
             }
-            Err(e) => Err(e),
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => match lstat(self.dir, name) {
+                Ok(_) => return Err(Errno::EXIST),
+                Err(Errno::NOENT) => retry(|| rustix::fs::renameat(self.dir, tmp, self.dir, name))?,
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
         }
+        self.name = None;
+        Ok(())
     }
 }
 
@@ -174,6 +198,18 @@ enum Placed {
     Overwritten,
 }
 
+/// How the placement is made durable.
+#[derive(Debug)]
+enum Sync {
+    /// Not at all (`XRENAME_FSYNC=0`).
+    No,
+    /// `fsync` of the destination directory.
+    Dir,
+    /// The directory cannot be opened for reading, so cannot be fsynced:
+    /// `syncfs` of its filesystem through the new object's descriptor.
+    Filesystem(OwnedFd),
+}
+
 /// A new file at the destination whose placement is undone on drop unless
 /// [`Installed::commit`] is called.
 #[derive(Debug)]
@@ -183,7 +219,7 @@ pub struct Installed<'d> {
     new: Box<Statx>,
     is_dir: bool,
     placed: Placed,
-    sync: bool,
+    sync: Sync,
 }
 
 /// What the preflight saw at the destination, and what may be done there.
@@ -197,15 +233,22 @@ pub enum Dest {
     MustNotExist,
 }
 
-/// Puts `tmp` at `name` in its directory, atomically, replacing what is
-/// there unless `dest` forbids it. Races with the destination appearing or
-/// vanishing after the preflight are handled. With `sync`, the directory is
-/// fsynced afterwards.
-pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, dest: Dest, sync: bool) -> Result<Installed<'d>> {
+/// Puts `tmp` at `dst`'s name in its directory, atomically, replacing what
+/// is there unless `dest` forbids it. Races with the destination appearing
+/// or vanishing after the preflight are handled. With `fsync`, the new name
+/// is made durable before this returns.
+pub fn install<'d>(mut tmp: Temp<'d>, dst: &'d Entry, dest: Dest, fsync: bool) -> Result<Installed<'d>> {
+    let name: &'d CStr = &dst.name;
     let noreplace = dest == Dest::MustNotExist;
     let mut dst_exists = dest == Dest::Present;
     let (dir, is_dir) = (tmp.dir, tmp.is_dir);
     let new = Box::new(tmp.stat()?);
+    let sync = match (fsync, dst.syncable, &tmp.fd) {
+        (false, _, _) | (true, false, None) => Sync::No,
+        (true, true, _) => Sync::Dir,
+        (true, false, Some(fd)) => Sync::Filesystem(rustix::io::fcntl_dupfd_cloexec(fd, 0).at("dup")?),
+    };
+    let mut sync = Some(sync);
     let mut placed = None;
     for _ in 0..8 {
         if !dst_exists {
@@ -219,8 +262,8 @@ pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, dest: Dest, sync: bool) ->
             match retry(|| rustix::fs::renameat_with(dir, &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
                 Ok(()) => {
                     tmp.name = None; // now names the old destination
-                    let installed =
-                        Installed { dir, name, new, is_dir, placed: Placed::Exchanged { backup: tmp_name }, sync };
+                    let placed = Placed::Exchanged { backup: tmp_name };
+                    let installed = Installed { dir, name, new, is_dir, placed, sync: sync.take().expect("once") };
                     check_replaced(&installed)?;
                     return installed.synced();
                 }
@@ -232,7 +275,7 @@ pub fn install<'d>(mut tmp: Temp<'d>, name: &'d CStr, dest: Dest, sync: bool) ->
             }
         }
         if let Some(placed) = placed {
-            return Installed { dir, name, new, is_dir, placed, sync }.synced();
+            return Installed { dir, name, new, is_dir, placed, sync: sync.take().expect("once") }.synced();
         }
     }
     Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
@@ -264,7 +307,7 @@ fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
     // Directories cannot be hard-linked: an old (empty) one cannot be kept.
     let backup = match tmp.is_dir {
         true => Err(Errno::PERM),
-        false => with_fresh_name(|b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
+        false => with_fresh_name(Role::Temp, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
     };
     retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
     tmp.name = None;
@@ -276,11 +319,17 @@ fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
 
 impl Installed<'_> {
     fn synced(self) -> Result<Self> {
-        if self.sync {
-            // Dropping `self` on error undoes the placement.
-            retry(|| rustix::fs::fsync(self.dir)).at("fsync destination directory")?;
-        }
+        // Dropping `self` on error undoes the placement.
+        self.sync_now().at("sync destination")?;
         Ok(self)
+    }
+
+    fn sync_now(&self) -> rustix::io::Result<()> {
+        match &self.sync {
+            Sync::No => Ok(()),
+            Sync::Dir => retry(|| rustix::fs::fsync(self.dir)),
+            Sync::Filesystem(fd) => retry(|| rustix::fs::syncfs(fd)),
+        }
     }
 
     /// The source is gone: forget the old destination for good.
@@ -289,10 +338,13 @@ impl Installed<'_> {
             Placed::Exchanged { backup } | Placed::Linked { backup } => remove_old(self.dir, &backup, self.is_dir),
             Placed::Fresh | Placed::Overwritten => {}
         }
-        core::mem::forget(self);
+        // `placed` is now Overwritten: dropping `self` undoes nothing.
     }
 
     fn rollback(&mut self) {
+        if matches!(self.placed, Placed::Overwritten) {
+            return;
+        }
         let (dir, name) = (self.dir, self.name);
         let ours = self.holds_ours();
         match &self.placed {
@@ -320,9 +372,7 @@ impl Installed<'_> {
             }
             Placed::Overwritten => return,
         }
-        if self.sync {
-            let _ = tidy(|| rustix::fs::fsync(dir));
-        }
+        let _ = tidy(|| self.sync_now());
     }
 
     /// Whether the destination name still holds what we installed; `None`
@@ -344,10 +394,11 @@ impl Drop for Installed<'_> {
 
 /// Tries `f` with fresh hidden names until one is free.
 pub(crate) fn with_fresh_name<T>(
+    role: Role,
     mut f: impl FnMut(&CStr) -> rustix::io::Result<T>,
 ) -> rustix::io::Result<(T, CString)> {
     for _ in 0..64 {
-        let name = fresh_name();
+        let name = fresh_name(role);
         match f(&name) {
             Ok(v) => return Ok((v, name)),
             Err(Errno::EXIST) => continue,
@@ -358,24 +409,33 @@ pub(crate) fn with_fresh_name<T>(
 }
 
 /// `.xrename-<pid>-<16 random hex digits>`.
-pub fn fresh_name() -> CString {
+pub fn fresh_name(role: Role) -> CString {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut bytes = [0u8; 8];
     if rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
+        // No entropy yet (early boot): time and a counter are unique enough,
+        // and a taken name is retried anyway.
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes =
-            (t.as_nanos() as u64 ^ u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32)).to_le_bytes();
+        bytes = (t.as_nanos() as u64 ^ COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 48).to_le_bytes();
     }
     let pid = rustix::process::getpid().as_raw_nonzero();
-    let name = format!("{TEMP_PREFIX}{pid}-{:016x}", u64::from_le_bytes(bytes));
+    let role = match role {
+        Role::Temp => "",
+        Role::Source => "src-",
+    };
+    let name = format!("{TEMP_PREFIX}{role}{pid}-{:016x}", u64::from_le_bytes(bytes));
     CString::new(name).expect("no NUL")
 }
 
+/// `/proc/thread-self/fd/N`: this thread's descriptor table, which is not
+/// the process leader's after `unshare(CLONE_FILES)`, and still there after
+/// the leader has exited.
 fn proc_fd_path(fd: &OwnedFd) -> CString {
     use std::os::fd::AsRawFd;
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
+    CString::new(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())).expect("no NUL")
 }
 
-/// Whether `/proc/self/fd` can be used to link unnamed files (checked once).
+/// Whether `/proc/thread-self/fd` can be used to link unnamed files (checked once).
 fn procfs_usable() -> bool {
     static STATE: AtomicU8 = AtomicU8::new(0);
     match STATE.load(Ordering::Relaxed) {
@@ -383,7 +443,12 @@ fn procfs_usable() -> bool {
         2 => false,
         _ => {
             let ok = retry(|| {
-                rustix::fs::statx(rustix::fs::CWD, c"/proc/self/fd", AtFlags::empty(), rustix::fs::StatxFlags::TYPE)
+                rustix::fs::statx(
+                    rustix::fs::CWD,
+                    c"/proc/thread-self/fd",
+                    AtFlags::empty(),
+                    rustix::fs::StatxFlags::TYPE,
+                )
             })
             .is_ok();
             STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);

@@ -13,6 +13,7 @@
 //! 4. atime and mtime, with nanoseconds, last, because every step above
 //!    may touch the file.
 
+use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use rustix::fs::{Mode, Statx, Timespec, Timestamps, XattrFlags};
@@ -64,7 +65,7 @@ pub fn set_times(dst: BorrowedFd<'_>, st: &Statx) -> Result<()> {
 pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
     let names = match read_growing(|buf| rustix::fs::flistxattr(src, buf)) {
         Ok(names) => names,
-        Err(Errno::OPNOTSUPP | Errno::NOSYS) => return Ok(()),
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => Vec::new(),
         Err(e) => return Err(Error::new(e, "list xattrs")),
     };
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
@@ -81,7 +82,22 @@ pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
             Err(e) => return Err(Error::new(e, "write xattr")),
         }
     }
+    for acl in inherited_acls(&names) {
+        match retry(|| rustix::fs::fremovexattr(dst, acl)) {
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP | Errno::NOSYS) => {}
+            Err(e) => return Err(Error::new(e, "remove inherited ACL")),
+        }
+    }
     Ok(())
+}
+
+/// The ACLs a new object may have inherited from its directory's default
+/// ACL but the source does not have: they must go, or the copy would grant
+/// what the original did not (a rename keeps the inode, inherits nothing).
+pub(crate) fn inherited_acls(source_names: &[u8]) -> impl Iterator<Item = &'static CStr> + '_ {
+    [c"system.posix_acl_access", c"system.posix_acl_default"]
+        .into_iter()
+        .filter(move |acl| !source_names.split(|&b| b == 0).any(|n| n == acl.to_bytes()))
 }
 
 fn privileged(name: &[u8]) -> bool {

@@ -20,17 +20,17 @@ pub mod install;
 pub mod meta;
 pub mod node;
 pub mod path;
+pub mod source;
 pub mod walk;
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use rustix::fs::{AtFlags, FileType, RenameFlags, Statx};
+use rustix::fs::{FileType, RenameFlags, Statx};
 use rustix::io::Errno;
 
-use error::{At, retry};
 pub use error::{Error, Result};
 use path::Entry;
 
@@ -152,32 +152,12 @@ fn move_object(
         _ => node::copy_node(src, st, dst, report)?,
     };
     // Dropped without commit, `installed` puts the old destination back.
-    let installed = install::install(tmp, &dst.name, dest, opts.fsync && dst.syncable)?;
+    let installed = install::install(tmp, dst, dest, opts.fsync)?;
     if kind == FileType::Directory {
         dir::remove_source(src, st, dst, opts)?;
     } else {
-        remove_source(src, st, opts)?;
+        source::remove(src, st, opts.fsync)?;
     }
     installed.commit();
-    Ok(())
-}
-
-/// Removes the source name (not a directory) if it still refers to the
-/// inode that was moved, then makes the removal durable.
-///
-/// If the name now holds another object, that object arrived after the
-/// move's copy was taken: the move happened first, and the newcomer stays.
-pub(crate) fn remove_source(src: &Entry, moved: &Statx, opts: &Options) -> Result<()> {
-    match check::lstat(src.dir.as_fd(), &src.name) {
-        Ok(now) if check::same_inode(&now, moved) => {
-            retry(|| rustix::fs::unlinkat(src.dir.as_fd(), &*src.name, AtFlags::empty())).at("remove source")?;
-        }
-        Ok(_) | Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(Error::new(e, "look up source")),
-    }
-    if opts.fsync && src.syncable {
-        // The source is gone: a failed fsync here must not undo the move.
-        let _ = retry(|| rustix::fs::fsync(src.dir.as_fd()));
-    }
     Ok(())
 }

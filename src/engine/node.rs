@@ -8,7 +8,7 @@
 //! (`utimensat` with `AT_SYMLINK_NOFOLLOW`), as `mv` does.
 //!
 //! They are made by name, so the xattr calls go through
-//! `/proc/self/fd/<dir>/<name>` with the `l*xattr` functions, which never
+//! `/proc/thread-self/fd/<dir>/<name>` with the `l*xattr` functions, which never
 //! follow the last component.
 
 use std::ffi::{CStr, CString};
@@ -21,7 +21,7 @@ use super::Report;
 use super::check::file_type;
 use super::error::{At, Error, Result, retry};
 use super::install::Temp;
-use super::meta::{SPECIAL_BITS, read_growing, timestamps};
+use super::meta::{SPECIAL_BITS, inherited_acls, read_growing, timestamps};
 use super::path::Entry;
 
 /// Copies the symlink or special file `src` (seen as `st`) under a hidden
@@ -87,7 +87,7 @@ pub fn apply_meta(
 }
 
 fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> CString {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    let mut p = format!("/proc/thread-self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name.to_bytes());
     CString::new(p).expect("no NUL")
 }
@@ -96,7 +96,7 @@ fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> CString {
 /// as with mv (symlinks take no `user.*` attributes, `/proc` may be missing).
 fn copy_xattrs(src_dir: BorrowedFd<'_>, src_name: &CStr, dst_dir: BorrowedFd<'_>, dst_name: &CStr) -> Result<()> {
     let (src, dst) = (proc_path(src_dir, src_name), proc_path(dst_dir, dst_name));
-    let Ok(names) = read_growing(|buf| rustix::fs::llistxattr(&*src, buf)) else { return Ok(()) };
+    let names = read_growing(|buf| rustix::fs::llistxattr(&*src, buf)).unwrap_or_default();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name).expect("split on NUL");
         let Ok(value) = read_growing(|buf| rustix::fs::lgetxattr(&*src, &*cname, buf)) else { continue };
@@ -105,6 +105,9 @@ fn copy_xattrs(src_dir: BorrowedFd<'_>, src_name: &CStr, dst_dir: BorrowedFd<'_>
         {
             return Err(Error::new(e, "write xattr"));
         }
+    }
+    for acl in inherited_acls(&names) {
+        let _ = retry(|| rustix::fs::lremovexattr(&*dst, acl));
     }
     Ok(())
 }

@@ -1,16 +1,25 @@
 //! `xrename clean [--remove] DIR...`: leftovers of interrupted moves.
 //!
-//! A move killed at the wrong moment can leave one hidden entry named
-//! `.xrename-<pid>-<16 hex digits>` beside its destination or its source:
-//! an unfinished copy (the user-visible name was never touched), an old
-//! destination kept for rollback (the new one is in place), or an old source
-//! tree being deleted (its content is at the destination). Unnamed
-//! `O_TMPFILE` copies of single files leave nothing at all. An entry whose
-//! process is still alive belongs to a move in progress and is left alone.
+//! A move killed at the wrong moment can leave hidden entries beside its
+//! destination or its source:
+//! - `.xrename-<pid>-<16 hex>`: an unfinished copy (the source is intact), or
+//!   an old destination kept for rollback (the new one is in place). Never
+//!   the only copy of anything: `--remove` deletes it.
+//! - `.xrename-src-<pid>-<16 hex>`: a moved source set aside to be deleted.
+//!   Its copy is installed, but entries changed during the move may exist
+//!   only here: it is reported, never removed.
+//!
+//! Unnamed `O_TMPFILE` copies of single files leave nothing at all. An entry
+//! whose process is still alive (in this PID namespace) belongs to a move in
+//! progress and is left alone. Everything is done relative to one open
+//! descriptor of DIR, without following symlinks or crossing mount points.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxAttributes, StatxFlags};
 
 use crate::fail;
 use crate::run::human;
@@ -18,12 +27,13 @@ use crate::run::human;
 pub const HELP: &str = "\
 xrename clean [--remove] DIR...: find what interrupted moves left behind
 
-Lists the hidden .xrename-<pid>-<hex> entries in each DIR (not below it):
-an unfinished copy, an old destination kept for rollback, or an old source
-being deleted. Their user-visible counterparts are always complete. With
---remove, deletes those whose process is gone (a move still running is left
-alone). Look at what is listed before removing: an old destination kept for
-rollback holds the data the move replaced.
+Lists the hidden .xrename-* entries in each DIR (not below it):
+  .xrename-<pid>-<hex>      an unfinished copy, or an old destination kept for
+                            rollback: never the only copy of anything
+  .xrename-src-<pid>-<hex>  a moved source being deleted: its copy is in place,
+                            but what changed during the move may be only here
+With --remove, deletes the first kind when its process is gone. The second
+kind is only reported: look inside, keep what you need, delete it yourself.
 
 Examples:
   xrename clean /srv/data
@@ -50,38 +60,68 @@ pub fn main(args: &[OsString]) -> i32 {
     status
 }
 
-/// The pid in a leftover's name, if the name is one of ours.
-pub fn leftover_pid(name: &str) -> Option<u32> {
+/// What kind of leftover a name is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Leftover {
+    /// A copy or an old destination.
+    Temp(u32),
+    /// A source set aside.
+    Source(u32),
+}
+
+/// The kind and pid of a leftover's name, if the name is one of ours.
+pub fn leftover(name: &str) -> Option<Leftover> {
     let rest = name.strip_prefix(".xrename-")?;
+    let (source, rest) = match rest.strip_prefix("src-") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
     let (pid, hex) = rest.split_once('-')?;
     (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
-    pid.parse().ok()
+    let pid = pid.parse().ok()?;
+    Some(if source { Leftover::Source(pid) } else { Leftover::Temp(pid) })
 }
 
 fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
-    let dirfd =
-        rustix::fs::open(dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(leftover_pid) else { continue };
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        let what = if meta.is_dir() { "directory".to_owned() } else { format!("file, {}", human(meta.len())) };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dirfd: OwnedFd = rustix::fs::open(dir, flags, Mode::empty())?;
+    let names = xrename::engine::walk::read_names(dirfd.as_fd()).map_err(errno)?;
+    let dir_dev = rustix::fs::fstat(&dirfd)?.st_dev;
+    for name in names.iter().rev() {
+        let Some(kind) = name.to_str().ok().and_then(leftover) else { continue };
+        let path = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let st = match rustix::fs::statx(&dirfd, &**name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+            Ok(st) => st,
+            Err(_) => continue, // gone meanwhile
+        };
+        let is_dir = FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory;
+        let what = if is_dir { "directory".to_owned() } else { format!("file, {}", human(st.stx_size)) };
+        let pid = match kind {
+            Leftover::Temp(pid) | Leftover::Source(pid) => pid,
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             println!("{}: in use by running process {pid} ({what}), left alone", path.display());
             continue;
         }
-        if !remove {
+        if let Leftover::Source(_) = kind {
+            println!(
+                "{}: a moved source set aside by process {pid} ({what}); its copy is in place, but what changed \
+                 during the move may be only here: inspect it, then delete it yourself",
+                path.display()
+            );
+            continue;
+        }
+        let mounted = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+        let other_fs = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor) != dir_dev;
+        if !remove || mounted || other_fs {
             println!("{}: leftover of process {pid} ({what})", path.display());
             continue;
         }
-        let cname = std::ffi::CString::new(name.as_encoded_bytes()).expect("no NUL in a file name");
-        let result = if meta.is_dir() {
-            xrename::engine::dir::remove_tree(dirfd.as_fd(), &cname)
-                .map_err(|e| std::io::Error::from_raw_os_error(e.errno.raw_os_error()))
+        let result = if is_dir {
+            xrename::engine::dir::remove_tree(dirfd.as_fd(), name).map_err(errno)
         } else {
-            std::fs::remove_file(&path)
+            rustix::fs::unlinkat(&dirfd, &**name, AtFlags::empty()).map_err(std::io::Error::from)
         };
         match result {
             Ok(()) => println!("{}: removed ({what})", path.display()),
@@ -91,15 +131,20 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+fn errno(e: xrename::engine::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.errno.raw_os_error())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::leftover_pid;
+    use super::{Leftover, leftover};
 
     #[test]
     fn recognises_only_our_names() {
-        assert_eq!(leftover_pid(".xrename-123-00112233445566ff"), Some(123));
-        assert_eq!(leftover_pid(".xrename-123-0011"), None);
-        assert_eq!(leftover_pid("xrename-123-00112233445566ff"), None);
-        assert_eq!(leftover_pid(".xrename-abc-00112233445566ff"), None);
+        assert_eq!(leftover(".xrename-123-00112233445566ff"), Some(Leftover::Temp(123)));
+        assert_eq!(leftover(".xrename-src-7-00112233445566ff"), Some(Leftover::Source(7)));
+        assert_eq!(leftover(".xrename-123-0011"), None);
+        assert_eq!(leftover("xrename-123-00112233445566ff"), None);
+        assert_eq!(leftover(".xrename-abc-00112233445566ff"), None);
     }
 }
