@@ -91,6 +91,9 @@ def alternate(rounds, names, prepare, contenders, cleanup):
     for _ in range(rounds):
         for n in names:
             prepare()
+            # Start every contender with nothing dirty: otherwise whoever syncs
+            # pays for the writes the previous contenders left unsynced.
+            os.sync()
             dt, peak = contenders()[n]()
             times[n].append(dt)
             rss[n] = max(rss[n], peak)
