@@ -14,7 +14,9 @@
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::SeekFrom;
+use std::num::NonZeroU64;
+
+use rustix::fs::{Advice, SeekFrom};
 use rustix::io::Errno;
 
 use super::error::{At, Result, retry};
@@ -23,6 +25,10 @@ use super::error::{At, Result, retry};
 /// enough to return to user space (signals, progress) now and then.
 const CHUNK: usize = 64 << 20;
 const BUF: usize = 1 << 17;
+
+/// From this size on, a file that will be fsynced has its writeback started
+/// chunk by chunk during the copy.
+pub const EARLY_WRITEBACK: u64 = 256 << 20;
 
 /// From this size on, the kernel is told the source is read sequentially.
 const SEQUENTIAL_HINT: u64 = 1 << 20;
@@ -36,19 +42,22 @@ enum Method {
 
 /// Copies the first `size` bytes of `src` into the empty file `dst`,
 /// keeping holes. Adds the bytes transferred to `copied`, and to `progress`
-/// as they go.
+/// as they go. With `early_writeback` (the copy is about to be fsynced, and
+/// is big), each chunk's writeback starts as soon as it is written.
 pub fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     size: u64,
     copied: &mut u64,
     progress: Option<&AtomicU64>,
+    early_writeback: bool,
 ) -> Result<()> {
     if size >= SEQUENTIAL_HINT {
         // Read-ahead for a big file; advice only, so a refusal changes nothing.
         let _ = rustix::fs::fadvise(src, 0, None, rustix::fs::Advice::Sequential);
     }
-    let mut copier = Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress, agains: 0 };
+    let mut copier =
+        Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress, agains: 0, early_writeback };
     let mut pos = 0;
     while pos < size {
         let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
@@ -84,6 +93,8 @@ struct Copier<'a> {
     progress: Option<&'a AtomicU64>,
     /// EAGAIN answers so far: retried, but not forever.
     agains: u32,
+    /// Start writeback of each chunk as it is copied (the copy will be fsynced).
+    early_writeback: bool,
 }
 
 impl Copier<'_> {
@@ -128,6 +139,12 @@ impl Copier<'_> {
             };
             if n == 0 {
                 break;
+            }
+            if self.early_writeback {
+                // Start writing this chunk to disk now (POSIX_FADV_DONTNEED
+                // starts writeback of dirty pages without waiting), so the
+                // final fsync overlaps with the copy instead of following it.
+                let _ = rustix::fs::fadvise(self.dst, at, NonZeroU64::new(n as u64), Advice::DontNeed);
             }
             done += n as u64;
             *copied += n as u64;

@@ -188,7 +188,7 @@ impl Copy<'_> {
             return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
         }
         let t = new_file(self.walk.fd(1)?, &name)?;
-        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress)?;
+        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress, false)?;
         meta::apply(s.as_fd(), t.as_fd(), &st)?;
         self.report.files += 1;
         if st.stx_nlink > 1 {

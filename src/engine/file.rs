@@ -46,7 +46,8 @@ pub fn copy_file<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
     // The descriptor was opened non-blocking only so as not to hang on a FIFO.
     let _ = rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty());
     let tmp = Temp::file(dst.dir.as_fd())?;
-    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref())?;
+    let early = opts.fsync && st_now.stx_size >= copy::EARLY_WRITEBACK;
+    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref(), early)?;
     meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
     // Changed while it was copied: the copy may be torn. Start over.
     if file_changed(&fstat(fd.as_fd()).at("stat source")?, &st_now) {
