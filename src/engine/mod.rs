@@ -9,7 +9,8 @@
 //! By type: regular files ([`file`]), directory trees ([`dir`]), symlinks
 //! and special files ([`node`]). Each builds a hidden copy next to the
 //! destination, [`install`] puts it in place atomically, the source is
-//! removed, and only then is the old destination dropped.
+//! taken from its name and removed ([`source`]), and only then is the old
+//! destination dropped.
 
 pub mod check;
 pub mod copy;
