@@ -142,6 +142,31 @@ static void late_source_removal_failure_removes_new_destination(void)
     late_source_removal_failure(0);
 }
 
+/*
+ * A syscall the emulation needs is missing (an old kernel, a seccomp filter
+ * answering ENOSYS to statx): the program gets the kernel's EXDEV back and
+ * can do its own fallback; nothing has changed.
+ */
+static void missing_syscall_gives_the_kernels_exdev(void)
+{
+    if (!have_strace())
+        SKIP("strace is not installed");
+    for (int had_dst = 0; had_dst < 2; had_dst++) {
+        char *sd, *dd;
+        xdev_dirs("rename", &sd, &dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 5000, 5);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", "inject=statx:error=ENOSYS",
+                        xt_self, "--child", "rename", src, dst, NULL};
+        char *what = path_of("rename with statx answering ENOSYS%s", had_dst ? " over an existing file" : "");
+        int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
+        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
+        check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
+    }
+}
+
 /* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */
 static void disable_variable_leaves_kernel_exdev(void)
 {
@@ -171,4 +196,5 @@ XT_MAIN(TEST(enospc_without_destination_changes_nothing),
         TEST(read_only_source_fails_with_erofs_and_creates_no_destination),
         TEST(late_source_removal_failure_restores_old_destination),
         TEST(late_source_removal_failure_removes_new_destination),
-        TEST(disable_variable_leaves_kernel_exdev))
+        TEST(disable_variable_leaves_kernel_exdev),
+        TEST(missing_syscall_gives_the_kernels_exdev))

@@ -104,7 +104,16 @@ pub struct Report {
 
 /// Moves `req.old` to `req.new` across devices, or fails with the errno a
 /// same-filesystem rename would have given, leaving everything as it was.
+///
+/// A syscall the engine needs that this kernel or sandbox does not offer
+/// (ENOSYS: an old kernel without `statx`, a seccomp filter) gives the
+/// program the kernel's EXDEV back, so that it can do its own fallback:
+/// a failed move has changed nothing.
 pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
+    emulate(req, opts, report).map_err(|e| if e.errno == Errno::NOSYS { Error::new(Errno::XDEV, e.step) } else { e })
+}
+
+fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
     let flags = RenameFlags::from_bits_retain(req.flags);
     if !RenameFlags::NOREPLACE.contains(flags) {
         // RENAME_EXCHANGE cannot be atomic across filesystems, and
