@@ -31,7 +31,12 @@ pub fn apply(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &Statx) -> Result<()>
         mode &= !SPECIAL_BITS;
     }
     copy_xattrs(src, dst)?;
-    retry(|| rustix::fs::fchmod(dst, Mode::from_raw_mode(mode))).at("chmod")?;
+    match retry(|| rustix::fs::fchmod(dst, Mode::from_raw_mode(mode))) {
+        // Our own new file: a refusal means the filesystem cannot represent
+        // the mode (vfat, some FUSE). mv keeps going there, and so do we.
+        Ok(()) | Err(Errno::PERM | Errno::OPNOTSUPP) => {}
+        Err(e) => return Err(Error::new(e, "chmod")),
+    }
     set_times(dst, st)
 }
 
