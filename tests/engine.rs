@@ -301,7 +301,8 @@ fn replace_keeps_old_destination_until_committed() {
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap();
+    let installed =
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     // The old file is still there, under a hidden name, until commit or drop.
     assert_eq!(t.names().len(), 2);
@@ -315,7 +316,8 @@ fn rollback_of_a_fresh_install_removes_it() {
     let t = TempDir::new("rollback-fresh");
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true).unwrap();
+    let installed =
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true, None).unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     drop(installed);
     assert!(t.names().is_empty());
@@ -327,7 +329,8 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
     fs::write(t.path("b"), b"old").unwrap();
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    let installed = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true).unwrap();
+    let installed =
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true, None).unwrap();
     installed.commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
@@ -338,7 +341,7 @@ fn install_creates_a_destination_that_vanished_after_the_check() {
     let t = TempDir::new("race-vanished");
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap().commit();
+    install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap().commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
 }
@@ -349,7 +352,8 @@ fn install_refuses_a_directory_that_appeared_after_the_check() {
     fs::create_dir(t.path("b")).unwrap();
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    let err = install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true).unwrap_err();
+    let err =
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap_err();
     assert_eq!(err.errno, Errno::ISDIR);
     assert!(fs::metadata(t.path("b")).unwrap().is_dir());
     assert_eq!(t.names(), ["b"]);
@@ -371,4 +375,55 @@ fn temp_names_are_hidden_and_distinct() {
     assert_ne!(a, b);
     let src = install::fresh_name(install::Role::Source);
     assert!(src.to_str().unwrap().starts_with(".xrename-src-"));
+}
+
+#[test]
+fn rollback_of_an_installed_tree_keeps_what_others_added_to_it() {
+    let t = TempDir::new("rollback-tree");
+    small_tree(&t.path("src"));
+    let dir = dir_fd(&t);
+    let src = Entry::open(dir.as_fd(), c"src").unwrap();
+    let dst = Entry::open(dir.as_fd(), c"dst").unwrap();
+    let st = rustix::fs::statx(
+        dir.as_fd(),
+        c"src",
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .unwrap();
+    let mut report = Report::default();
+    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
+    let installed = install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap();
+    // Someone writes into the tree as soon as it is visible...
+    fs::write(t.path("dst/theirs"), b"precious").unwrap();
+    // ...and then the move fails and is rolled back.
+    drop(installed);
+    let mut left: Vec<String> =
+        fs::read_dir(t.path("dst")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["theirs"], "only what others added stays");
+    assert_eq!(fs::read(t.path("dst/theirs")).unwrap(), b"precious");
+    assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is untouched");
+}
+
+#[test]
+fn rollback_of_an_untouched_installed_tree_removes_it_all() {
+    let t = TempDir::new("rollback-tree-clean");
+    small_tree(&t.path("src"));
+    fs::set_permissions(t.path("src/a/b"), fs::Permissions::from_mode(0o555)).unwrap();
+    let dir = dir_fd(&t);
+    let src = Entry::open(dir.as_fd(), c"src").unwrap();
+    let dst = Entry::open(dir.as_fd(), c"dst").unwrap();
+    let st = rustix::fs::statx(
+        dir.as_fd(),
+        c"src",
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .unwrap();
+    let mut report = Report::default();
+    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
+    drop(install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap());
+    assert_eq!(t.names(), ["src"]);
+    fs::set_permissions(t.path("src/a/b"), fs::Permissions::from_mode(0o755)).unwrap();
 }

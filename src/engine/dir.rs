@@ -332,6 +332,20 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     Ok(())
 }
 
+/// Removes the installed copy `dir`/`name` of the tree `original` (still
+/// intact) during a rollback: entry by entry, only where the original has
+/// the same entry, so that what others added meanwhile stays. Returns
+/// whether the whole copy went.
+pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, original: &Entry) -> bool {
+    match delete_copied(dir, name, original) {
+        Deleted { kept: false, errors: false } => true,
+        // Nothing of others' in it, but a step failed (a directory we gave
+        // its final read-only mode, say): all of it is ours, remove it as such.
+        Deleted { kept: false, errors: true } => remove_tree(dir, name).is_ok(),
+        Deleted { kept: true, .. } => false,
+    }
+}
+
 /// How deleting an old source tree went.
 #[derive(Debug, Default)]
 struct Deleted {

@@ -220,6 +220,10 @@ pub struct Installed<'d> {
     is_dir: bool,
     placed: Placed,
     sync: Sync,
+    /// For a tree: the source it was copied from. Once installed, the tree is
+    /// visible and others may add to it; a rollback removes only what
+    /// matches the source.
+    original: Option<&'d Entry>,
 }
 
 /// What the preflight saw at the destination, and what may be done there.
@@ -236,8 +240,15 @@ pub enum Dest {
 /// Puts `tmp` at `dst`'s name in its directory, atomically, replacing what
 /// is there unless `dest` forbids it. Races with the destination appearing
 /// or vanishing after the preflight are handled. With `fsync`, the new name
-/// is made durable before this returns.
-pub fn install<'d>(mut tmp: Temp<'d>, dst: &'d Entry, dest: Dest, fsync: bool) -> Result<Installed<'d>> {
+/// is made durable before this returns. `original` is the source of a tree
+/// (see [`Installed`]'s rollback).
+pub fn install<'d>(
+    mut tmp: Temp<'d>,
+    dst: &'d Entry,
+    dest: Dest,
+    fsync: bool,
+    original: Option<&'d Entry>,
+) -> Result<Installed<'d>> {
     let name: &'d CStr = &dst.name;
     let noreplace = dest == Dest::MustNotExist;
     let mut dst_exists = dest == Dest::Present;
@@ -263,7 +274,8 @@ pub fn install<'d>(mut tmp: Temp<'d>, dst: &'d Entry, dest: Dest, fsync: bool) -
                 Ok(()) => {
                     tmp.name = None; // now names the old destination
                     let placed = Placed::Exchanged { backup: tmp_name };
-                    let installed = Installed { dir, name, new, is_dir, placed, sync: sync.take().expect("once") };
+                    let sync = sync.take().expect("once");
+                    let installed = Installed { dir, name, new, is_dir, placed, sync, original };
                     check_replaced(&installed)?;
                     return installed.synced();
                 }
@@ -275,7 +287,8 @@ pub fn install<'d>(mut tmp: Temp<'d>, dst: &'d Entry, dest: Dest, fsync: bool) -
             }
         }
         if let Some(placed) = placed {
-            return Installed { dir, name, new, is_dir, placed, sync: sync.take().expect("once") }.synced();
+            let sync = sync.take().expect("once");
+            return Installed { dir, name, new, is_dir, placed, sync, original }.synced();
         }
     }
     Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
@@ -352,7 +365,7 @@ impl Installed<'_> {
             // second complete copy is better than a deleted stranger).
             Placed::Fresh => {
                 if ours == Some(true) {
-                    remove_ours(dir, name, self.is_dir);
+                    self.withdraw(name);
                 }
             }
             // Another rename replaced our file meanwhile: it came later, so it
@@ -362,7 +375,12 @@ impl Installed<'_> {
             }
             Placed::Exchanged { backup } => {
                 if tidy(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
-                    remove_ours(dir, backup, self.is_dir);
+                    if !self.withdraw(backup) {
+                        // Others' entries, added to the tree while it was
+                        // installed: keep them under a name `clean` never removes.
+                        let _ =
+                            with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &**backup, dir, n)));
+                    }
                 } else {
                     let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
                 }
@@ -373,6 +391,19 @@ impl Installed<'_> {
             Placed::Overwritten => return,
         }
         let _ = tidy(|| self.sync_now());
+    }
+
+    /// Removes our object at `at`: a file, or a tree but for entries the
+    /// source does not have (added by others while it was installed).
+    /// Returns whether everything went.
+    fn withdraw(&self, at: &CStr) -> bool {
+        match self.original {
+            Some(original) if self.is_dir => super::dir::remove_copy(self.dir, at, original),
+            _ => {
+                remove_ours(self.dir, at, self.is_dir);
+                true
+            }
+        }
     }
 
     /// Whether the destination name still holds what we installed; `None`

@@ -162,7 +162,8 @@ fn move_object(
         _ => node::copy_node(src, st, dst, report)?,
     };
     // Dropped without commit, `installed` puts the old destination back.
-    let installed = install::install(tmp, dst, dest, opts.fsync)?;
+    let original = (kind == FileType::Directory).then_some(src);
+    let installed = install::install(tmp, dst, dest, opts.fsync, original)?;
     if kind == FileType::Directory {
         dir::remove_source(src, st, dst, opts)?;
     } else {
