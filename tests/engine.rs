@@ -377,33 +377,35 @@ fn temp_names_are_hidden_and_distinct() {
     assert!(src.to_str().unwrap().starts_with(".xrename-src-"));
 }
 
+/// Copies `src` (a small tree) to a temp beside it, as a tree move does,
+/// and installs it at `dst`; the source stays.
+fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(install::Installed<'_>)) {
+    let src = Entry::open(dir.as_fd(), c"src").unwrap();
+    let dst = Entry::open(dir.as_fd(), c"dst").unwrap();
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    let st = rustix::fs::statx(dir.as_fd(), c"src", flags, rustix::fs::StatxFlags::BASIC_STATS).unwrap();
+    let mut report = Report::default();
+    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
+    body(install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap());
+    assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is untouched");
+}
+
 #[test]
 fn rollback_of_an_installed_tree_keeps_what_others_added_to_it() {
     let t = TempDir::new("rollback-tree");
     small_tree(&t.path("src"));
     let dir = dir_fd(&t);
-    let src = Entry::open(dir.as_fd(), c"src").unwrap();
-    let dst = Entry::open(dir.as_fd(), c"dst").unwrap();
-    let st = rustix::fs::statx(
-        dir.as_fd(),
-        c"src",
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        rustix::fs::StatxFlags::BASIC_STATS,
-    )
-    .unwrap();
-    let mut report = Report::default();
-    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
-    let installed = install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap();
-    // Someone writes into the tree as soon as it is visible...
-    fs::write(t.path("dst/theirs"), b"precious").unwrap();
-    // ...and then the move fails and is rolled back.
-    drop(installed);
+    install_tree_copy(&t, &dir, |installed| {
+        // Someone writes into the tree as soon as it is visible...
+        fs::write(t.path("dst/theirs"), b"precious").unwrap();
+        // ...and then the move fails and is rolled back.
+        drop(installed);
+    });
     let mut left: Vec<String> =
         fs::read_dir(t.path("dst")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
     assert_eq!(left, ["theirs"], "only what others added stays");
     assert_eq!(fs::read(t.path("dst/theirs")).unwrap(), b"precious");
-    assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is untouched");
 }
 
 #[test]
@@ -412,18 +414,7 @@ fn rollback_of_an_untouched_installed_tree_removes_it_all() {
     small_tree(&t.path("src"));
     fs::set_permissions(t.path("src/a/b"), fs::Permissions::from_mode(0o555)).unwrap();
     let dir = dir_fd(&t);
-    let src = Entry::open(dir.as_fd(), c"src").unwrap();
-    let dst = Entry::open(dir.as_fd(), c"dst").unwrap();
-    let st = rustix::fs::statx(
-        dir.as_fd(),
-        c"src",
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        rustix::fs::StatxFlags::BASIC_STATS,
-    )
-    .unwrap();
-    let mut report = Report::default();
-    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
-    drop(install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap());
+    install_tree_copy(&t, &dir, |installed| drop(installed));
     assert_eq!(t.names(), ["src"]);
     fs::set_permissions(t.path("src/a/b"), fs::Permissions::from_mode(0o755)).unwrap();
 }
