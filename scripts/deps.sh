@@ -21,6 +21,10 @@ if ((${#need[@]})); then
 fi
 if ! python3 -c 'import pytest' 2>/dev/null; then
     echo "deps: installing pytest"
-    python3 -m pip install -q pytest 2>&1 | grep -v "Running pip as the 'root' user" || true
+    # A distribution's own python may refuse pip (PEP 668): then its package.
+    python3 -m pip install -q pytest 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages pytest 2>/dev/null ||
+        { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null; } ||
+        true
     python3 -c 'import pytest'
 fi
