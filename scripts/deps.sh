@@ -6,7 +6,7 @@ set -euo pipefail
 
 need=()
 for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:util-linux \
-            setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3; do
+            setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3 setcap:libcap2-bin; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
