@@ -387,7 +387,7 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let mut report = Report::default();
     let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
     body(install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap());
-    assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is untouched");
+    assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");
 }
 
 #[test]
@@ -417,4 +417,17 @@ fn rollback_of_an_untouched_installed_tree_removes_it_all() {
     install_tree_copy(&t, &dir, |installed| drop(installed));
     assert_eq!(t.names(), ["src"]);
     fs::set_permissions(t.path("src/a/b"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn rollback_of_an_installed_tree_removes_its_stale_copy_of_an_edited_source() {
+    let t = TempDir::new("rollback-tree-edited");
+    small_tree(&t.path("src"));
+    let dir = dir_fd(&t);
+    install_tree_copy(&t, &dir, |installed| {
+        // The source is edited after its copy was installed (the move will fail).
+        fs::write(t.path("src/top"), b"top, edited").unwrap();
+        drop(installed);
+    });
+    assert_eq!(t.names(), ["src"], "the stale copy is gone, nothing left at the destination");
 }

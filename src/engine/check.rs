@@ -219,6 +219,16 @@ pub(crate) fn sticky(dir: &Statx, victim: &Statx) -> Result<()> {
     Ok(())
 }
 
+fn is_append_only(st: &Statx) -> bool {
+    st.stx_attributes_mask.contains(StatxAttributes::APPEND) && st.stx_attributes.contains(StatxAttributes::APPEND)
+}
+
+/// Whether `dir` is an append-only directory: entries can be added, never
+/// removed or renamed away, so no hidden temp may be made there.
+pub(crate) fn append_only(dir: BorrowedFd<'_>) -> bool {
+    fstat(dir).is_ok_and(|st| is_append_only(&st))
+}
+
 fn has_fowner() -> bool {
     rustix::thread::capabilities(None)
         .map(|c| c.effective.contains(rustix::thread::CapabilitySet::FOWNER))

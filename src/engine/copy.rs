@@ -118,6 +118,7 @@ impl Copier<'_> {
                             self.method = Method::Sendfile;
                             continue;
                         }
+                        Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),
                         Err(e) => return Err(super::Error::new(e, "copy_file_range")),
                     }
                 }
@@ -132,6 +133,7 @@ impl Copier<'_> {
                             self.method = Method::ReadWrite;
                             continue;
                         }
+                        Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),
                         Err(e) => return Err(super::Error::new(e, "sendfile")),
                     }
                 }
@@ -155,9 +157,13 @@ impl Copier<'_> {
         Ok(done)
     }
 
-    /// Whether an EAGAIN may be retried (a lease break, say), up to a limit.
+    /// Whether an EAGAIN may be retried (a lease break, say), up to a limit;
+    /// past it the copy fails (and the move gives the kernel's EXDEV back).
     fn again(&mut self) -> bool {
         self.agains += 1;
+        if self.agains > 1 {
+            std::thread::yield_now();
+        }
         self.agains <= 1000
     }
 

@@ -190,6 +190,10 @@ impl Copy<'_> {
         let t = new_file(self.walk.fd(1)?, &name)?;
         copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress, false)?;
         meta::apply(s.as_fd(), t.as_fd(), &st)?;
+        // Changed while it was copied: the copy may be torn. Start over.
+        if source::file_changed(&fstat(s.as_fd()).at("stat source file")?, &st) {
+            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+        }
         self.report.files += 1;
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
@@ -332,18 +336,69 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     Ok(())
 }
 
-/// Removes the installed copy `dir`/`name` of the tree `original` (still
-/// intact) during a rollback: entry by entry, only where the original has
-/// the same entry, so that what others added meanwhile stays. Returns
-/// whether the whole copy went.
-pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, original: &Entry) -> bool {
-    match delete_copied(dir, name, original) {
-        Deleted { kept: false, errors: false } => true,
-        // Nothing of others' in it, but a step failed (a directory we gave
-        // its final read-only mode, say): all of it is ours, remove it as such.
-        Deleted { kept: false, errors: true } => remove_tree(dir, name).is_ok(),
-        Deleted { kept: true, .. } => false,
+/// Removes the installed copy `dir`/`name` of the tree `original` (intact,
+/// since the move is being undone) during a rollback, entry by entry, and
+/// only entries that are ours: untouched since `since`, the moment the copy
+/// was installed (an older ctime), or the same as the original's entry.
+/// Whatever others added to the visible tree or changed in it stays.
+/// Returns whether the whole copy went.
+pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: (i64, u32), original: &Entry) -> bool {
+    let roots = (tidy(|| open_dir(dir, name)), tidy(|| open_dir(original.dir.as_fd(), &original.name)));
+    let walk = match roots {
+        (Ok(copy), Ok(orig)) => Walk::new([copy, orig]).ok(),
+        _ => None,
+    };
+    let Some(mut walk) = walk else { return false };
+    let mut kept = false;
+    // Inodes with several names of which we removed one.
+    let mut unlinked = std::collections::HashSet::new();
+    loop {
+        if let Some(n) = walk.next_name() {
+            let Ok([d, o]) = walk.fds() else { return false };
+            // Untouched since the install (older ctime), another name of an
+            // inode of ours we just unlinked (which changed its ctime), or
+            // the same as the original's entry (ctime cannot tell within
+            // one clock tick).
+            let ours = |st: &Statx| {
+                (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec) < since
+                    || unlinked.contains(&id(st))
+                    || lstat(o, &n).is_ok_and(|orig| same_shape(st, &orig))
+            };
+            match tidy(|| lstat(d, &n)) {
+                Ok(st) if file_type(&st) == FileType::Directory => {
+                    match (tidy(|| open_dir(d, &n)), tidy(|| open_dir(o, &n))) {
+                        (Ok(sub), Ok(orig)) => kept |= walk.push(n, [sub, orig]).is_err(),
+                        _ => kept = true, // not in the original: someone else's
+                    }
+                }
+                Ok(st) if ours(&st) => {
+                    let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
+                    if gone && st.stx_nlink > 1 {
+                        unlinked.insert(id(&st));
+                    }
+                    kept |= !gone;
+                }
+                Ok(_) => kept = true,
+                Err(Errno::NOENT) => {}
+                Err(_) => kept = true,
+            }
+            continue;
+        }
+        match walk.pop() {
+            Ok(Some((frame, _))) if !walk.is_done() => {
+                let Ok(d) = walk.fd(0) else { return false };
+                kept |= tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).is_err();
+            }
+            Ok(_) => break,
+            Err(_) => return false,
+        }
     }
+    if kept {
+        return false;
+    }
+    // Everything in it was ours; if a step failed (a directory we gave its
+    // final read-only mode, say), remove the rest as ours.
+    tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_ok() || remove_tree(dir, name).is_ok()
 }
 
 /// How deleting an old source tree went.

@@ -41,9 +41,13 @@ pub const TEMP_PREFIX: &str = ".xrename-";
 /// What a hidden name holds, for someone who finds it after a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// `.xrename-<pid>-<hex>`: a copy being built, or an old destination kept
-    /// for rollback. Never the only copy of anything: safe to remove.
+    /// `.xrename-<pid>-<hex>`: a copy being built (its source is intact) or
+    /// an old empty directory. Never the only copy of anything: safe to remove.
     Temp,
+    /// `.xrename-old-<pid>-<hex>`: a copy about to replace a destination, or,
+    /// once swapped, the old destination kept for rollback. After a crash the
+    /// old destination may exist only here: to be inspected.
+    Old,
     /// `.xrename-src-<pid>-<hex>`: a moved source set aside to be deleted. Its
     /// copy is installed, but entries changed during the move may be only
     /// here: to be inspected, never removed blindly.
@@ -72,6 +76,10 @@ impl<'d> Temp<'d> {
                 Err(e) => return Err(Error::new(e, "create temp file")),
             }
         }
+        if super::check::append_only(dir) {
+            // A named temp could never be renamed or removed there.
+            return Err(Error::new(Errno::XDEV, "append-only destination directory"));
+        }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let (fd, name) = with_fresh_name(Role::Temp, |name| {
             retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)))
@@ -83,12 +91,16 @@ impl<'d> Temp<'d> {
     /// Creates an object under a fresh hidden name in `dir` with `create`
     /// (`mkdirat`, `symlinkat`, `mknodat`, ...), which fails with EEXIST if
     /// the name is taken.
+    /// A directory is named as a [`Role::Temp`] (what it may replace is an
+    /// empty directory); anything else as [`Role::Old`], since once swapped
+    /// in, its name holds the old destination.
     pub fn named(
         dir: BorrowedFd<'d>,
         is_dir: bool,
         mut create: impl FnMut(&CStr) -> rustix::io::Result<()>,
     ) -> Result<Temp<'d>> {
-        let ((), name) = with_fresh_name(Role::Temp, |name| create(name)).at("create temp")?;
+        let role = if is_dir { Role::Temp } else { Role::Old };
+        let ((), name) = with_fresh_name(role, |name| create(name)).at("create temp")?;
         Ok(Temp { dir, fd: None, name: Some(name), is_dir })
     }
 
@@ -119,7 +131,8 @@ impl<'d> Temp<'d> {
     /// Gives an unnamed temp a hidden name, so it can be renamed.
     fn ensure_named(&mut self) -> Result<&CStr> {
         if self.name.is_none() {
-            let ((), name) = with_fresh_name(Role::Temp, |name| self.link_unnamed(name)).at("name temp file")?;
+            // Named only to be swapped with the destination: see Role::Old.
+            let ((), name) = with_fresh_name(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
             self.name = Some(name);
         }
         Ok(self.name.as_deref().expect("just named"))
@@ -220,9 +233,10 @@ pub struct Installed<'d> {
     is_dir: bool,
     placed: Placed,
     sync: Sync,
-    /// For a tree: the source it was copied from. Once installed, the tree is
-    /// visible and others may add to it; a rollback removes only what
-    /// matches the source.
+    /// For a tree: when it was installed (its ctime then), and the source it
+    /// was copied from. Once installed, the tree is visible and others may
+    /// add to it or change it; a rollback removes only what is ours.
+    since: Option<(i64, u32)>,
     original: Option<&'d Entry>,
 }
 
@@ -275,7 +289,8 @@ pub fn install<'d>(
                     tmp.name = None; // now names the old destination
                     let placed = Placed::Exchanged { backup: tmp_name };
                     let sync = sync.take().expect("once");
-                    let installed = Installed { dir, name, new, is_dir, placed, sync, original };
+                    let since = installed_at(dir, name, is_dir);
+                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, original };
                     check_replaced(&installed)?;
                     return installed.synced();
                 }
@@ -288,10 +303,18 @@ pub fn install<'d>(
         }
         if let Some(placed) = placed {
             let sync = sync.take().expect("once");
-            return Installed { dir, name, new, is_dir, placed, sync, original }.synced();
+            let since = installed_at(dir, name, is_dir);
+            return Installed { dir, name, new, is_dir, placed, sync, since, original }.synced();
         }
     }
     Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
+}
+
+/// For a tree just installed at `name`: its ctime, which the rename into
+/// place has just set. Everything we copied into it is older.
+fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<(i64, u32)> {
+    let st = lstat(dir, name).ok().filter(|_| is_dir)?;
+    Some((st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec))
 }
 
 /// After an exchange the old destination sits at the backup name. If it
@@ -320,7 +343,7 @@ fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
     // Directories cannot be hard-linked: an old (empty) one cannot be kept.
     let backup = match tmp.is_dir {
         true => Err(Errno::PERM),
-        false => with_fresh_name(Role::Temp, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
+        false => with_fresh_name(Role::Old, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
     };
     retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
     tmp.name = None;
@@ -397,8 +420,8 @@ impl Installed<'_> {
     /// source does not have (added by others while it was installed).
     /// Returns whether everything went.
     fn withdraw(&self, at: &CStr) -> bool {
-        match self.original {
-            Some(original) if self.is_dir => super::dir::remove_copy(self.dir, at, original),
+        match (self.since, self.original) {
+            (Some(since), Some(original)) if self.is_dir => super::dir::remove_copy(self.dir, at, since, original),
             _ => {
                 remove_ours(self.dir, at, self.is_dir);
                 true
@@ -439,7 +462,7 @@ pub(crate) fn with_fresh_name<T>(
     Err(Errno::EXIST)
 }
 
-/// `.xrename-<pid>-<16 random hex digits>`.
+/// `.xrename-[old-|src-]<pid>-<16 random hex digits>`.
 pub fn fresh_name(role: Role) -> CString {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut bytes = [0u8; 8];
@@ -452,6 +475,7 @@ pub fn fresh_name(role: Role) -> CString {
     let pid = rustix::process::getpid().as_raw_nonzero();
     let role = match role {
         Role::Temp => "",
+        Role::Old => "old-",
         Role::Source => "src-",
     };
     let name = format!("{TEMP_PREFIX}{role}{pid}-{:016x}", u64::from_le_bytes(bytes));

@@ -88,9 +88,10 @@ pub fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
         }
     }
     for acl in inherited_acls(&names) {
-        match retry(|| rustix::fs::fremovexattr(dst, acl)) {
-            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP | Errno::NOSYS) => {}
-            Err(e) => return Err(Error::new(e, "remove inherited ACL")),
+        // Absent, or a filesystem that has no such thing (or refuses to
+        // say): nothing was inherited. Only an I/O error is an error.
+        if let Err(e @ (Errno::IO | Errno::NOSPC | Errno::DQUOT)) = retry(|| rustix::fs::fremovexattr(dst, acl)) {
+            return Err(Error::new(e, "remove inherited ACL"));
         }
     }
     Ok(())

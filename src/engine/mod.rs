@@ -25,7 +25,7 @@ pub mod source;
 pub mod walk;
 
 use std::ffi::CStr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -155,6 +155,11 @@ fn move_object(
     report: &mut Report,
 ) -> Result<()> {
     let kind = check::file_type(st);
+    if kind != FileType::RegularFile && check::append_only(dst.dir.as_fd()) {
+        // Only a file can appear there at once (linked from O_TMPFILE); any
+        // other object needs a hidden temp that could never be renamed away.
+        return Err(Error::new(Errno::XDEV, "append-only destination directory"));
+    }
     let tmp = match kind {
         FileType::RegularFile => file::copy_file(src, st, dst, opts, report)?,
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),

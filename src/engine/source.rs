@@ -61,6 +61,10 @@ pub fn take(src: &Entry, moved: &Statx) -> Result<Taken> {
         Ok(((), name)) => name,
         Err(Errno::XDEV) => return Ok(Taken::InPlace),
         Err(Errno::NOENT) => return Ok(Taken::Gone),
+        // A rename adds a directory entry, an unlink does not: on a full
+        // disk, over quota, or where a sandbox allows removing but not
+        // creating, the preflight-approved unlink in place still works.
+        Err(Errno::NOSPC | Errno::DQUOT | Errno::ACCESS | Errno::PERM | Errno::MLINK) => return Ok(Taken::InPlace),
         // No RENAME_NOREPLACE (NFS): a fresh random name is free.
         Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
             let ((), name) = with_fresh_name(Role::Source, |n| match lstat(dir, n) {
@@ -74,6 +78,13 @@ pub fn take(src: &Entry, moved: &Statx) -> Result<Taken> {
         Err(e) => return Err(Error::new(e, "move source aside")),
     };
     match lstat(dir, &aside) {
+        // Written to between the check and the rename (by a writer opening
+        // it by name): put back, undo, try again. Not ctime: the rename
+        // itself changes it.
+        Ok(now) if same_inode(&now, moved) && content_changed(&now, moved) => {
+            put_back(dir, &aside, &src.name);
+            Err(Error::new(Errno::AGAIN, SOURCE_CHANGED))
+        }
         Ok(now) if same_inode(&now, moved) => Ok(Taken::Aside(aside)),
         // A newcomer slipped in between the check and the rename: it stays.
         Ok(_) => {
@@ -97,8 +108,12 @@ pub fn remove(src: &Entry, moved: &Statx, fsync: bool) -> Result<()> {
         Taken::Aside(name) => name,
     };
     if let Err(e) = retry(|| rustix::fs::unlinkat(dir, &*name, AtFlags::empty())) {
-        put_back(dir, &name, &src.name);
-        return Err(Error::new(e, "remove source"));
+        if name == src.name || put_back(dir, &name, &src.name) {
+            return Err(Error::new(e, "remove source"));
+        }
+        // Neither removable nor restorable (its name was taken meanwhile):
+        // the move stands, and the source stays at `.xrename-src-*`, which
+        // `xrename clean` reports.
     }
     if fsync && src.syncable {
         // The source is gone: a failed fsync here must not undo the move.
@@ -108,18 +123,34 @@ pub fn remove(src: &Entry, moved: &Statx, fsync: bool) -> Result<()> {
 }
 
 /// Puts a source set aside back under its name, if that name is free.
-pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) {
-    if aside != name {
-        let _ = tidy(|| rustix::fs::renameat_with(dir, aside, dir, name, RenameFlags::NOREPLACE));
+/// Returns whether it is back.
+pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) -> bool {
+    if aside == name {
+        return true;
+    }
+    match tidy(|| rustix::fs::renameat_with(dir, aside, dir, name, RenameFlags::NOREPLACE)) {
+        Ok(()) => true,
+        // No RENAME_NOREPLACE (NFS): rename only onto a free name.
+        Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+            matches!(lstat(dir, name), Err(Errno::NOENT))
+                && tidy(|| rustix::fs::renameat(dir, aside, dir, name)).is_ok()
+        }
+        Err(_) => false,
     }
 }
 
 /// Whether a regular file changed since `then` was taken.
 fn changed(now: &Statx, then: &Statx) -> bool {
+    content_changed(now, then)
+        || (file_type(then) == FileType::RegularFile
+            && (now.stx_ctime.tv_sec, now.stx_ctime.tv_nsec) != (then.stx_ctime.tv_sec, then.stx_ctime.tv_nsec))
+}
+
+/// Whether a regular file's data changed since `then` (size or mtime).
+fn content_changed(now: &Statx, then: &Statx) -> bool {
     file_type(then) == FileType::RegularFile
         && (now.stx_size != then.stx_size
-            || (now.stx_mtime.tv_sec, now.stx_mtime.tv_nsec) != (then.stx_mtime.tv_sec, then.stx_mtime.tv_nsec)
-            || (now.stx_ctime.tv_sec, now.stx_ctime.tv_nsec) != (then.stx_ctime.tv_sec, then.stx_ctime.tv_nsec))
+            || (now.stx_mtime.tv_sec, now.stx_mtime.tv_nsec) != (then.stx_mtime.tv_sec, then.stx_mtime.tv_nsec))
 }
 
 /// Whether a regular file changed since `then`: for the copy's own check.

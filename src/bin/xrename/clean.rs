@@ -2,12 +2,14 @@
 //!
 //! A move killed at the wrong moment can leave hidden entries beside its
 //! destination or its source:
-//! - `.xrename-<pid>-<16 hex>`: an unfinished copy (the source is intact), or
-//!   an old destination kept for rollback (the new one is in place). Never
-//!   the only copy of anything: `--remove` deletes it.
+//! - `.xrename-<pid>-<16 hex>`: an unfinished copy (its source is intact).
+//!   Never the only copy of anything: `--remove` deletes it.
+//! - `.xrename-old-<pid>-<16 hex>`: a copy about to replace a destination,
+//!   or the old destination it replaced, kept for rollback. The old
+//!   destination may exist only here: reported, never removed.
 //! - `.xrename-src-<pid>-<16 hex>`: a moved source set aside to be deleted.
 //!   Its copy is installed, but entries changed during the move may exist
-//!   only here: it is reported, never removed.
+//!   only here: reported, never removed.
 //!
 //! Unnamed `O_TMPFILE` copies of single files leave nothing at all. An entry
 //! whose process is still alive (in this PID namespace) belongs to a move in
@@ -28,12 +30,13 @@ pub const HELP: &str = "\
 xrename clean [--remove] DIR...: find what interrupted moves left behind
 
 Lists the hidden .xrename-* entries in each DIR (not below it):
-  .xrename-<pid>-<hex>      an unfinished copy, or an old destination kept for
-                            rollback: never the only copy of anything
+  .xrename-<pid>-<hex>      an unfinished copy: never the only copy of anything
+  .xrename-old-<pid>-<hex>  a replacing copy, or the old destination it replaced
+                            (kept for rollback): the old data may be only here
   .xrename-src-<pid>-<hex>  a moved source being deleted: its copy is in place,
                             but what changed during the move may be only here
-With --remove, deletes the first kind when its process is gone. The second
-kind is only reported: look inside, keep what you need, delete it yourself.
+With --remove, deletes the first kind when its process is gone. The others
+are only reported: look inside, keep what you need, delete them yourself.
 
 Examples:
   xrename clean /srv/data
@@ -63,8 +66,10 @@ pub fn main(args: &[OsString]) -> i32 {
 /// What kind of leftover a name is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Leftover {
-    /// A copy or an old destination.
+    /// An unfinished copy.
     Temp(u32),
+    /// A replacing copy, or an old destination.
+    Old(u32),
     /// A source set aside.
     Source(u32),
 }
@@ -72,14 +77,16 @@ pub enum Leftover {
 /// The kind and pid of a leftover's name, if the name is one of ours.
 pub fn leftover(name: &str) -> Option<Leftover> {
     let rest = name.strip_prefix(".xrename-")?;
-    let (source, rest) = match rest.strip_prefix("src-") {
-        Some(r) => (true, r),
-        None => (false, rest),
+    let (kind, rest): (fn(u32) -> Leftover, &str) = if let Some(r) = rest.strip_prefix("src-") {
+        (Leftover::Source, r)
+    } else if let Some(r) = rest.strip_prefix("old-") {
+        (Leftover::Old, r)
+    } else {
+        (Leftover::Temp, rest)
     };
     let (pid, hex) = rest.split_once('-')?;
     (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
-    let pid = pid.parse().ok()?;
-    Some(if source { Leftover::Source(pid) } else { Leftover::Temp(pid) })
+    Some(kind(pid.parse().ok()?))
 }
 
 fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
@@ -97,10 +104,18 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
         let is_dir = FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory;
         let what = if is_dir { "directory".to_owned() } else { format!("file, {}", human(st.stx_size)) };
         let pid = match kind {
-            Leftover::Temp(pid) | Leftover::Source(pid) => pid,
+            Leftover::Temp(pid) | Leftover::Old(pid) | Leftover::Source(pid) => pid,
         };
         if Path::new(&format!("/proc/{pid}")).exists() {
             println!("{}: in use by running process {pid} ({what}), left alone", path.display());
+            continue;
+        }
+        if let Leftover::Old(_) = kind {
+            println!(
+                "{}: a replacing copy or the old destination it replaced, left by process {pid} ({what}); the \
+                 old data may be only here: inspect it, then delete it yourself",
+                path.display()
+            );
             continue;
         }
         if let Leftover::Source(_) = kind {
@@ -143,6 +158,7 @@ mod tests {
     fn recognises_only_our_names() {
         assert_eq!(leftover(".xrename-123-00112233445566ff"), Some(Leftover::Temp(123)));
         assert_eq!(leftover(".xrename-src-7-00112233445566ff"), Some(Leftover::Source(7)));
+        assert_eq!(leftover(".xrename-old-8-00112233445566ff"), Some(Leftover::Old(8)));
         assert_eq!(leftover(".xrename-123-0011"), None);
         assert_eq!(leftover("xrename-123-00112233445566ff"), None);
         assert_eq!(leftover(".xrename-abc-00112233445566ff"), None);
