@@ -278,6 +278,7 @@ pub fn is_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let root = open_dir(dir, name).at("open temp directory")?;
     let _ = rustix::fs::fchmod(root.as_fd(), Mode::from_raw_mode(0o700));
+    let dev = fstat(root.as_fd()).map(|st| (st.stx_dev_major, st.stx_dev_minor)).at("stat temp directory")?;
     let mut walk = Walk::new([root])?;
     loop {
         match walk.next_name() {
@@ -286,6 +287,11 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
                 match retry(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())) {
                     Err(Errno::ISDIR) => {
                         let sub = open_dir(d, &n).at("open temp subdirectory")?;
+                        // Something mounted in it is not ours: never descend.
+                        let st = fstat(sub.as_fd()).at("stat temp subdirectory")?;
+                        if (st.stx_dev_major, st.stx_dev_minor) != dev {
+                            return Err(Error::new(Errno::BUSY, "mount point in temp directory"));
+                        }
                         // Ours, so we may open it up to empty it.
                         let _ = rustix::fs::fchmod(sub.as_fd(), Mode::from_raw_mode(0o700));
                         walk.push(n, [sub])?;
