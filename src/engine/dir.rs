@@ -349,117 +349,114 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
 /// Whatever others added to the visible tree or changed in it stays.
 /// Returns whether the whole copy went.
 pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: (i64, u32), original: &Entry) -> bool {
-    let roots = (tidy(|| open_dir(dir, name)), tidy(|| open_dir(original.dir.as_fd(), &original.name)));
-    let walk = match roots {
-        (Ok(copy), Ok(orig)) => Walk::new([copy, orig]).ok(),
-        _ => None,
+    let ours = |st: &Statx, orig: Option<&Statx>| {
+        (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec) < since || orig.is_some_and(|o| same_shape(st, o))
     };
-    let Some(mut walk) = walk else { return false };
-    let mut kept = false;
-    // Inodes with several names of which we removed one.
-    let mut unlinked = std::collections::HashSet::new();
-    loop {
-        if let Some(n) = walk.next_name() {
-            let Ok([d, o]) = walk.fds() else { return false };
-            // Untouched since the install (older ctime), another name of an
-            // inode of ours we just unlinked (which changed its ctime), or
-            // the same as the original's entry (ctime cannot tell within
-            // one clock tick).
-            let ours = |st: &Statx| {
-                (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec) < since
-                    || unlinked.contains(&id(st))
-                    || lstat(o, &n).is_ok_and(|orig| same_shape(st, &orig))
-            };
-            match tidy(|| lstat(d, &n)) {
-                Ok(st) if file_type(&st) == FileType::Directory => {
-                    match (tidy(|| open_dir(d, &n)), tidy(|| open_dir(o, &n))) {
-                        (Ok(sub), Ok(orig)) => kept |= walk.push(n, [sub, orig]).is_err(),
-                        _ => kept = true, // not in the original: someone else's
-                    }
-                }
-                Ok(st) if ours(&st) => {
-                    let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
-                    if gone && st.stx_nlink > 1 {
-                        unlinked.insert(id(&st));
-                    }
-                    kept |= !gone;
-                }
-                Ok(_) => kept = true,
-                Err(Errno::NOENT) => {}
-                Err(_) => kept = true,
-            }
-            continue;
-        }
-        match walk.pop() {
-            Ok(Some((frame, _))) if !walk.is_done() => {
-                let Ok(d) = walk.fd(0) else { return false };
-                kept |= tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).is_err();
-            }
-            Ok(_) => break,
-            Err(_) => return false,
-        }
-    }
-    if kept {
+    let pruned = prune(dir, name, original, ours);
+    if pruned.kept || pruned.errors {
         return false;
     }
-    // Everything in it was ours; if a step failed (a directory we gave its
-    // final read-only mode, say), remove the rest as ours.
+    // Everything in it was ours; if removing the root fails (a directory we
+    // gave its final read-only mode, say), remove the rest as ours.
     tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_ok() || remove_tree(dir, name).is_ok()
 }
 
-/// How deleting an old source tree went.
+/// Deletes `dir`/`name`, an old source tree, entry by entry where the copy
+/// at `dst` has the same entry.
+fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Pruned {
+    let mut pruned = prune(dir, name, dst, |st, copy| copy.is_some_and(|c| same_shape(st, c)));
+    match tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)) {
+        Ok(()) => {}
+        Err(Errno::NOTEMPTY | Errno::EXIST) if pruned.kept || pruned.errors => {}
+        Err(_) => pruned.errors = true,
+    }
+    pruned
+}
+
+/// How pruning a tree went.
 #[derive(Debug, Default)]
-struct Deleted {
-    /// Entries were kept because the copy does not have them as they are:
-    /// they were created or changed during the move.
+struct Pruned {
+    /// Entries were kept because they are not to be deleted.
     kept: bool,
     /// Some step failed even when tried again.
     errors: bool,
 }
 
-/// Deletes `dir`/`name`, an old source tree, entry by entry where the copy
-/// at `dst` has the same entry. Each step is a cleanup step ([`tidy`]).
-fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Deleted {
-    let mut out = Deleted::default();
-    let walk = match (tidy(|| open_dir(dir, name)), tidy(|| open_dir(dst.dir.as_fd(), &dst.name))) {
-        (Ok(root), Ok(copy)) => Walk::new([root, copy]).ok(),
+/// Deletes the entries of the tree `dir`/`name` (not its root) that `delete`
+/// accepts, given the entry and the one of the same name in `reference` (a
+/// tree with the same layout), and the directories that end up empty. A
+/// directory is entered only if `reference` has one of that name. Another
+/// name of an inode already deleted here is deleted too (removing the first
+/// name changed its ctime, not what it is). Each step is a cleanup step
+/// ([`tidy`]).
+fn prune(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    reference: &Entry,
+    delete: impl Fn(&Statx, Option<&Statx>) -> bool,
+) -> Pruned {
+    let mut out = Pruned::default();
+    let walk = match (tidy(|| open_dir(dir, name)), tidy(|| open_dir(reference.dir.as_fd(), &reference.name))) {
+        (Ok(root), Ok(other)) => Walk::new([root, other]).ok(),
         _ => None,
     };
     let Some(mut walk) = walk else {
         out.errors = true;
         return out;
     };
+    let mut unlinked = std::collections::HashSet::new();
     loop {
         if let Some(n) = walk.next_name() {
-            let Ok([sd, cd]) = walk.fds() else {
+            let Ok([d, r]) = walk.fds() else {
                 out.errors = true;
                 break;
             };
-            match (tidy(|| lstat(sd, &n)), tidy(|| lstat(cd, &n))) {
-                (Err(Errno::NOENT), _) => {}
-                (Ok(_), Err(Errno::NOENT)) => out.kept = true,
-                (Ok(s), Ok(c)) if !same_shape(&s, &c) => out.kept = true,
-                (Ok(s), Ok(_)) if file_type(&s) == FileType::Directory => {
-                    let (Ok(a), Ok(b)) = (tidy(|| open_dir(sd, &n)), tidy(|| open_dir(cd, &n))) else {
-                        out.errors = true;
-                        continue;
-                    };
-                    match tidy(|| fstat(a.as_fd())) {
-                        Ok(st) if same_inode(&st, &s) => out.errors |= walk.push(n, [a, b]).is_err(),
-                        Ok(_) => out.kept = true, // replaced meanwhile
-                        Err(_) => out.errors = true,
-                    }
+            let st = match tidy(|| lstat(d, &n)) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(_) => {
+                    out.errors = true;
+                    continue;
                 }
-                (Ok(_), Ok(_)) => out.errors |= tidy(|| rustix::fs::unlinkat(sd, &*n, AtFlags::empty())).is_err(),
-                _ => out.errors = true,
+            };
+            let other = match tidy(|| lstat(r, &n)) {
+                Ok(o) => Some(o),
+                Err(Errno::NOENT) => None,
+                Err(_) => {
+                    out.errors = true;
+                    continue;
+                }
+            };
+            if file_type(&st) == FileType::Directory {
+                if !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
+                    out.kept = true;
+                    continue;
+                }
+                let (Ok(a), Ok(b)) = (tidy(|| open_dir(d, &n)), tidy(|| open_dir(r, &n))) else {
+                    out.errors = true;
+                    continue;
+                };
+                match tidy(|| fstat(a.as_fd())) {
+                    Ok(now) if same_inode(&now, &st) => out.errors |= walk.push(n, [a, b]).is_err(),
+                    Ok(_) => out.kept = true, // replaced meanwhile
+                    Err(_) => out.errors = true,
+                }
+            } else if unlinked.contains(&id(&st)) || delete(&st, other.as_ref()) {
+                let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
+                if gone && st.stx_nlink > 1 {
+                    unlinked.insert(id(&st));
+                }
+                out.errors |= !gone;
+            } else {
+                out.kept = true;
             }
             continue;
         }
         match walk.pop() {
             Ok(Some((frame, _))) if !walk.is_done() => match walk.fd(0) {
                 Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
-                    Ok(()) | Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
                     Ok(()) => {}
+                    Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
                     Err(_) => out.errors = true,
                 },
                 Err(_) => out.errors = true,
@@ -470,11 +467,6 @@ fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Deleted {
                 break;
             }
         }
-    }
-    match tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)) {
-        Ok(()) => {}
-        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
-        Err(_) => out.errors = true,
     }
     out
 }

@@ -46,7 +46,7 @@ pub fn take(src: &Entry, moved: &Statx) -> Result<Taken> {
     let dir = src.dir.as_fd();
     match lstat(dir, &src.name) {
         Ok(now) if !same_inode(&now, moved) => return Ok(Taken::Gone),
-        Ok(now) if changed(&now, moved) => return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED)),
+        Ok(now) if file_changed(&now, moved) => return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED)),
         Ok(_) => {}
         Err(Errno::NOENT) => return Ok(Taken::Gone),
         Err(e) => return Err(Error::new(e, "look up source")),
@@ -139,8 +139,9 @@ pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) -> bool {
     }
 }
 
-/// Whether a regular file changed since `then` was taken.
-fn changed(now: &Statx, then: &Statx) -> bool {
+/// Whether a regular file changed since `then` was taken (size, mtime or
+/// ctime): also the copy's own check for a torn copy.
+pub(crate) fn file_changed(now: &Statx, then: &Statx) -> bool {
     content_changed(now, then)
         || (file_type(then) == FileType::RegularFile
             && (now.stx_ctime.tv_sec, now.stx_ctime.tv_nsec) != (then.stx_ctime.tv_sec, then.stx_ctime.tv_nsec))
@@ -151,11 +152,6 @@ fn content_changed(now: &Statx, then: &Statx) -> bool {
     file_type(then) == FileType::RegularFile
         && (now.stx_size != then.stx_size
             || (now.stx_mtime.tv_sec, now.stx_mtime.tv_nsec) != (then.stx_mtime.tv_sec, then.stx_mtime.tv_nsec))
-}
-
-/// Whether a regular file changed since `then`: for the copy's own check.
-pub(crate) fn file_changed(now: &Statx, then: &Statx) -> bool {
-    changed(now, then)
 }
 
 fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {
