@@ -46,6 +46,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,6 +358,30 @@ def make_file(path: Path, seed: int, size: int, mode: int, with_xattr: bool) -> 
     if with_xattr:
         os.setxattr(path, "user.fault.seed", b"%d" % seed)
     os.utime(path, ns=(PAST_NS + seed * 7919, PAST_NS + seed * 104729 + 123))
+
+
+# The engine compares by content what changed within a clock tick of its
+# copy (racy entries, see README): that adds calls to the move. A fixture
+# made a moment before the move would be racy in one run and not in the
+# next, and the when= numbers of a calibration would not match. So each
+# fixture is left to grow older than that tick (20 ms on these
+# nanosecond filesystems) before its move: this makes timestamps old, it
+# synchronises nothing.
+RACY_NS = 30_000_000
+
+
+def age(*roots: Path) -> None:
+    """Waits until everything under `roots` changed more than RACY_NS ago."""
+    newest = 0
+    for root in roots:
+        if not os.path.lexists(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for n in [".", *dirnames, *filenames]:
+                newest = max(newest, os.lstat(os.path.join(dirpath, n)).st_ctime_ns)
+    delay = newest + RACY_NS - time.time_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
 
 
 def make_tree(root: Path, seed: int, with_xattr: bool) -> None:

@@ -36,7 +36,7 @@ import pytest
 from conftest import make_pair
 from fault_harness import (
     FULL, KILL, TRACE_SET, Before, Checked, Outcome, Scenario, build_child, check_outcome,
-    count_move_calls, faults_for, injection_landed, make_file, make_tree, move_trace_excerpt,
+    age, count_move_calls, faults_for, injection_landed, make_file, make_tree, move_trace_excerpt,
     record, remove_leftovers, run_move, sample, xattrs_supported,
 )
 from xrename_harness import need
@@ -102,6 +102,7 @@ class Workspace:
             make_file(self.src_dir / self.src_name, SEED, 200_000, 0o640, with_xattr)
             if kind == "file-replace":
                 make_file(self.dst_dir / self.dst_name, SEED + 1, 5_000, 0o600, with_xattr)
+        age(self.src_dir, self.dst_dir)
 
     @property
     def src(self) -> Path:

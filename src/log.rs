@@ -12,7 +12,9 @@
 //! `dst` (as the program passed them), `type` (`file`, `dir`, `symlink`,
 //! `fifo`, `chr`, `blk`, `sock`, or `unknown`), `bytes` copied, `files`
 //! created, `ms` spent, `result` (`ok` or the errno's name), and on failure
-//! `step`, what xrename was doing.
+//! `step`, what xrename was doing; on success, `leftover`: a path that
+//! still holds some of the source (entries changed during the move, put
+//! back under the source name, or an old source that could not be deleted).
 
 use std::ffi::CStr;
 use std::fmt::Write as _;
@@ -87,7 +89,13 @@ pub fn format(e: &Event<'_>, now: SystemTime, program: &str) -> String {
         e.elapsed.as_secs_f64() * 1000.0
     );
     match &e.result {
-        Ok(()) => s.push_str("\"ok\""),
+        Ok(()) => {
+            s.push_str("\"ok\"");
+            if let Some(name) = &e.report.leftover {
+                s.push_str(",\"leftover\":");
+                json_str(&mut s, &leftover_path(e.old.to_bytes(), name.to_bytes()));
+            }
+        }
         Err(err) => {
             let _ = write!(s, "\"{}\",\"step\":", errno_name(err.errno));
             json_str(&mut s, err.step.as_bytes());
@@ -95,6 +103,20 @@ pub fn format(e: &Event<'_>, now: SystemTime, program: &str) -> String {
     }
     s.push_str("}\n");
     s
+}
+
+/// The path of `name`, an entry of the source's directory, as the program
+/// would name it: the source path with its last component replaced.
+fn leftover_path(old: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut end = old.len();
+    while end > 1 && old[end - 1] == b'/' {
+        end -= 1;
+    }
+    let dir = match old[..end].iter().rposition(|&b| b == b'/') {
+        Some(i) => &old[..=i],
+        None => &old[..0],
+    };
+    [dir, name].concat()
 }
 
 fn type_name(kind: Option<FileType>) -> &'static str {
@@ -195,7 +217,7 @@ mod tests {
 
     #[test]
     fn line_is_one_json_object_with_every_field() {
-        let report = Report { kind: Some(FileType::RegularFile), bytes: 5, files: 1 };
+        let report = Report { kind: Some(FileType::RegularFile), bytes: 5, files: 1, leftover: None };
         let e = Event {
             op: Op::Renameat,
             old: c"/a/b",
@@ -208,6 +230,23 @@ mod tests {
         assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
         assert!(line.starts_with("{\"time\":\"2025-11-25T18:23:20.123Z\",\"pid\":"), "{line}");
         assert!(line.contains(",\"program\":\"py\",\"op\":\"renameat\",\"src\":\"/a/b\",\"dst\":\"c\\\"d\\n\",\"type\":\"file\",\"bytes\":5,\"files\":1,\"ms\":1.500,\"result\":\"ok\"}"), "{line}");
+    }
+
+    #[test]
+    fn leftover_is_named_as_the_program_names_the_source() {
+        let report = Report { leftover: Some(c".xrename-src-1-ab".to_owned()), ..Report::default() };
+        let e = Event {
+            op: Op::Rename,
+            old: c"/data/in/tree/",
+            new: c"b",
+            report: &report,
+            elapsed: Duration::ZERO,
+            result: Ok(()),
+        };
+        let line = format(&e, UNIX_EPOCH, "x");
+        assert!(line.contains("\"result\":\"ok\",\"leftover\":\"/data/in/.xrename-src-1-ab\"}"), "{line}");
+        assert_eq!(leftover_path(b"tree", b"tree"), b"tree");
+        assert_eq!(leftover_path(b"/t", b"t"), b"/t");
     }
 
     #[test]

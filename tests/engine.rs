@@ -385,8 +385,10 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     let st = rustix::fs::statx(dir.as_fd(), c"src", flags, rustix::fs::StatxFlags::BASIC_STATS).unwrap();
     let mut report = Report::default();
-    let tmp = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
-    body(install::install(tmp, &dst, install::Dest::Absent, true, Some(&src)).unwrap());
+    let mut writers = engine::writers::Writers::default();
+    let copied = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report, &mut writers).unwrap();
+    let tree = install::Tree { original: &src, records: &copied.records };
+    body(install::install(copied.tmp, &dst, install::Dest::Absent, true, Some(tree)).unwrap());
     assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");
 }
 

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::num::NonZeroU64;
 
-use rustix::fs::{Advice, SeekFrom};
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{Advice, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 use super::error::{At, Result, retry};
@@ -32,6 +35,23 @@ pub const EARLY_WRITEBACK: u64 = 256 << 20;
 
 /// From this size on, the kernel is told the source is read sequentially.
 const SEQUENTIAL_HINT: u64 = 1 << 20;
+
+/// Opens the regular file `name` in `dir` to be copied: read-only, never
+/// following a symlink, non-blocking (the name may hold a FIFO by now),
+/// and with `O_NOATIME` where allowed (its owner, `CAP_FOWNER`), so that
+/// the file's other names keep their atime, as a rename would.
+pub fn open_source(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match retry(|| rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty())) {
+        Err(Errno::PERM) => retry(|| rustix::fs::openat(dir, name, flags, Mode::empty()))?,
+        other => other?,
+    };
+    // Non-blocking only so as not to hang on a FIFO: reads of the file block.
+    if let Ok(fl) = rustix::fs::fcntl_getfl(&fd) {
+        let _ = rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK);
+    }
+    Ok(fd)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {

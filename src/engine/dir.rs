@@ -34,22 +34,48 @@ use rustix::io::Errno;
 
 use super::check::{file_type, fstat, lstat, same_inode};
 use super::error::{At, Error, Result, retry, tidy};
-use super::install::Temp;
+use super::install::{Since, Temp, Tree};
 use super::path::Entry;
+use super::seen::{self, Records, Seen, Verdict, same_content};
 use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
+use super::writers::Writers;
 use super::{Options, Report, copy, meta, node, source};
 
+/// Copied files whose writers are looked for at once (one probe a batch);
+/// their source descriptors stay open until then.
+const WRITER_BATCH: usize = 32;
+
+/// A tree copied into a temp, ready to install.
+pub struct CopiedTree<'d> {
+    /// The copy.
+    pub tmp: Temp<'d>,
+    /// What the source root was when the copy began.
+    pub seen: Seen,
+    /// What every entry below it was when it was copied.
+    pub records: Records,
+}
+
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
-/// `dst`'s directory. Returns the temp, ready to install.
-pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, report: &mut Report) -> Result<Temp<'d>> {
+/// `dst`'s directory. Returns the temp, ready to install, and what was copied.
+pub fn copy_tree<'d>(
+    src: &Entry,
+    st: &Statx,
+    dst: &'d Entry,
+    opts: &Options,
+    report: &mut Report,
+    writers: &mut Writers,
+) -> Result<CopiedTree<'d>> {
     let src_root = match open_dir(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
-        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::new(Errno::AGAIN, TREE_CHANGED)),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
         Err(e) => return Err(Error::new(e, "open source directory")),
     };
-    if !same_inode(&fstat(src_root.as_fd()).at("stat source")?, st) {
-        return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+    let started = seen::now();
+    let root_st = fstat(src_root.as_fd()).at("stat source")?;
+    if !same_inode(&root_st, st) {
+        return Err(Error::changed(TREE_CHANGED));
     }
+    let root_seen = Seen::record(&root_st, started);
     let dst_dir = dst.dir.as_fd();
     let dst_parent = id(&fstat(dst_dir).at("stat destination directory")?);
     let mut tmp =
@@ -61,7 +87,16 @@ pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
 
     let walk = Walk::new([src_root, tmp_root])?;
     let progress = opts.progress.as_deref();
-    let mut cx = Copy { walk, links: HashMap::new(), path: Vec::new(), report, progress };
+    let mut cx = Copy {
+        walk,
+        links: HashMap::new(),
+        path: Vec::new(),
+        report,
+        progress,
+        records: Records::default(),
+        writers,
+        unprobed: Vec::new(),
+    };
     cx.check_dir(dst_parent)?;
     loop {
         let Some(name) = cx.walk.next_name() else {
@@ -72,6 +107,7 @@ pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
             let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
             cx.path.truncate(keep);
             if cx.walk.is_done() {
+                cx.probe_writers()?;
                 if opts.fsync {
                     retry(|| rustix::fs::syncfs(t.as_fd())).at("syncfs destination")?;
                 }
@@ -81,7 +117,9 @@ pub fn copy_tree<'d>(src: &Entry, st: &Statx, dst: &'d Entry, opts: &Options, re
         };
         cx.entry(name, dst_parent, tmp_id)?;
     }
-    Ok(tmp)
+    let mut records = cx.records;
+    records.seal();
+    Ok(CopiedTree { tmp, seen: root_seen, records })
 }
 
 struct Copy<'r> {
@@ -92,6 +130,11 @@ struct Copy<'r> {
     path: Vec<u8>,
     report: &'r mut Report,
     progress: Option<&'r std::sync::atomic::AtomicU64>,
+    /// What each entry was when it was copied.
+    records: Records,
+    writers: &'r mut Writers,
+    /// Copied files not yet checked for writers, still open.
+    unprobed: Vec<(OwnedFd, Statx)>,
 }
 
 impl Copy<'_> {
@@ -117,11 +160,17 @@ impl Copy<'_> {
     fn entry(&mut self, name: CString, dst_parent: Id, tmp_id: Id) -> Result<()> {
         let parent_st = self.walk.top().st.clone();
         let sdir = self.walk.fd(0)?;
+        let started = seen::now();
         let st = match lstat(sdir, &name) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
             Err(e) => return Err(Error::new(e, "stat source entry")),
         };
+        // Something mounted on an entry (a bind-mounted file or directory)
+        // can be neither copied for what it hides nor removed: as rename.
+        if is_mount_root(&st) {
+            return Err(Error::new(Errno::BUSY, "mount point inside source"));
+        }
         super::check::sticky(&parent_st, &st)?;
         if locked(&st) {
             return Err(Error::new(Errno::PERM, "immutable or append-only source"));
@@ -132,7 +181,9 @@ impl Copy<'_> {
             _ => {
                 let [s, t] = self.walk.fds()?;
                 node::create(s, &name, &st, t, &name).at("create node")?;
+                self.records.add_copy(&lstat(t, &name).at("stat new node")?);
                 node::apply_meta(s, &name, &st, t, &name)?;
+                self.records.add(&Seen::record(&st, started));
                 self.report.files += 1;
                 Ok(())
             }
@@ -140,22 +191,17 @@ impl Copy<'_> {
     }
 
     fn enter(&mut self, name: CString, st: &Statx, dst_parent: Id, tmp_id: Id) -> Result<()> {
-        if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
-        {
-            return Err(Error::new(Errno::BUSY, "mount point inside source"));
-        }
         if id(st) == tmp_id || self.walk.on_path(0, id(st)) {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
         let s = match open_dir(self.walk.fd(0)?, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
-            Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::new(Errno::AGAIN, TREE_CHANGED)),
+            Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
             Err(e) => return Err(Error::new(e, "open source subdirectory")),
         };
         if !same_inode(&fstat(s.as_fd()).at("stat source subdirectory")?, st) {
-            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+            return Err(Error::changed(TREE_CHANGED));
         }
         let tdir = self.walk.fd(1)?;
         retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
@@ -163,7 +209,12 @@ impl Copy<'_> {
         private(t.as_fd())?;
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');
+        // Recorded as it is before its names are read: an entry added or
+        // removed later changes its mtime and ctime.
+        let started = seen::now();
         self.walk.push(name, [s, t])?;
+        self.records.add(&Seen::record(&self.walk.top().st, started));
+        self.records.add_copy_id(self.walk.top().ids[1]);
         self.check_dir(dst_parent)
     }
 
@@ -176,32 +227,52 @@ impl Copy<'_> {
                 return retry(|| rustix::fs::linkat(&parent, &*last, tdir, &*name, AtFlags::empty())).at("link");
             }
         }
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
         let sdir = self.walk.fd(0)?;
-        let s = match retry(|| rustix::fs::openat(sdir, &*name, flags, Mode::empty())) {
+        let s = match copy::open_source(sdir, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
             Err(e) => return Err(Error::new(e, "open source file")),
         };
+        let started = seen::now();
         let st = fstat(s.as_fd()).at("stat source file")?;
         if id(&st) != key {
-            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+            return Err(Error::changed(TREE_CHANGED));
         }
+        let seen = Seen::record(&st, started);
         let t = new_file(self.walk.fd(1)?, &name)?;
+        self.records.add_copy(&fstat(t.as_fd()).at("stat new file")?);
         copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress, false)?;
         meta::apply(s.as_fd(), t.as_fd(), &st)?;
         // Changed while it was copied: the copy may be torn. Start over.
-        if source::file_changed(&fstat(s.as_fd()).at("stat source file")?, &st) {
-            return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+        if !seen.unchanged(&fstat(s.as_fd()).at("stat source file")?) {
+            return Err(Error::changed(TREE_CHANGED));
         }
+        self.records.add(&seen);
         self.report.files += 1;
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
             p.extend_from_slice(name.as_bytes());
             self.links.insert(key, CString::new(p).expect("no NUL"));
         }
+        self.unprobed.push((s, st));
+        if self.unprobed.len() >= WRITER_BATCH {
+            self.probe_writers()?;
+        }
         Ok(())
     }
+
+    /// Refuses the move if a copied file is open for writing anywhere.
+    fn probe_writers(&mut self) -> Result<()> {
+        let files: Vec<_> = self.unprobed.iter().map(|(fd, st)| (fd.as_fd(), st)).collect();
+        self.writers.check(&files)?;
+        self.unprobed.clear();
+        Ok(())
+    }
+}
+
+fn is_mount_root(st: &Statx) -> bool {
+    st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
 }
 
 /// Makes a directory of the copy 0700 whatever the umask, so that it can be
@@ -312,13 +383,23 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
 }
 
-/// Removes the moved source directory `src` (seen as `moved`), whose copy
-/// is installed as `dst`: taken from its name first ([`source::take`]),
-/// then deleted entry by entry, keeping whatever the copy does not have.
-pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) -> Result<()> {
+/// Removes the moved source directory `src`, whose copy `copied` is
+/// installed as `dst`: taken from its name first ([`source::take`]), then
+/// deleted entry by entry, keeping whatever is not provably what was
+/// copied ([`Records`]): changed, racy and different from the copy, added
+/// during the move (a new hard link included), or on another device.
+/// What is kept goes back under the source name; whatever remains after
+/// the move is named in the report.
+pub fn remove_source(
+    src: &Entry,
+    seen: &Seen,
+    records: &Records,
+    dst: &Entry,
+    opts: &Options,
+    report: &mut Report,
+) -> Result<()> {
     let sdir = src.dir.as_fd();
-    let aside = match source::take(src, moved)? {
-        source::Taken::Gone => return Ok(()),
+    let aside = match source::take(src, seen, None, report)? {
         source::Taken::InPlace => None,
         source::Taken::Aside(name) => Some(name),
     };
@@ -328,13 +409,19 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     // From here the move has happened; what follows only tidies up, and
     // cannot undo it: the source is already (partly) gone.
     let victim = aside.as_deref().unwrap_or(&src.name);
-    let deleted = delete_copied(sdir, victim, dst);
-    if let (true, Some(aside)) = (deleted.kept, &aside) {
+    let deleted = delete_copied(sdir, victim, dst, seen, records);
+    match (&aside, deleted.kept, deleted.errors) {
+        (_, false, false) => {}
         // What changed during the move goes back under the source name. If
         // the name is taken, it stays at the `.xrename-src-*` name, which
-        // `xrename clean` reports and never removes. What only failed to be
-        // deleted stays there too: the copy has all of it.
-        source::put_back(sdir, aside, &src.name);
+        // `xrename clean` reports and never removes.
+        (Some(aside), true, _) => match source::put_back(sdir, aside, &src.name) {
+            true => report.leftover = Some(src.name.clone()),
+            false => report.leftover = Some(aside.clone()),
+        },
+        // What only failed to be deleted stays there: the copy has all of it.
+        (Some(aside), false, true) => report.leftover = Some(aside.clone()),
+        (None, _, _) => report.leftover = Some(src.name.clone()),
     }
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));
@@ -342,17 +429,16 @@ pub fn remove_source(src: &Entry, moved: &Statx, dst: &Entry, opts: &Options) ->
     Ok(())
 }
 
-/// Removes the installed copy `dir`/`name` of the tree `original` (intact,
-/// since the move is being undone) during a rollback, entry by entry, and
-/// only entries that are ours: untouched since `since`, the moment the copy
-/// was installed (an older ctime), or the same as the original's entry.
-/// Whatever others added to the visible tree or changed in it stays.
-/// Returns whether the whole copy went.
-pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: (i64, u32), original: &Entry) -> bool {
-    let ours = |st: &Statx, orig: Option<&Statx>| {
-        (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec) < since || orig.is_some_and(|o| same_shape(st, o))
-    };
-    let pruned = prune(dir, name, original, ours);
+/// Removes the installed copy `dir`/`name` of `tree` during a rollback,
+/// entry by entry, and only entries that are ours: made by xrename in the
+/// copy, and untouched since the install (an older ctime) or the same as
+/// the original's entry. Whatever others added to the visible tree, or
+/// changed in it, stays. When the original is gone (another rename took
+/// it first), the copy is judged alone. Returns whether the whole copy went.
+pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: Since, tree: &Tree<'_>) -> bool {
+    let alone = matches!(lstat(tree.original.dir.as_fd(), &tree.original.name), Err(Errno::NOENT));
+    let rule = Withdraw { since, alone, records: tree.records };
+    let pruned = prune(dir, name, tree.original, &rule, &mut PruneState::default());
     if pruned.kept || pruned.errors {
         return false;
     }
@@ -361,10 +447,25 @@ pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: (i64, u32), original
     tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_ok() || remove_tree(dir, name).is_ok()
 }
 
-/// Deletes `dir`/`name`, an old source tree, entry by entry where the copy
-/// at `dst` has the same entry.
-fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Pruned {
-    let mut pruned = prune(dir, name, dst, |st, copy| copy.is_some_and(|c| same_shape(st, c)));
+/// Deletes `dir`/`name`, an old source tree, entry by entry where the
+/// entry is provably what was copied into `dst`. A step that fails is tried
+/// again in a later pass, a few times.
+fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry, seen: &Seen, records: &Records) -> Pruned {
+    let rule = Delete { records };
+    let mut pruned = Pruned::default();
+    let mut state = PruneState::default();
+    for _ in 0..TIDY_PASSES {
+        pruned = prune(dir, name, dst, &rule, &mut state);
+        if !pruned.errors {
+            break;
+        }
+    }
+    // The root: rename changed its ctime; its mode and owner must be as copied.
+    let root_unchanged = tidy(|| lstat(dir, name)).is_ok_and(|now| seen.same_mode_and_owner(&now));
+    if !root_unchanged {
+        pruned.kept = true;
+        return pruned;
+    }
     match tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)) {
         Ok(()) => {}
         Err(Errno::NOTEMPTY | Errno::EXIST) if pruned.kept || pruned.errors => {}
@@ -372,6 +473,9 @@ fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry) -> Pruned {
     }
     pruned
 }
+
+/// Passes over an old source tree whose deletion failed somewhere.
+const TIDY_PASSES: usize = 3;
 
 /// How pruning a tree went.
 #[derive(Debug, Default)]
@@ -382,29 +486,166 @@ struct Pruned {
     errors: bool,
 }
 
-/// Deletes the entries of the tree `dir`/`name` (not its root) that `delete`
+/// What earlier passes of [`prune`] over the same tree did, which changed
+/// what later passes see.
+#[derive(Debug, Default)]
+struct PruneState {
+    /// Names of multi-link inodes deleted, by inode: each changed the
+    /// inode's ctime and link count.
+    unlinked: HashMap<Id, u32>,
+    /// Directories judged removable before their entries were touched
+    /// (deleting entries changed their times).
+    approved: std::collections::HashSet<Id>,
+}
+
+/// What [`prune`] may delete.
+trait Rule {
+    /// Whether the non-directory `name` in `d` (seen as `st`) may be
+    /// deleted, given `other`, the entry of that name in the reference
+    /// directory `r`, and how many other names of its inode were deleted.
+    fn delete(
+        &self,
+        d: BorrowedFd<'_>,
+        r: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Statx,
+        other: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool;
+    /// Whether the directory seen as `st` may be removed once emptied
+    /// (judged before any of its entries is touched).
+    fn remove_dir(&self, st: &Statx) -> bool;
+    /// Whether the tree may be judged alone when the reference is gone.
+    fn alone(&self) -> bool {
+        false
+    }
+}
+
+/// Withdrawing our installed copy: what is ours goes.
+struct Withdraw<'a> {
+    since: Since,
+    alone: bool,
+    records: &'a Records,
+}
+
+impl Rule for Withdraw<'_> {
+    fn delete(
+        &self,
+        _: BorrowedFd<'_>,
+        _: BorrowedFd<'_>,
+        _: &CStr,
+        st: &Statx,
+        orig: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool {
+        let ctime = (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec);
+        self.records.is_copy(st)
+            // Another name of an inode already deleted here: removing the
+            // first name changed its ctime, not what it is.
+            && (unlinked > 0
+                || ctime < self.since.ctime
+                || orig.is_some_and(|o| same_shape(st, o))
+                // Walked alone (the original was taken by another rename):
+                // untouched since the install, by the wall clock.
+                || (self.alone && ctime <= self.since.wall))
+    }
+
+    fn remove_dir(&self, _: &Statx) -> bool {
+        true
+    }
+
+    fn alone(&self) -> bool {
+        true
+    }
+}
+
+/// Deleting the old source: what is provably what was copied goes.
+struct Delete<'a> {
+    records: &'a Records,
+}
+
+impl Rule for Delete<'_> {
+    fn delete(
+        &self,
+        d: BorrowedFd<'_>,
+        r: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Statx,
+        copy: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool {
+        let Some(copy) = copy.filter(|c| file_type(c) == file_type(st)) else {
+            return false; // not in the copy: it appeared during the move
+        };
+        match self.records.judge(st, unlinked) {
+            Verdict::Unchanged => true,
+            Verdict::Racy => same_as_copy(d, r, name, st, copy),
+            Verdict::Changed | Verdict::Unknown => false,
+        }
+    }
+
+    fn remove_dir(&self, st: &Statx) -> bool {
+        matches!(self.records.judge(st, 0), Verdict::Unchanged | Verdict::Racy)
+    }
+}
+
+/// For a racy entry: whether the source entry holds what its copy holds.
+/// Reading the copy may change its atime: it gets back its times.
+fn same_as_copy(d: BorrowedFd<'_>, r: BorrowedFd<'_>, name: &CStr, st: &Statx, copy: &Statx) -> bool {
+    let same = same_data(d, r, name, st, copy);
+    if matches!(file_type(st), FileType::RegularFile | FileType::Symlink) {
+        let flags = AtFlags::SYMLINK_NOFOLLOW;
+        let _ = retry(|| rustix::fs::utimensat(r, name, &meta::timestamps(copy), flags));
+    }
+    same
+}
+
+fn same_data(d: BorrowedFd<'_>, r: BorrowedFd<'_>, name: &CStr, st: &Statx, copy: &Statx) -> bool {
+    match file_type(st) {
+        FileType::RegularFile => {
+            if st.stx_size != copy.stx_size {
+                return false;
+            }
+            let (Ok(a), Ok(b)) = (tidy(|| copy::open_source(d, name)), tidy(|| copy::open_source(r, name))) else {
+                return false;
+            };
+            matches!(same_content(a.as_fd(), b.as_fd(), st.stx_size), Ok(true))
+        }
+        FileType::Symlink => {
+            let target = |dir| tidy(|| rustix::fs::readlinkat(dir, name, Vec::new()));
+            matches!((target(d), target(r)), (Ok(a), Ok(b)) if a == b)
+        }
+        // Nothing but the metadata compared already.
+        _ => true,
+    }
+}
+
+/// Deletes the entries of the tree `dir`/`name` (not its root) that `rule`
 /// accepts, given the entry and the one of the same name in `reference` (a
 /// tree with the same layout), and the directories that end up empty. A
-/// directory is entered only if `reference` has one of that name. Another
-/// name of an inode already deleted here is deleted too (removing the first
-/// name changed its ctime, not what it is). Each step is a cleanup step
-/// ([`tidy`]).
-fn prune(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    reference: &Entry,
-    delete: impl Fn(&Statx, Option<&Statx>) -> bool,
-) -> Pruned {
+/// directory is entered only if `reference` has one of that name and it is
+/// on the root's device. Each step is a cleanup step ([`tidy`]).
+/// `state` carries what earlier passes did.
+fn prune(dir: BorrowedFd<'_>, name: &CStr, reference: &Entry, rule: &dyn Rule, state: &mut PruneState) -> Pruned {
     let mut out = Pruned::default();
-    let walk = match (tidy(|| open_dir(dir, name)), tidy(|| open_dir(reference.dir.as_fd(), &reference.name))) {
-        (Ok(root), Ok(other)) => Walk::new([root, other]).ok(),
+    // Without a reference (the original of a copy being withdrawn was taken
+    // by another rename), the tree is walked alone and judged by itself.
+    let other = tidy(|| open_dir(reference.dir.as_fd(), &reference.name));
+    let has_ref = !matches!(other, Err(Errno::NOENT) if rule.alone());
+    let walk = match (tidy(|| open_dir(dir, name)), other) {
+        (Ok(root), Ok(other)) => tidy_walk(root, other),
+        (Ok(root), Err(_)) if !has_ref => {
+            rustix::io::fcntl_dupfd_cloexec(&root, 0).ok().and_then(|d| tidy_walk(root, d))
+        }
         _ => None,
     };
     let Some(mut walk) = walk else {
         out.errors = true;
         return out;
     };
-    let mut unlinked = std::collections::HashSet::new();
+    let dev = (walk.top().st.stx_dev_major, walk.top().st.stx_dev_minor);
+    // Directories on the current path that must stay (changed meanwhile).
+    let mut keep_dirs: Vec<bool> = vec![true];
     loop {
         if let Some(n) = walk.next_name() {
             let Ok([d, r]) = walk.fds() else {
@@ -419,48 +660,77 @@ fn prune(
                     continue;
                 }
             };
-            let other = match tidy(|| lstat(r, &n)) {
-                Ok(o) => Some(o),
-                Err(Errno::NOENT) => None,
-                Err(_) => {
+            let other = match has_ref.then(|| tidy(|| lstat(r, &n))) {
+                None | Some(Err(Errno::NOENT)) => None,
+                Some(Ok(o)) => Some(o),
+                Some(Err(_)) => {
                     out.errors = true;
                     continue;
                 }
             };
             if file_type(&st) == FileType::Directory {
-                if !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
+                if has_ref && !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
                     out.kept = true;
                     continue;
                 }
-                let (Ok(a), Ok(b)) = (tidy(|| open_dir(d, &n)), tidy(|| open_dir(r, &n))) else {
+                let Ok(a) = tidy(|| open_dir(d, &n)) else {
+                    out.errors = true;
+                    continue;
+                };
+                let b = match has_ref {
+                    true => tidy(|| open_dir(r, &n)),
+                    false => rustix::io::fcntl_dupfd_cloexec(&a, 0),
+                };
+                let Ok(b) = b else {
                     out.errors = true;
                     continue;
                 };
                 match tidy(|| fstat(a.as_fd())) {
-                    Ok(now) if same_inode(&now, &st) => out.errors |= walk.push(n, [a, b]).is_err(),
-                    Ok(_) => out.kept = true, // replaced meanwhile
+                    // Replaced meanwhile, or something mounted there: keep.
+                    Ok(now) if !same_inode(&now, &st) || (now.stx_dev_major, now.stx_dev_minor) != dev => {
+                        out.kept = true
+                    }
+                    Ok(now) => {
+                        let keep = !(state.approved.contains(&id(&now)) || rule.remove_dir(&now));
+                        if !keep {
+                            state.approved.insert(id(&now));
+                        }
+                        match walk.push(n, [a, b]) {
+                            Ok(()) => keep_dirs.push(keep),
+                            Err(_) => out.errors = true,
+                        }
+                    }
                     Err(_) => out.errors = true,
                 }
-            } else if unlinked.contains(&id(&st)) || delete(&st, other.as_ref()) {
-                let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
-                if gone && st.stx_nlink > 1 {
-                    unlinked.insert(id(&st));
-                }
-                out.errors |= !gone;
             } else {
-                out.kept = true;
+                let count = state.unlinked.get(&id(&st)).copied().unwrap_or(0);
+                if rule.delete(d, r, &n, &st, other.as_ref(), count) {
+                    let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
+                    if gone && st.stx_nlink > 1 {
+                        *state.unlinked.entry(id(&st)).or_insert(0) += 1;
+                    }
+                    out.errors |= !gone;
+                } else {
+                    out.kept = true;
+                }
             }
             continue;
         }
         match walk.pop() {
-            Ok(Some((frame, _))) if !walk.is_done() => match walk.fd(0) {
-                Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
-                    Ok(()) => {}
-                    Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+            Ok(Some((frame, _))) if !walk.is_done() => {
+                if keep_dirs.pop() == Some(true) {
+                    out.kept = true;
+                    continue;
+                }
+                match walk.fd(0) {
+                    Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
+                        Ok(()) => {}
+                        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+                        Err(_) => out.errors = true,
+                    },
                     Err(_) => out.errors = true,
-                },
-                Err(_) => out.errors = true,
-            },
+                }
+            }
             Ok(_) => break,
             Err(_) => {
                 out.errors = true;
@@ -469,6 +739,22 @@ fn prune(
         }
     }
     out
+}
+
+/// Starts a walk of two roots, trying again on a transient failure.
+fn tidy_walk(root: OwnedFd, other: OwnedFd) -> Option<Walk<2>> {
+    for _ in 0..super::error::TIDY_TRIES {
+        // Descriptors of one open file share its offset: list from the start.
+        let _ = rustix::fs::seek(&root, rustix::fs::SeekFrom::Start(0));
+        let (Ok(a), Ok(b)) = (rustix::io::fcntl_dupfd_cloexec(&root, 0), rustix::io::fcntl_dupfd_cloexec(&other, 0))
+        else {
+            continue;
+        };
+        if let Ok(w) = Walk::new([a, b]) {
+            return Some(w);
+        }
+    }
+    None
 }
 
 /// Whether a source entry and its copy look the same: same type, and for

@@ -13,12 +13,31 @@ pub struct Error {
     pub errno: Errno,
     /// What xrename was doing, for the log.
     pub step: &'static str,
+    /// Whether the move, undone, is worth another try.
+    pub(crate) next: Next,
+}
+
+/// What the orchestrator does with a failed attempt: an internal verdict,
+/// never an errno the program could see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Report the error.
+    Fail,
+    /// The source changed while it was copied: everything is undone, try
+    /// again (a few times; then the kernel's EXDEV).
+    Retry,
 }
 
 impl Error {
     /// An error at `step`.
     pub fn new(errno: Errno, step: &'static str) -> Error {
-        Error { errno, step }
+        Error { errno, step, next: Next::Fail }
+    }
+
+    /// The source changed under the move at `step`: undo, then try again.
+    /// If it keeps changing the program gets the kernel's EXDEV.
+    pub(crate) fn changed(step: &'static str) -> Error {
+        Error { errno: Errno::XDEV, step, next: Next::Retry }
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Temp<'d> {
     dir: BorrowedFd<'d>,
     fd: Option<OwnedFd>,
     name: Option<CString>,
+    /// What the hidden name says it holds.
+    role: Role,
     is_dir: bool,
 }
 
@@ -68,9 +70,9 @@ impl<'d> Temp<'d> {
     /// Creates an empty, private (0600) regular file in `dir`.
     pub fn file(dir: BorrowedFd<'d>) -> Result<Temp<'d>> {
         if procfs_usable() {
-            let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+            let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
             match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
-                Ok(fd) => return Ok(Temp { dir, fd: Some(fd), name: None, is_dir: false }),
+                Ok(fd) => return Ok(Temp { dir, fd: Some(fd), name: None, role: Role::Temp, is_dir: false }),
                 // No O_TMPFILE on this filesystem or kernel: use a name.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
                 Err(e) => return Err(Error::new(e, "create temp file")),
@@ -80,12 +82,12 @@ impl<'d> Temp<'d> {
             // A named temp could never be renamed or removed there.
             return Err(Error::new(Errno::XDEV, "append-only destination directory"));
         }
-        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let (fd, name) = with_fresh_name(Role::Temp, |name| {
             retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)))
         })
         .at("create temp file")?;
-        Ok(Temp { dir, fd: Some(fd), name: Some(name), is_dir: false })
+        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false })
     }
 
     /// Creates an object under a fresh hidden name in `dir` with `create`
@@ -101,7 +103,7 @@ impl<'d> Temp<'d> {
     ) -> Result<Temp<'d>> {
         let role = if is_dir { Role::Temp } else { Role::Old };
         let ((), name) = with_fresh_name(role, |name| create(name)).at("create temp")?;
-        Ok(Temp { dir, fd: None, name: Some(name), is_dir })
+        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir })
     }
 
     /// Keeps a descriptor of a named temp (a tree's root), so that its
@@ -128,12 +130,37 @@ impl<'d> Temp<'d> {
         }
     }
 
-    /// Gives an unnamed temp a hidden name, so it can be renamed.
+    /// Gives the temp a [`Role::Old`] name before it is swapped with the
+    /// destination, whose old object will then live under that name: an
+    /// unnamed file is linked, a file named as a plain temp (no
+    /// `O_TMPFILE`) is renamed. A directory keeps its temp name: what it
+    /// can replace is an empty directory.
     fn ensure_named(&mut self) -> Result<&CStr> {
-        if self.name.is_none() {
-            // Named only to be swapped with the destination: see Role::Old.
-            let ((), name) = with_fresh_name(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
-            self.name = Some(name);
+        match (&self.name, self.role, self.is_dir) {
+            (None, _, _) => {
+                let ((), name) = with_fresh_name(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
+                self.name = Some(name);
+                self.role = Role::Old;
+            }
+            (Some(tmp), Role::Temp, false) => {
+                let tmp = tmp.clone();
+                let dir = self.dir;
+                let ((), name) = with_fresh_name(Role::Old, |name| {
+                    match retry(|| rustix::fs::renameat_with(dir, &*tmp, dir, name, RenameFlags::NOREPLACE)) {
+                        // No RENAME_NOREPLACE: a link never replaces.
+                        Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                            retry(|| rustix::fs::linkat(dir, &*tmp, dir, name, AtFlags::empty()))?;
+                            let _ = tidy(|| rustix::fs::unlinkat(dir, &*tmp, AtFlags::empty()));
+                            Ok(())
+                        }
+                        other => other,
+                    }
+                })
+                .at("name temp file")?;
+                self.name = Some(name);
+                self.role = Role::Old;
+            }
+            _ => {}
         }
         Ok(self.name.as_deref().expect("just named"))
     }
@@ -152,16 +179,13 @@ impl<'d> Temp<'d> {
             Ok(()) => {}
             // No RENAME_NOREPLACE here (NFS, old kernels): a file is linked,
             // which never replaces, then unlinked. A directory cannot be
-            // linked: a plain rename, only if the name is still free.
+            // linked, and looking before a plain rename is not atomic: the
+            // kernel's EXDEV stands.
             Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if !self.is_dir => {
                 retry(|| rustix::fs::linkat(self.dir, tmp, self.dir, name, AtFlags::empty()))?;
                 let _ = tidy(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
             }
-            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => match lstat(self.dir, name) {
-                Ok(_) => return Err(Errno::EXIST),
-                Err(Errno::NOENT) => retry(|| rustix::fs::renameat(self.dir, tmp, self.dir, name))?,
-                Err(e) => return Err(e),
-            },
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => return Err(Errno::XDEV),
             Err(e) => return Err(e),
         }
         self.name = None;
@@ -236,8 +260,8 @@ pub struct Installed<'d> {
     /// For a tree: when it was installed (its ctime then), and the source it
     /// was copied from. Once installed, the tree is visible and others may
     /// add to it or change it; a rollback removes only what is ours.
-    since: Option<(i64, u32)>,
-    original: Option<&'d Entry>,
+    since: Option<Since>,
+    tree: Option<Tree<'d>>,
 }
 
 /// What the preflight saw at the destination, and what may be done there.
@@ -254,14 +278,15 @@ pub enum Dest {
 /// Puts `tmp` at `dst`'s name in its directory, atomically, replacing what
 /// is there unless `dest` forbids it. Races with the destination appearing
 /// or vanishing after the preflight are handled. With `fsync`, the new name
-/// is made durable before this returns. `original` is the source of a tree
+/// is made durable before this returns. `tree` is what a tree was copied
+/// from, and what the copy holds
 /// (see [`Installed`]'s rollback).
 pub fn install<'d>(
     mut tmp: Temp<'d>,
     dst: &'d Entry,
     dest: Dest,
     fsync: bool,
-    original: Option<&'d Entry>,
+    tree: Option<Tree<'d>>,
 ) -> Result<Installed<'d>> {
     let name: &'d CStr = &dst.name;
     let noreplace = dest == Dest::MustNotExist;
@@ -290,7 +315,7 @@ pub fn install<'d>(
                     let placed = Placed::Exchanged { backup: tmp_name };
                     let sync = sync.take().expect("once");
                     let since = installed_at(dir, name, is_dir);
-                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, original };
+                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, tree };
                     check_replaced(&installed)?;
                     return installed.synced();
                 }
@@ -304,17 +329,38 @@ pub fn install<'d>(
         if let Some(placed) = placed {
             let sync = sync.take().expect("once");
             let since = installed_at(dir, name, is_dir);
-            return Installed { dir, name, new, is_dir, placed, sync, since, original }.synced();
+            return Installed { dir, name, new, is_dir, placed, sync, since, tree }.synced();
         }
     }
-    Err(Error::new(Errno::AGAIN, "install: destination keeps changing"))
+    // rename(2) never answers EAGAIN: the kernel's EXDEV, nothing changed.
+    Err(Error::new(Errno::XDEV, "install: destination keeps changing"))
 }
 
-/// For a tree just installed at `name`: its ctime, which the rename into
-/// place has just set. Everything we copied into it is older.
-fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<(i64, u32)> {
+/// A tree's source, and the record of what was copied from it and made
+/// in the copy, for a rollback that removes only what is ours.
+#[derive(Debug, Clone, Copy)]
+pub struct Tree<'a> {
+    /// The source the tree was copied from (gone if another rename took it).
+    pub original: &'a Entry,
+    /// What was copied, and the identities of the copy's entries.
+    pub records: &'a super::seen::Records,
+}
+
+/// When a tree was installed: its root's ctime, which the rename into place
+/// set, and the wall clock just after. Everything we copied into it is
+/// older than the second; file timestamps come from a clock that may lag
+/// one tick behind, so the first is not always a bound across inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The installed root's ctime.
+    pub ctime: (i64, u32),
+    /// The wall clock after the install.
+    pub wall: (i64, u32),
+}
+
+fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<Since> {
     let st = lstat(dir, name).ok().filter(|_| is_dir)?;
-    Some((st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec))
+    Some(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() })
 }
 
 /// After an exchange the old destination sits at the backup name. If it
@@ -388,7 +434,7 @@ impl Installed<'_> {
             // second complete copy is better than a deleted stranger).
             Placed::Fresh => {
                 if ours == Some(true) {
-                    self.withdraw(name);
+                    self.withdraw_from_name();
                 }
             }
             // Another rename replaced our file meanwhile: it came later, so it
@@ -397,12 +443,19 @@ impl Installed<'_> {
                 remove_old(dir, backup, self.is_dir);
             }
             Placed::Exchanged { backup } => {
-                if tidy(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE)).is_ok() {
-                    if !self.withdraw(backup) {
-                        // Others' entries, added to the tree while it was
-                        // installed: keep them under a name `clean` never removes.
-                        let _ =
-                            with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &**backup, dir, n)));
+                let exchange = || tidy(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE));
+                if exchange().is_ok() {
+                    match tidy(|| lstat(dir, backup)) {
+                        Ok(st) if same_inode(&st, &self.new) => self.withdraw_or_keep(backup),
+                        // A rename landed on the name between the check and
+                        // the exchange, and was swapped out with ours: put it
+                        // back; it superseded the old destination.
+                        Ok(_) => {
+                            if exchange().is_ok() {
+                                remove_old(dir, backup, self.is_dir);
+                            }
+                        }
+                        Err(_) => {}
                     }
                 } else {
                     let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
@@ -416,12 +469,47 @@ impl Installed<'_> {
         let _ = tidy(|| self.sync_now());
     }
 
+    /// Withdraws our object from the destination name: renamed aside first
+    /// (a rename landing on the name after the check must not be deleted),
+    /// checked to be ours there, then removed.
+    fn withdraw_from_name(&self) {
+        let (dir, name) = (self.dir, self.name);
+        let aside = with_fresh_name(Role::Temp, |n| {
+            tidy(|| rustix::fs::renameat_with(dir, name, dir, n, RenameFlags::NOREPLACE))
+        });
+        match aside {
+            Ok(((), aside)) => {
+                let ours = tidy(|| lstat(dir, &aside)).is_ok_and(|st| same_inode(&st, &self.new));
+                // Not ours after all, or others added to it while it was
+                // visible: back under its name, or else kept under a name
+                // `clean` never removes.
+                if !(ours && self.withdraw(&aside))
+                    && tidy(|| rustix::fs::renameat_with(dir, &*aside, dir, name, RenameFlags::NOREPLACE)).is_err()
+                {
+                    let _ = with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &*aside, dir, n)));
+                }
+            }
+            // No RENAME_NOREPLACE (NFS): remove it by name.
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => self.withdraw_or_keep(name),
+            Err(_) => {}
+        }
+    }
+
+    /// Withdraws our object at `at`; what others added to a tree meanwhile
+    /// is kept under a name `clean` never removes.
+    fn withdraw_or_keep(&self, at: &CStr) {
+        let dir = self.dir;
+        if !self.withdraw(at) && at != self.name {
+            let _ = with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, at, dir, n)));
+        }
+    }
+
     /// Removes our object at `at`: a file, or a tree but for entries the
     /// source does not have (added by others while it was installed).
     /// Returns whether everything went.
     fn withdraw(&self, at: &CStr) -> bool {
-        match (self.since, self.original) {
-            (Some(since), Some(original)) if self.is_dir => super::dir::remove_copy(self.dir, at, since, original),
+        match (self.since, &self.tree) {
+            (Some(since), Some(tree)) if self.is_dir => super::dir::remove_copy(self.dir, at, since, tree),
             _ => {
                 remove_ours(self.dir, at, self.is_dir);
                 true

@@ -21,8 +21,10 @@ pub mod install;
 pub mod meta;
 pub mod node;
 pub mod path;
+pub mod seen;
 pub mod source;
 pub mod walk;
+pub mod writers;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -32,6 +34,7 @@ use std::sync::atomic::AtomicU64;
 use rustix::fs::{FileType, RenameFlags, Statx};
 use rustix::io::Errno;
 
+use error::Next;
 pub use error::{Error, Result};
 use path::Entry;
 
@@ -100,6 +103,11 @@ pub struct Report {
     pub bytes: u64,
     /// Objects created at the destination.
     pub files: u64,
+    /// A name in the source's directory that still holds some of the
+    /// source after the move: entries kept because they changed during
+    /// the move (under the source's own name), or an old source that could
+    /// not be deleted or put back (`.xrename-src-*`).
+    pub leftover: Option<std::ffi::CString>,
 }
 
 /// Moves `req.old` to `req.new` across devices, or fails with the errno a
@@ -123,8 +131,9 @@ fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()>
     }
     let src = Entry::open(req.old_dir, req.old)?;
     let dst = Entry::open(req.new_dir, req.new)?;
-    // A source replaced between the preflight and the open is looked at again.
+    // A source changed or replaced during the move is moved again, as it is.
     for _ in 0..4 {
+        let started = seen::now();
         let (st, dst_st) = match check::preflight(&src, &dst, flags)? {
             check::Verdict::SameFile => return Ok(()),
             check::Verdict::Move { src, dst } => (src, dst),
@@ -135,20 +144,22 @@ fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()>
             (false, true) => install::Dest::Present,
             (false, false) => install::Dest::Absent,
         };
-        match move_object(&src, &st, &dst, dest, opts, report) {
-            Err(e) if e.step == file::SOURCE_CHANGED || e.step == walk::TREE_CHANGED => {
-                *report = Report { kind: report.kind, ..Report::default() };
+        match move_object(&src, &st, started, &dst, dest, opts, report) {
+            Err(e) if e.next == Next::Retry => {
+                // A source left at a hidden name by a failed put-back stays named.
+                *report = Report { kind: report.kind, leftover: report.leftover.take(), ..Report::default() };
             }
             other => return other,
         }
     }
     // It keeps changing under us: leave the program the kernel's answer.
-    Err(Error::new(Errno::XDEV, file::SOURCE_CHANGED))
+    Err(Error::new(Errno::XDEV, source::SOURCE_CHANGED))
 }
 
 fn move_object(
     src: &Entry,
     st: &Statx,
+    started: seen::Stamp,
     dst: &Entry,
     dest: install::Dest,
     opts: &Options,
@@ -160,20 +171,31 @@ fn move_object(
         // other object needs a hidden temp that could never be renamed away.
         return Err(Error::new(Errno::XDEV, "append-only destination directory"));
     }
-    let tmp = match kind {
-        FileType::RegularFile => file::copy_file(src, st, dst, opts, report)?,
+    let mut writers = writers::Writers::default();
+    // Dropped without commit, `installed` puts the old destination back:
+    // whatever fails after the install, including losing the claim on the
+    // source to another rename, withdraws it.
+    match kind {
+        FileType::RegularFile => {
+            let file::Copied { tmp, seen, check } = file::copy_file(src, st, dst, opts, report, &mut writers)?;
+            let installed = install::install(tmp, dst, dest, opts.fsync, None)?;
+            source::remove(src, &seen, check.verify(), opts.fsync, report)?;
+            installed.commit();
+        }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
-        FileType::Directory => dir::copy_tree(src, st, dst, opts, report)?,
-        _ => node::copy_node(src, st, dst, report)?,
-    };
-    // Dropped without commit, `installed` puts the old destination back.
-    let original = (kind == FileType::Directory).then_some(src);
-    let installed = install::install(tmp, dst, dest, opts.fsync, original)?;
-    if kind == FileType::Directory {
-        dir::remove_source(src, st, dst, opts)?;
-    } else {
-        source::remove(src, st, opts.fsync)?;
+        FileType::Directory => {
+            let dir::CopiedTree { tmp, seen, records } = dir::copy_tree(src, st, dst, opts, report, &mut writers)?;
+            let tree = install::Tree { original: src, records: &records };
+            let installed = install::install(tmp, dst, dest, opts.fsync, Some(tree))?;
+            dir::remove_source(src, &seen, &records, dst, opts, report)?;
+            installed.commit();
+        }
+        _ => {
+            let (tmp, seen) = node::copy_node(src, st, started, dst, report)?;
+            let installed = install::install(tmp, dst, dest, opts.fsync, None)?;
+            source::remove(src, &seen, None, opts.fsync, report)?;
+            installed.commit();
+        }
     }
-    installed.commit();
     Ok(())
 }

@@ -23,15 +23,23 @@ use super::error::{At, Error, Result, retry};
 use super::install::Temp;
 use super::meta::{SPECIAL_BITS, inherited_acls, read_growing, timestamps};
 use super::path::Entry;
+use super::seen::{Seen, Stamp};
 
-/// Copies the symlink or special file `src` (seen as `st`) under a hidden
-/// name in `dst`'s directory, ready to install.
-pub fn copy_node<'d>(src: &Entry, st: &Statx, dst: &'d Entry, report: &mut Report) -> Result<Temp<'d>> {
+/// Copies the symlink or special file `src` (seen as `st`, after
+/// `started`) under a hidden name in `dst`'s directory, ready to install;
+/// with what it was, for the check when the source is taken.
+pub fn copy_node<'d>(
+    src: &Entry,
+    st: &Statx,
+    started: Stamp,
+    dst: &'d Entry,
+    report: &mut Report,
+) -> Result<(Temp<'d>, Seen)> {
     let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
     let tmp = Temp::named(ddir, false, |n| create(sdir, &src.name, st, ddir, n))?;
     apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
     report.files += 1;
-    Ok(tmp)
+    Ok((tmp, Seen::record(st, started)))
 }
 
 /// Creates at `dst_dir`/`dst_name` a copy of the symlink or special file

@@ -19,16 +19,22 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use rustix::fs::{AtFlags, FileType, RenameFlags, Statx};
+use rustix::fs::{AtFlags, FileType, RenameFlags};
 use rustix::io::Errno;
 
-use super::check::{file_type, lstat, same_inode};
-use super::error::{At, Error, Result, retry, tidy};
-use super::file::SOURCE_CHANGED;
+use super::Report;
+use super::check::lstat;
+use super::error::{Error, Result, retry, tidy};
 use super::install::{Role, with_fresh_name};
 use super::path::Entry;
+use super::seen::{Seen, same_content};
 
 const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// The step name when the source changed while it was copied.
+pub const SOURCE_CHANGED: &str = "source changed during the move";
+/// The step name when another rename took the source first.
+pub const TAKEN: &str = "source taken by another rename";
 
 /// Where the source is, once taken from its name.
 pub enum Taken {
@@ -36,74 +42,114 @@ pub enum Taken {
     Aside(CString),
     /// Still at its name: it could not be renamed aside (overlayfs).
     InPlace,
-    /// Nothing to remove: the name was removed or replaced meanwhile.
-    Gone,
 }
 
-/// Takes the source name away from the moved object `moved`, checking that
-/// it is that object and, for a regular file, unchanged since its copy.
-pub fn take(src: &Entry, moved: &Statx) -> Result<Taken> {
+/// For a regular file whose timestamps cannot prove it unchanged
+/// ([`Seen::racy`]): the open source and a readable descriptor of its
+/// copy, to compare their content once the source is taken, and the copy's
+/// times, which reading it may change (set again afterwards).
+pub type Verify<'a> = Option<(BorrowedFd<'a>, BorrowedFd<'a>, &'a rustix::fs::Timestamps)>;
+
+/// Takes the source name away from the moved object (seen as `seen` when
+/// its copy began). Rename is a claim: if the object is no longer at its
+/// name, another rename took it first and this move must be withdrawn
+/// (ENOENT), or it was replaced (an atomic save), and the move starts over
+/// with the newcomer. A regular file that changed since it was copied is
+/// put back, and the move starts over too.
+pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -> Result<Taken> {
     let dir = src.dir.as_fd();
+    let is_dir = seen_is_dir(seen);
     match lstat(dir, &src.name) {
-        Ok(now) if !same_inode(&now, moved) => return Ok(Taken::Gone),
-        Ok(now) if file_changed(&now, moved) => return Err(Error::new(Errno::AGAIN, SOURCE_CHANGED)),
+        Ok(now) if !seen.same_inode(&now) => return Err(Error::changed("source replaced during the move")),
+        Ok(now) if !is_dir && !seen.unchanged(&now) => return Err(Error::changed(SOURCE_CHANGED)),
         Ok(_) => {}
-        Err(Errno::NOENT) => return Ok(Taken::Gone),
+        Err(Errno::NOENT) => return Err(Error::new(Errno::NOENT, TAKEN)),
         Err(e) => return Err(Error::new(e, "look up source")),
     }
-    let is_dir = file_type(moved) == FileType::Directory;
     if !is_dir && on_overlayfs(dir) {
+        same_as_copy(verify)?;
         return Ok(Taken::InPlace);
     }
     let aside = match with_fresh_name(Role::Source, |n| {
         retry(|| rustix::fs::renameat_with(dir, &*src.name, dir, n, RenameFlags::NOREPLACE))
     }) {
         Ok(((), name)) => name,
-        Err(Errno::XDEV) => return Ok(Taken::InPlace),
-        Err(Errno::NOENT) => return Ok(Taken::Gone),
+        Err(Errno::XDEV) => {
+            same_as_copy(verify)?;
+            return Ok(Taken::InPlace);
+        }
+        Err(Errno::NOENT) => return Err(Error::new(Errno::NOENT, TAKEN)),
         // A rename adds a directory entry, an unlink does not: on a full
         // disk, over quota, or where a sandbox allows removing but not
         // creating, the preflight-approved unlink in place still works.
-        Err(Errno::NOSPC | Errno::DQUOT | Errno::ACCESS | Errno::PERM | Errno::MLINK) => return Ok(Taken::InPlace),
+        Err(Errno::NOSPC | Errno::DQUOT | Errno::ACCESS | Errno::PERM | Errno::MLINK) => {
+            same_as_copy(verify)?;
+            return Ok(Taken::InPlace);
+        }
         // No RENAME_NOREPLACE (NFS): a fresh random name is free.
         Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
-            let ((), name) = with_fresh_name(Role::Source, |n| match lstat(dir, n) {
+            match with_fresh_name(Role::Source, |n| match lstat(dir, n) {
                 Ok(_) => Err(Errno::EXIST),
                 Err(Errno::NOENT) => retry(|| rustix::fs::renameat(dir, &*src.name, dir, n)),
                 Err(e) => Err(e),
-            })
-            .at("move source aside")?;
-            name
+            }) {
+                Ok(((), name)) => name,
+                Err(Errno::NOENT) => return Err(Error::new(Errno::NOENT, TAKEN)),
+                Err(e) => return Err(Error::new(e, "move source aside")),
+            }
         }
         Err(e) => return Err(Error::new(e, "move source aside")),
     };
-    match lstat(dir, &aside) {
-        // Written to between the check and the rename (by a writer opening
-        // it by name): put back, undo, try again. Not ctime: the rename
-        // itself changes it.
-        Ok(now) if same_inode(&now, moved) && content_changed(&now, moved) => {
-            put_back(dir, &aside, &src.name);
-            Err(Error::new(Errno::AGAIN, SOURCE_CHANGED))
-        }
-        Ok(now) if same_inode(&now, moved) => Ok(Taken::Aside(aside)),
-        // A newcomer slipped in between the check and the rename: it stays.
-        Ok(_) => {
-            put_back(dir, &aside, &src.name);
-            Ok(Taken::Gone)
-        }
+    // Now no one can reach it by name: judge it once more. Not its ctime:
+    // the rename itself changed that.
+    let verdict = match lstat(dir, &aside) {
+        // A newcomer slipped in between the check and the rename.
+        Ok(now) if !seen.same_inode(&now) => Err(Error::changed("source replaced during the move")),
+        Ok(now) if !is_dir && !seen.unchanged_but_ctime(&now) => Err(Error::changed(SOURCE_CHANGED)),
+        Ok(_) => same_as_copy(verify),
+        Err(e) => Err(Error::new(e, "look up source")),
+    };
+    match verdict {
+        Ok(()) => Ok(Taken::Aside(aside)),
         Err(e) => {
-            put_back(dir, &aside, &src.name);
-            Err(Error::new(e, "look up source"))
+            give_back(dir, &aside, &src.name, report);
+            Err(e)
         }
     }
 }
 
-/// Removes the regular file, symlink or special file `moved` from `src`:
+/// For a racy file, whether the source still holds what was copied.
+fn same_as_copy(verify: Verify<'_>) -> Result<()> {
+    let Some((src, copy, times)) = verify else { return Ok(()) };
+    let size = super::check::fstat(src).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat source"))?;
+    let copy_size = super::check::fstat(copy).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat copy"))?;
+    let same = size == copy_size && same_content(src, copy, size)?;
+    // Reading the copy may have set its atime (relatime): as copied again.
+    retry(|| rustix::fs::futimens(copy, times)).map_err(|e| Error::new(e, "set times"))?;
+    if !same {
+        return Err(Error::changed(SOURCE_CHANGED));
+    }
+    Ok(())
+}
+
+fn seen_is_dir(seen: &Seen) -> bool {
+    seen.kind() == FileType::Directory
+}
+
+/// Puts a source set aside back under its name; if that fails (the name
+/// was taken meanwhile), the source stays at its hidden name, which the
+/// report (and so the log line) names as a leftover.
+pub fn give_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr, report: &mut Report) {
+    if !put_back(dir, aside, name) {
+        report.leftover = Some(aside.to_owned());
+    }
+}
+
+/// Removes the regular file, symlink or special file moved from `src`:
 /// taken from its name, then unlinked, then the removal made durable.
-pub fn remove(src: &Entry, moved: &Statx, fsync: bool) -> Result<()> {
+pub fn remove(src: &Entry, seen: &Seen, verify: Verify<'_>, fsync: bool, report: &mut Report) -> Result<()> {
     let dir = src.dir.as_fd();
-    let name = match take(src, moved)? {
-        Taken::Gone => return Ok(()),
+    let name = match take(src, seen, verify, report)? {
         Taken::InPlace => src.name.clone(),
         Taken::Aside(name) => name,
     };
@@ -112,8 +158,9 @@ pub fn remove(src: &Entry, moved: &Statx, fsync: bool) -> Result<()> {
             return Err(Error::new(e, "remove source"));
         }
         // Neither removable nor restorable (its name was taken meanwhile):
-        // the move stands, and the source stays at `.xrename-src-*`, which
-        // `xrename clean` reports.
+        // the move stands, and the source stays at `.xrename-src-*`, named
+        // in the log line and reported by `xrename clean`.
+        report.leftover = Some(name);
     }
     if fsync && src.syncable {
         // The source is gone: a failed fsync here must not undo the move.
@@ -137,21 +184,6 @@ pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Whether a regular file changed since `then` was taken (size, mtime or
-/// ctime): also the copy's own check for a torn copy.
-pub(crate) fn file_changed(now: &Statx, then: &Statx) -> bool {
-    content_changed(now, then)
-        || (file_type(then) == FileType::RegularFile
-            && (now.stx_ctime.tv_sec, now.stx_ctime.tv_nsec) != (then.stx_ctime.tv_sec, then.stx_ctime.tv_nsec))
-}
-
-/// Whether a regular file's data changed since `then` (size or mtime).
-fn content_changed(now: &Statx, then: &Statx) -> bool {
-    file_type(then) == FileType::RegularFile
-        && (now.stx_size != then.stx_size
-            || (now.stx_mtime.tv_sec, now.stx_mtime.tv_nsec) != (then.stx_mtime.tv_sec, then.stx_mtime.tv_nsec))
 }
 
 fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {

@@ -225,6 +225,8 @@ pub struct Summary {
     files: u64,
     ms: f64,
     processes: std::collections::BTreeSet<u64>,
+    /// Paths that still hold some of a moved source (the `leftover` field).
+    leftovers: Vec<String>,
 }
 
 impl Summary {
@@ -236,6 +238,9 @@ impl Summary {
             s.bytes += v["bytes"].as_u64().unwrap_or(0);
             s.files += v["files"].as_u64().unwrap_or(0);
             s.ms += v["ms"].as_f64().unwrap_or(0.0);
+            if let Some(path) = v["leftover"].as_str() {
+                s.leftovers.push(path.to_owned());
+            }
             match v["result"].as_str() {
                 Some("ok") => s.moved += 1,
                 Some(_) if v["step"] == "observe" => {}
@@ -263,14 +268,24 @@ impl Summary {
             let list: Vec<String> = counts.iter().map(|(e, n)| format!("{n} {e}")).collect();
             failed.push_str(&format!(" ({})", list.join(", ")));
         }
-        format!(
+        let mut line = format!(
             "{} EXDEV met in {procs} process(es): {} moved, {failed}; {} objects and {} copied in {:.1} ms",
             self.met,
             self.moved,
             self.files,
             human(self.bytes),
             self.ms
-        )
+        );
+        if !self.leftovers.is_empty() {
+            // Entries changed during a move, or an old source that could not
+            // be deleted: never removed unseen, so the user must look.
+            line.push_str(&format!(
+                "; {} move(s) left something at the source: {}",
+                self.leftovers.len(),
+                self.leftovers.join(", ")
+            ));
+        }
+        line
     }
 }
 

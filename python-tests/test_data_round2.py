@@ -1,0 +1,1146 @@
+"""Data safety, round 2 (issue 10): what a move must never lose.
+
+Each test names the behaviour it proves:
+
+1. a regular file open for writing (by the caller or anyone else, through a
+   descriptor or a shared writable mapping) is not moved: EXDEV, nothing
+   changed, log step "open for writing"; a file open read-only is moved;
+2. rename is a claim: two movers of one source to two destinations on
+   another filesystem: one gets 0, the other ENOENT, the object is at exactly
+   one destination and the other destination is as it was;
+3. coarse (1 s) timestamps (`mkfs.ext4 -I 128`) hide neither a same-size
+   write nor a chmod made during the move, and do not keep a moved tree's
+   source alive;
+4. a hard link made inside a source tree during the move is not deleted;
+5. where O_TMPFILE is missing, a hidden name holding an old destination is
+   always `.xrename-old-*`, so `xrename clean --remove` never deletes it;
+6. a transient EIO from one statx while the old source tree is deleted is
+   retried: no `.xrename-src-*` is left;
+7. a bind-mounted file inside a source tree gives EBUSY, nothing changed;
+8. the source is read with O_NOATIME where permitted.
+
+"During the move" is made deterministic with strace: the renaming child (the
+C program `rename1` of fault_harness) runs under
+`strace -f -e inject=SYSCALL:signal=SIGSTOP:when=N`. strace sends the signal
+at the entry of the Nth call of SYSCALL (counted from process start); the
+call is not interrupted (none of these block), and the child stops as it
+returns, in a group-stop that lasts until the test sends SIGCONT. The
+ordinal N comes from a calibration run of the same move on the same paths
+(the scenario is rebuilt identically afterwards). The test waits for
+strace's own `--- stopped by SIGSTOP ---` line, then checks from the trace
+that the last call before the stop is the targeted one and comes after the
+caller's rename failed with EXDEV (that is, inside the move), and checks
+the filesystem state the stop must show (e.g. the destination installed).
+Waiting for that line polls the trace file: it waits for an event, nothing
+is timed, and the deadline only turns a hang into a failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import fault_harness as fh
+from tree_harness import build_small_tree, diff_listings, leftovers, listing
+from xrename_harness import (
+    LIBRARY, PAST_ATIME_NS, PAST_MTIME_NS, REPO_ROOT, assert_cross_device, child_env,
+    loop_devices_usable, move_with, need, random_bytes, run_child, Pair,
+)
+
+TEMP_PREFIX = ".xrename-"
+OPEN_FOR_WRITING = "open for writing"
+TRACE = ",".join(fh.TRACE_SET)
+DEADLINE_S = 60  # upper bound for any wait: a hang fails, nothing is timed
+
+
+# --------------------------------------------------------------------------
+# tools
+# --------------------------------------------------------------------------
+
+def need_strace() -> None:
+    need(shutil.which("strace") is not None, "strace not installed")
+    probe = subprocess.run(["strace", "-qq", "-o", "/dev/null", "true"], capture_output=True, text=True)
+    need(probe.returncode == 0, f"strace cannot trace here: {probe.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def child() -> Path:
+    """The C renaming child `rename1 SRC DST` of fault_harness."""
+    need(shutil.which("cc") is not None or shutil.which("gcc") is not None, "no C compiler (cc/gcc)")
+    return fh.build_child()
+
+
+def hidden(*dirs: Path) -> list[str]:
+    """`.xrename-*` entries directly in the given directories."""
+    out = []
+    for d in dirs:
+        if d.is_dir():
+            out += [str(d / n) for n in sorted(os.listdir(d)) if n.startswith(TEMP_PREFIX)]
+    return out
+
+
+def clear_dir(d: Path) -> None:
+    """Empties d (its entries, hidden leftovers included), keeping d."""
+    for name in os.listdir(d):
+        p = d / name
+        if p.is_dir() and not p.is_symlink():
+            for sub, dnames, _ in os.walk(p):
+                for dn in dnames:
+                    if not os.path.islink(os.path.join(sub, dn)):
+                        os.chmod(os.path.join(sub, dn), 0o700)
+            os.chmod(p, 0o700)
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def ctime_s(path: Path) -> int:
+    return os.lstat(path).st_ctime_ns // 1_000_000_000
+
+
+def read(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def make_dirs(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+
+
+def cross_pair(src_root: Path, dst_root: Path, name: str) -> Pair:
+    pair = Pair(name, src_root / "src", dst_root / "dst", False)
+    make_dirs(pair.src_dir, pair.dst_dir)
+    assert_cross_device(pair)
+    return pair
+
+
+# --------------------------------------------------------------------------
+# the renaming child, plain or under strace
+# --------------------------------------------------------------------------
+
+def parse_outcome(proc_rc: int, stdout: str, stderr: str, trace: str = "") -> fh.Outcome:
+    out = fh.Outcome("broken", returncode=proc_rc, stdout=stdout, stderr=stderr, trace=trace)
+    if proc_rc in (-9, 128 + 9) and stdout == "":
+        out.kind = "killed"
+        return out
+    m = re.fullmatch(r"(\d+) ([01])\n", stdout)
+    if proc_rc == 0 and m:
+        out.errno, out.preloaded = int(m[1]), m[2] == "1"
+        out.kind = "ok" if out.errno == 0 else "error"
+    return out
+
+
+class Mover:
+    """`rename1 SRC DST` under the shim, started now, running in its own
+    session (so that teardown can end it as a whole). Under strace unless
+    `traced` is False; `injects` are strace `inject=` specs."""
+
+    def __init__(self, child: Path, src: Path, dst: Path, trace_file: Path | None = None,
+                 injects: tuple[str, ...] = ()):
+        self.trace_file = trace_file
+        if trace_file is None:
+            argv = [str(child), str(src), str(dst)]
+            env = child_env()
+        else:
+            argv = ["strace", "-f", "-qq", "-e", f"trace={TRACE}", "-o", str(trace_file)]
+            for spec in injects:
+                argv += ["-e", f"inject={spec}"]
+            argv += ["-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)]
+            env = child_env(preload=False)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env, start_new_session=True)
+        self.pid: int | None = None  # the traced child's pid, once it stopped
+        self.outcome: fh.Outcome | None = None
+
+    def trace(self) -> str:
+        if self.trace_file is None or not self.trace_file.exists():
+            return ""
+        return self.trace_file.read_text(errors="replace")
+
+    def wait_stopped(self) -> bool:
+        """Waits until the traced child is in its SIGSTOP group-stop (True) or
+        the run has ended (False)."""
+        end = time.monotonic() + DEADLINE_S
+        while True:
+            text = self.trace()
+            m = re.search(r"^(\d+)\s+--- stopped by SIGSTOP ---", text, re.M)
+            if m:
+                self.pid = int(m[1])
+                return True
+            if self.proc.poll() is not None:
+                return False
+            if time.monotonic() > end:
+                self.kill()
+                pytest.fail(f"the mover neither stopped nor ended within {DEADLINE_S} s:\n{text[-3000:]}")
+            time.sleep(0.002)
+
+    def cont(self) -> None:
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGCONT)
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def finish(self) -> fh.Outcome:
+        if self.outcome is None:
+            try:
+                stdout, stderr = self.proc.communicate(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                stdout, stderr = self.proc.communicate()
+                stderr += f"\n[hung: no exit after {DEADLINE_S} s, killed]"
+            self.outcome = parse_outcome(self.proc.returncode, stdout, stderr, self.trace())
+        return self.outcome
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.communicate()
+
+
+@pytest.fixture
+def movers(mounts):
+    """Movers started by a test; any still running at teardown (a failed
+    test) are killed before the mounts are taken down."""
+    started: list[Mover] = []
+    yield started
+    for m in started:
+        m.kill()
+
+
+def start(movers: list, *a, **kw) -> Mover:
+    m = Mover(*a, **kw)
+    movers.append(m)
+    return m
+
+
+def run_traced(child, src, dst, trace_file, injects=()) -> fh.Outcome:
+    m = Mover(child, src, dst, trace_file, injects)
+    return m.finish()
+
+
+def window(out: fh.Outcome) -> tuple[list[fh.Call], int, int]:
+    calls = fh.parse_trace(out.trace)
+    first, end = fh.move_window(calls)
+    return calls, first, end
+
+
+def quoted(text: str) -> list[str]:
+    return re.findall(r'"((?:[^"\\]|\\.)*)"', text)
+
+
+def install_call(calls: list[fh.Call], first: int, end: int, dst_name: str) -> fh.Call:
+    """The call that put the copy at the destination name: the first
+    successful link or rename in the move whose new name is `dst_name`."""
+    for c in calls[first:end]:
+        if c.name in ("linkat", "renameat2", "renameat") and c.ret == "0":
+            q = quoted(c.text)
+            if q and (q[-1] == dst_name or q[-1].endswith("/" + dst_name)):
+                return c
+    raise AssertionError(f"calibration: no call installs {dst_name!r}:\n"
+                         + "\n".join(c.text for c in calls[first:end]))
+
+
+DATA_CALLS = ("copy_file_range", "sendfile", "write", "pwrite64")
+
+
+def last_data_call(calls: list[fh.Call], first: int, upto: int) -> fh.Call:
+    data = [c for c in calls[first:upto] if c.name in DATA_CALLS and c.ret not in ("?", "0")
+            and not c.ret.startswith("-")]
+    assert data, "calibration: the move copied no data"
+    return data[-1]
+
+
+def first_named(calls: list[fh.Call], first: int, end: int, name: str) -> fh.Call:
+    for c in calls[first:end]:
+        if c.name == name and c.ret != "?" and not c.ret.startswith("-"):
+            return c
+    raise AssertionError(f"calibration: no successful {name} in the move:\n"
+                         + "\n".join(c.text for c in calls[first:end]))
+
+
+def copy_done_call(calls: list[fh.Call], first: int, install: fh.Call) -> fh.Call:
+    """For a tree: the call that ends the copy before its install (the
+    syncfs making it durable; else the last call before the install)."""
+    synced = [c for c in calls[first:install.index] if c.name == "syncfs" and c.ret == "0"]
+    return synced[-1] if synced else calls[install.index - 1]
+
+
+def stop_spec(c: fh.Call) -> str:
+    return f"{c.name}:signal=SIGSTOP:when={c.ordinal}"
+
+
+def assert_stopped_at(m: Mover, target: fh.Call) -> None:
+    """The mover stopped right after `target` (same syscall and ordinal),
+    and inside the move: after the caller's rename failed with EXDEV."""
+    calls = fh.parse_trace(m.trace())
+    assert calls, "empty trace"
+    first, _ = fh.move_window(calls)
+    last = calls[-1]
+    assert (last.name, last.ordinal) == (target.name, target.ordinal), (
+        f"the stop did not land after {target.name} #{target.ordinal}; last call: {last.text}")
+    assert last.index >= first, f"the stop landed before the move began: {last.text}"
+    assert last.ret != "?" and not last.ret.startswith("-"), f"the targeted call failed: {last.text}"
+
+
+def stop_and(m: Mover, target: fh.Call, what: str) -> None:
+    stopped = m.wait_stopped()
+    if not stopped:
+        out = m.finish()
+        pytest.fail(f"the mover was to stop {what} ({target.name} #{target.ordinal}) but ended: "
+                    f"{out.describe()}\n{fh.move_trace_excerpt(out.trace)}")
+    assert_stopped_at(m, target)
+
+
+def log_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------
+# 1. open writers
+# --------------------------------------------------------------------------
+
+SIZE = 64 * 1024
+
+
+def assert_refused_for_open_writer(run, log: Path, src: Path, dst: Path, ino: int,
+                                   content: bytes, dirs: tuple[Path, ...]) -> None:
+    r = run.result
+    assert not r["ok"], ("rename returned 0 for a file open for writing: the writer's later "
+                         "writes go to the removed source and are lost")
+    assert r["errname"] == "EXDEV", f"expected EXDEV, got {r['errname']}: {r['error']}"
+    assert os.lstat(src).st_ino == ino, "the source is not the same inode any more"
+    assert read(src) == content, "the source's content is not what its writers wrote"
+    assert not os.path.lexists(dst), "the destination was created"
+    assert not hidden(*dirs), f"hidden names left behind: {hidden(*dirs)}"
+    lines = [ln for ln in log_lines(log) if ln.get("src") == str(src)]
+    assert lines, f"no log line for the refused move in {log}: {log_lines(log)}"
+    assert lines[-1].get("result") == "EXDEV", lines[-1]
+    assert lines[-1].get("step") == OPEN_FOR_WRITING, (
+        f"log step is {lines[-1].get('step')!r}, want {OPEN_FOR_WRITING!r}: {lines[-1]}")
+
+
+@pytest.fixture(params=["tmpfs-to-ext4", "ext4-to-tmpfs"])
+def two_way(request) -> Pair:
+    tmpfs, ext4 = request.getfixturevalue("tmpfs"), request.getfixturevalue("ext4")
+    if request.param == "tmpfs-to-ext4":
+        return cross_pair(tmpfs, ext4, request.param)
+    return cross_pair(ext4, tmpfs, request.param)
+
+
+def test_open_writer_caller_own_rdwr_fd_is_not_moved_and_its_later_write_survives(two_way, tmp_path):
+    """The minimal MariaDB form: open O_RDWR, write, rename, write again."""
+    src, dst = two_way.src_dir / "table.ibd", two_way.dst_dir / "table.ibd"
+    initial = random_bytes(SIZE, seed=101)
+    src.write_bytes(initial)
+    ino = os.lstat(src).st_ino
+    log = tmp_path / "xrename.log"
+    body = '''
+fd = os.open(ARGS["src"], os.O_RDWR)
+os.write(fd, b"first-")
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+os.write(fd, b"second")
+os.close(fd)
+'''
+    run = run_child(body, {"src": str(src), "dst": str(dst)}, env={"XRENAME_LOG": str(log)})
+    expected = b"first-second" + initial[12:]
+    assert_refused_for_open_writer(run, log, src, dst, ino, expected, (two_way.src_dir, two_way.dst_dir))
+
+
+def test_open_writer_caller_shared_writable_mapping_without_fd_is_not_moved(fs_pair, tmp_path):
+    src, dst = fs_pair.src_dir / "mapped.bin", fs_pair.dst_dir / "mapped.bin"
+    initial = random_bytes(SIZE, seed=102)
+    src.write_bytes(initial)
+    ino = os.lstat(src).st_ino
+    log = tmp_path / "xrename.log"
+    body = '''
+import mmap
+fd = os.open(ARGS["src"], os.O_RDWR)
+m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+os.close(fd)
+m[0:5] = b"map-1"
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+m[5:10] = b"map-2"
+m.flush()
+m.close()
+'''
+    run = run_child(body, {"src": str(src), "dst": str(dst)}, env={"XRENAME_LOG": str(log)})
+    expected = b"map-1map-2" + initial[10:]
+    assert_refused_for_open_writer(run, log, src, dst, ino, expected, (fs_pair.src_dir, fs_pair.dst_dir))
+
+
+def test_open_writer_other_process_wronly_fd_is_not_moved(fs_pair, tmp_path):
+    src, dst = fs_pair.src_dir / "held.bin", fs_pair.dst_dir / "held.bin"
+    initial = random_bytes(SIZE, seed=103)
+    src.write_bytes(initial)
+    ino = os.lstat(src).st_ino
+    log = tmp_path / "xrename.log"
+    fd = os.open(src, os.O_WRONLY)  # this (pytest) process is the other writer
+    try:
+        run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))',
+                        {"src": str(src), "dst": str(dst)}, env={"XRENAME_LOG": str(log)})
+        os.pwrite(fd, b"after", 0)
+    finally:
+        os.close(fd)
+    expected = b"after" + initial[5:]
+    assert_refused_for_open_writer(run, log, src, dst, ino, expected, (fs_pair.src_dir, fs_pair.dst_dir))
+
+
+def test_open_writer_inside_tree_refuses_the_whole_directory_move(fs_pair, tmp_path):
+    tree = fs_pair.src_dir / "tree"
+    build_small_tree(tree, seed=104)
+    dst = fs_pair.dst_dir / "tree"
+    held = tree / "sub" / "mid.bin"
+    before = listing(tree)
+    before_src_entries = set(os.listdir(fs_pair.src_dir))
+    log = tmp_path / "xrename.log"
+    fd = os.open(held, os.O_WRONLY)
+    try:
+        run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))',
+                        {"src": str(tree), "dst": str(dst)}, env={"XRENAME_LOG": str(log)})
+    finally:
+        os.close(fd)
+    r = run.result
+    assert not r["ok"], "rename returned 0 for a tree with a file open for writing in it"
+    assert r["errname"] == "EXDEV", f"expected EXDEV, got {r['errname']}: {r['error']}"
+    d = diff_listings(before, listing(tree) if tree.is_dir() else {}, "before", "after", ignore=("atime_ns",))
+    assert not d, "the source tree changed:\n  " + "\n  ".join(d)
+    assert set(os.listdir(fs_pair.src_dir)) == before_src_entries
+    assert not os.path.lexists(dst), "the destination was created"
+    left = leftovers(fs_pair.src_dir, fs_pair.dst_dir)
+    assert not left, f"hidden names left behind: {left}"
+    lines = [ln for ln in log_lines(log) if ln.get("src") == str(tree)]
+    assert lines and lines[-1].get("step") == OPEN_FOR_WRITING, f"log: {lines}"
+
+
+def test_control_file_open_read_only_by_caller_is_moved(fs_pair):
+    src, dst = fs_pair.src_dir / "reader.bin", fs_pair.dst_dir / "reader.bin"
+    data = random_bytes(SIZE, seed=105)
+    src.write_bytes(data)
+    body = '''
+fd = os.open(ARGS["src"], os.O_RDONLY)
+os.read(fd, 10)
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+os.close(fd)
+'''
+    run = run_child(body, {"src": str(src), "dst": str(dst)})
+    assert run.result["ok"], f"a file open read-only was not moved: {run.result}"
+    assert read(dst) == data
+    assert not os.path.lexists(src)
+    assert not hidden(fs_pair.src_dir, fs_pair.dst_dir)
+
+
+# --------------------------------------------------------------------------
+# 2. rename is a claim
+# --------------------------------------------------------------------------
+
+@dataclass
+class Claim:
+    """One source, two destinations (a and b) on another filesystem."""
+    kind: str            # "file" or "tree"
+    existing: bool       # both destinations exist before the move
+    src_dir: Path
+    dst_dir: Path
+    src: Path = field(init=False)
+    dsts: dict = field(init=False)
+
+    def __post_init__(self):
+        self.src = self.src_dir / "obj"
+        self.dsts = {"a": self.dst_dir / "claim-a", "b": self.dst_dir / "claim-b"}
+
+    def reset(self) -> tuple[dict, dict]:
+        """Rebuilds the scenario; returns (source record, old destination records)."""
+        clear_dir(self.src_dir)
+        clear_dir(self.dst_dir)
+        if self.kind == "file":
+            self.src.write_bytes(random_bytes(200_000, seed=201))
+            os.utime(self.src, ns=(fh.PAST_NS, fh.PAST_NS + 77))
+        else:
+            fh.make_tree(self.src, seed=202, with_xattr=False)
+        if self.existing:
+            for k, p in self.dsts.items():
+                if self.kind == "file":
+                    p.write_bytes(b"old destination " + k.encode() * 100)
+                else:
+                    p.mkdir()
+        olds = {k: self.old_record(p) for k, p in self.dsts.items()}
+        return fh.record(self.src), olds
+
+    def old_record(self, p: Path):
+        if not os.path.lexists(p):
+            return None
+        st = os.lstat(p)
+        if stat.S_ISDIR(st.st_mode):
+            return {"dir": True, "ino": st.st_ino, "entries": sorted(os.listdir(p))}
+        return {"dir": False, "sha256": hashlib.sha256(read(p)).hexdigest()}
+
+
+def check_claim(sc: Claim, outs: dict[str, fh.Outcome], src_rec: dict, olds: dict) -> list[str]:
+    v = []
+    for k, o in outs.items():
+        if o.kind not in ("ok", "error"):
+            v.append(f"mover {k}: {o.describe()}")
+        elif not o.preloaded:
+            v.append(f"mover {k}: libxrename.so not mapped")
+    if v:
+        return v
+    got = {k: o.errname if o.errno else "0" for k, o in outs.items()}
+    if sorted(got.values()) != ["0", "ENOENT"]:
+        v.append(f"results {got}: want exactly one 0 and one ENOENT")
+    if os.path.lexists(sc.src):
+        v.append("the source still exists")
+    holders = [k for k, p in sc.dsts.items() if os.path.lexists(p) and not fh.record_diff(src_rec, fh.record(p))]
+    if len(holders) != 1:
+        v.append(f"the moved object is at {len(holders)} destinations ({holders}), want exactly 1")
+    winners = [k for k, r in got.items() if r == "0"]
+    if len(winners) == 1 and holders and holders != winners:
+        v.append(f"the object is at {holders}, but {winners} got 0")
+    for k, p in sc.dsts.items():
+        if k in holders:
+            continue
+        now = sc.old_record(p)
+        if now != olds[k]:
+            what = "absent (it was new)" if olds[k] is None else f"its old content {olds[k]}"
+            v.append(f"destination {k} should be {what}, found {now}")
+    left = [os.fsdecode(x) for x in leftovers(sc.src_dir, sc.dst_dir)]
+    if left:
+        v.append(f"hidden names left: {left}")
+    return v
+
+
+def claim_params():
+    return [pytest.param(kind, existing, id=f"{kind}-{'existing' if existing else 'new'}-destinations")
+            for kind in ("file", "tree") for existing in (False, True)]
+
+
+@pytest.fixture
+def claim_dirs(tmpfs, ext4) -> tuple[Path, Path]:
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    return p.src_dir, p.dst_dir
+
+
+def calibrate_claim(child, sc: Claim, tmp_path: Path) -> fh.Call:
+    sc.reset()
+    out = run_traced(child, sc.src, sc.dsts["a"], tmp_path / "calibrate.trace")
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    return install_call(calls, first, end, sc.dsts["a"].name)
+
+
+@pytest.mark.parametrize("kind,existing", claim_params())
+def test_claim_mover_stopped_after_install_loses_to_mover_that_finished(
+        child, claim_dirs, tmp_path, movers, kind, existing):
+    """Deterministic order: A installs its copy and stops; B moves the
+    source completely; A continues and must find the source claimed (ENOENT)
+    and withdraw its install, restoring the old destination."""
+    need_strace()
+    sc = Claim(kind, existing, *claim_dirs)
+    install = calibrate_claim(child, sc, tmp_path)
+    src_rec, olds = sc.reset()
+    a = start(movers, child, sc.src, sc.dsts["a"], tmp_path / "a.trace", (stop_spec(install),))
+    stop_and(a, install, "after installing its copy")
+    assert not fh.record_diff(src_rec, fh.record(sc.dsts["a"])), "A stopped, but its copy is not installed"
+    b = start(movers, child, sc.src, sc.dsts["b"])
+    end = time.monotonic() + 10
+    while not b.done() and time.monotonic() < end:
+        time.sleep(0.002)
+    # B normally ends on its own; a design where B waits for A's claim is
+    # allowed too: then A goes on first.
+    a.cont()
+    outs = {"a": a.finish(), "b": b.finish()}
+    v = check_claim(sc, outs, src_rec, olds)
+    assert not v, "rename is not a claim:\n  " + "\n  ".join(v)
+
+
+@pytest.mark.parametrize("kind,existing", claim_params())
+def test_claim_two_movers_stopped_at_install_and_released_together(
+        child, claim_dirs, tmp_path, movers, kind, existing):
+    need_strace()
+    sc = Claim(kind, existing, *claim_dirs)
+    install = calibrate_claim(child, sc, tmp_path)
+    src_rec, olds = sc.reset()
+    ms = {k: start(movers, child, sc.src, sc.dsts[k], tmp_path / f"{k}.trace", (stop_spec(install),))
+          for k in ("a", "b")}
+    stopped = {k: m.wait_stopped() for k, m in ms.items()}
+    assert any(stopped.values()), "neither mover reached its install: " + "; ".join(
+        f"{k}: {m.finish().describe()}" for k, m in ms.items())
+    for k, m in ms.items():
+        if stopped[k]:
+            assert_stopped_at(m, install)
+    for k, m in ms.items():
+        if stopped[k]:
+            m.cont()
+    outs = {k: m.finish() for k, m in ms.items()}
+    v = check_claim(sc, outs, src_rec, olds)
+    assert not v, "rename is not a claim:\n  " + "\n  ".join(v)
+
+
+RACE_REPEATS = 6
+
+
+@pytest.mark.parametrize("kind,existing", claim_params())
+def test_claim_two_movers_racing_freely_repeated(child, claim_dirs, tmp_path, movers, kind, existing):
+    sc = Claim(kind, existing, *claim_dirs)
+    failures = []
+    for i in range(RACE_REPEATS):
+        src_rec, olds = sc.reset()
+        ms = {k: start(movers, child, sc.src, sc.dsts[k]) for k in ("a", "b")}
+        outs = {k: m.finish() for k, m in ms.items()}
+        v = check_claim(sc, outs, src_rec, olds)
+        if v:
+            failures.append(f"round {i}: " + "; ".join(v))
+    assert not failures, (f"rename is not a claim in {len(failures)}/{RACE_REPEATS} races:\n  "
+                          + "\n  ".join(failures))
+
+
+# --------------------------------------------------------------------------
+# 3. coarse clocks
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def coarse_ext4(mounts, tmp_path) -> Path:
+    """ext4 with 128-byte inodes: timestamps in whole seconds."""
+    need(loop_devices_usable(), "loop-mounted ext4 needs real root, mkfs.ext4 and /dev/loop-control")
+    image = tmp_path / "coarse.img"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    mk = subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "128", "-b", "4096",
+                         "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)],
+                        capture_output=True, text=True)
+    assert mk.returncode == 0, f"mkfs.ext4 -I 128 failed: {mk.stderr}"
+    mounts.after_umount.append(image)
+    mp = tmp_path / "coarse"
+    mounts.mount(["-t", "ext4", "-o", "loop", str(image)], mp, "ext4 with 128-byte inodes")
+    probe = mp / ".probe"
+    probe.write_bytes(b"x")
+    os.utime(probe, ns=(PAST_ATIME_NS, PAST_MTIME_NS))
+    st = os.lstat(probe)
+    probe.unlink()
+    assert st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0, (
+        "precondition: ext4 -I 128 should keep whole seconds only")
+    return mp
+
+
+SAME_SECOND_TRIES = 8
+
+
+def installed_check(stop: str, dst: Path):
+    """What the filesystem must show at the stop: after the install the
+    destination exists; after a tree's copy, only its hidden temp does."""
+    def check():
+        if stop == "after-install":
+            assert os.path.lexists(dst), "stopped 'after the install', but the destination does not exist"
+        else:
+            assert not os.path.lexists(dst), "stopped before the install, but the destination exists"
+            if stop == "after-copy":
+                assert hidden(dst.parent), "stopped after a tree's copy, but no hidden temp tree exists"
+    return check
+
+
+class Writer:
+    """Changes a file from a thread of this process. If the open blocks on
+    a lease break (a design where the mover holds a lease), that is seen in
+    the thread's wchan and the mover is let go first."""
+
+    def __init__(self, action):
+        self.error: BaseException | None = None
+        self.tid: int | None = None
+        self.finished = threading.Event()
+
+        def run():
+            self.tid = threading.get_native_id()
+            try:
+                action()
+            except BaseException as e:  # reported by the test
+                self.error = e
+            finally:
+                self.finished.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def done_or_blocked(self) -> bool:
+        """Waits until the change is made (True) or the thread waits for a
+        lease break (False)."""
+        end = time.monotonic() + DEADLINE_S
+        while not self.finished.is_set():
+            if self.tid is not None:
+                try:
+                    wchan = Path(f"/proc/self/task/{self.tid}/wchan").read_text()
+                except OSError:
+                    wchan = ""
+                if "lease" in wchan:
+                    return False
+            assert time.monotonic() < end, "the writer neither finished nor waited for a lease"
+            time.sleep(0.002)
+        return True
+
+    def join(self):
+        assert self.finished.wait(DEADLINE_S), "the writer never finished"
+        if self.error:
+            raise self.error
+
+
+def change_during_stop(child, movers, tmp_path, reset, src: Path, dst: Path, target: fh.Call,
+                       watched: Path, change, what: str, at_stop=None):
+    """Runs the move stopped after `target`; makes `change` while it is
+    stopped, in the same second as `watched`'s ctime before the move (on a
+    coarse clock the change is then invisible to size/mtime/ctime); retried
+    when a second boundary fell in between. Returns the outcome."""
+    for attempt in range(SAME_SECOND_TRIES):
+        reset()
+        t0 = ctime_s(watched)
+        m = start(movers, child, src, dst, tmp_path / f"move-{attempt}.trace", (stop_spec(target),))
+        stop_and(m, target, what)
+        if at_stop:
+            at_stop()
+        w = Writer(change)
+        made_now = w.done_or_blocked()
+        t1 = ctime_s(watched) if made_now else t0
+        m.cont()
+        out = m.finish()
+        w.join()
+        if t1 == t0:
+            return out
+    pytest.fail(f"could not make the change within the second of the source's ctime in "
+                f"{SAME_SECOND_TRIES} tries")
+
+
+def coarse_file_pair(coarse_ext4, tmpfs) -> Pair:
+    return cross_pair(coarse_ext4, tmpfs, "coarse-ext4-to-tmpfs")
+
+
+@pytest.mark.parametrize("stop", ["after-data-copy", "after-install"])
+def test_coarse_clock_same_size_write_during_file_move_is_kept(child, coarse_ext4, tmpfs, tmp_path, movers, stop):
+    need_strace()
+    p = coarse_file_pair(coarse_ext4, tmpfs)
+    src, dst = p.src_dir / "data.bin", p.dst_dir / "data.bin"
+    old, new = random_bytes(300_000, seed=301), random_bytes(300_000, seed=302)
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        src.write_bytes(old)  # mtime = ctime = now (whole seconds)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    # A data call may be interrupted by the injected signal (sendfile
+    # returns ERESTARTSYS): stop at the call right after the last one.
+    target = calls[last_data_call(calls, first, install.index).index + 1] if stop == "after-data-copy" else install
+
+    def write():
+        fd = os.open(src, os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, new, 0) == len(new)
+        finally:
+            os.close(fd)
+
+    out = change_during_stop(child, movers, tmp_path, reset, src, dst, target, src, write, stop,
+                             at_stop=installed_check(stop, dst))
+    left = hidden(p.src_dir, p.dst_dir)
+    if out.kind == "ok":
+        assert not os.path.lexists(src), "rename returned 0 but the source is still there"
+        assert read(dst) == new, ("rename returned 0 but the destination holds the data from before the "
+                                  "write: a same-size write in the same second was lost")
+    elif out.kind == "error" and out.errname == "EXDEV":
+        assert read(src) == new, "EXDEV, but the source does not hold the write"
+        assert not os.path.lexists(dst), "EXDEV, but a destination was created"
+    else:
+        pytest.fail(f"unexpected outcome: {out.describe()}")
+    assert not left, f"hidden names left: {left}"
+
+
+def test_coarse_clock_tree_moved_to_coarse_ext4_leaves_no_source(tmpfs, coarse_ext4):
+    p = cross_pair(tmpfs, coarse_ext4, "tmpfs-to-coarse-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    build_small_tree(tree, seed=303)  # nanosecond times the destination cannot hold
+    before = listing(tree)
+    run = move_with("os.rename", tree, dst)
+    assert run.result["ok"], f"the move failed: {run.result}"
+    left = hidden(p.src_dir, p.dst_dir)
+    assert not left, f"hidden names left (the old source kept as changed?): {left}"
+    assert not os.path.lexists(tree), "the source tree is still at its name"
+    after = listing(dst)
+    d = diff_listings(before, after, "source", "destination", ignore=("atime_ns", "mtime_ns"))
+    assert not d, "the destination is not the source:\n  " + "\n  ".join(d)
+    secs = {k: r["mtime_ns"] // 10**9 for k, r in before.items() if r["type"] != "symlink"}
+    assert secs == {k: after[k]["mtime_ns"] // 10**9 for k in secs}, "mtime seconds differ"
+
+
+def test_coarse_clock_chmod_during_file_move_is_kept(child, coarse_ext4, tmpfs, tmp_path, movers):
+    need_strace()
+    p = coarse_file_pair(coarse_ext4, tmpfs)
+    src, dst = p.src_dir / "mode.bin", p.dst_dir / "mode.bin"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        src.write_bytes(random_bytes(100_000, seed=304))
+        os.chmod(src, 0o640)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    target = install_call(calls, first, end, dst.name)
+    out = change_during_stop(child, movers, tmp_path, reset, src, dst, target, src,
+                             lambda: os.chmod(src, 0o600), "after-install",
+                             at_stop=installed_check("after-install", dst))
+    if out.kind == "ok":
+        assert stat.S_IMODE(os.lstat(dst).st_mode) == 0o600, (
+            f"rename returned 0 but the destination has mode {oct(stat.S_IMODE(os.lstat(dst).st_mode))}: "
+            "the chmod made during the move was lost")
+        assert not os.path.lexists(src)
+    elif out.kind == "error" and out.errname == "EXDEV":
+        assert stat.S_IMODE(os.lstat(src).st_mode) == 0o600
+        assert not os.path.lexists(dst)
+    else:
+        pytest.fail(f"unexpected outcome: {out.describe()}")
+
+
+@pytest.mark.parametrize("stop", ["after-copy", "after-install"])
+def test_coarse_clock_chmod_during_tree_move_of_a_copied_file_is_kept(
+        child, coarse_ext4, tmpfs, tmp_path, movers, stop):
+    need_strace()
+    p = coarse_file_pair(coarse_ext4, tmpfs)
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    rel = Path("sub") / "mid.bin"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        build_small_tree(tree, seed=305)
+        os.chmod(tree / rel, 0o644)  # its ctime: now
+
+    reset()
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    target = copy_done_call(calls, first, install) if stop == "after-copy" else install
+    out = change_during_stop(child, movers, tmp_path, reset, tree, dst, target, tree / rel,
+                             lambda: os.chmod(tree / rel, 0o600), stop, at_stop=installed_check(stop, dst))
+    if out.kind == "ok":
+        # Either the change is at the destination, or the changed entry was
+        # kept: put back under the source name (README: entries changed
+        # during a tree move are never deleted unseen).
+        mode = stat.S_IMODE(os.lstat(dst / rel).st_mode)
+        kept = os.path.lexists(tree / rel) and stat.S_IMODE(os.lstat(tree / rel).st_mode) == 0o600
+        assert mode == 0o600 or kept, (
+            f"rename returned 0 but {rel} at the destination has mode {oct(mode)} and it was not kept "
+            "at the source: the chmod made during the move was lost")
+    elif out.kind == "error" and out.errname == "EXDEV":
+        assert stat.S_IMODE(os.lstat(tree / rel).st_mode) == 0o600
+        assert not os.path.lexists(dst)
+    else:
+        pytest.fail(f"unexpected outcome: {out.describe()}")
+
+
+# --------------------------------------------------------------------------
+# 4. a hard link made during a tree move
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stop", ["after-copy", "after-install"])
+def test_hard_link_created_in_source_tree_during_move_is_not_lost(child, tmpfs, ext4, tmp_path, movers, stop):
+    """os.link(tree/x, tree/sub-?/y) while the move is stopped. The source
+    is walked in directory order, which differs between filesystems and
+    kernels: x sits between two subdirectories (created before and after
+    it), each getting a new link, so that one of them is visited after x
+    whatever the order."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    data = random_bytes(50_000, seed=401)
+    subs = ("sub-before", "sub-after")
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        tree.mkdir()
+        (tree / subs[0]).mkdir()
+        (tree / "x").write_bytes(data)
+        (tree / subs[1]).mkdir()
+        for s in subs:
+            (tree / s / "other").write_bytes(b"other")
+
+    reset()
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    target = copy_done_call(calls, first, install) if stop == "after-copy" else install
+    reset()
+    m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(target),))
+    stop_and(m, target, stop)
+    installed_check(stop, dst)()
+    for s in subs:
+        os.link(tree / "x", tree / s / "y")
+    m.cont()
+    out = m.finish()
+    assert out.kind in ("ok", "error"), out.describe()
+    lost = [s for s in subs
+            if not any(q.is_file() and read(q) == data for q in (dst / s / "y", tree / s / "y"))]
+    assert not lost, (f"{out.describe()}, and the hard link(s) {[s + '/y' for s in lost]} made during "
+                      "the move exist neither in the destination tree nor back at the source: deleted")
+
+
+# --------------------------------------------------------------------------
+# 5. hidden names where O_TMPFILE is missing
+# --------------------------------------------------------------------------
+
+def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_injects=(),
+              calibration_injects=()) -> tuple[list[str], int]:
+    """Kills the mover at every call of the move from its first install
+    attempt on; after each kill checks the hidden names and `xrename clean
+    --remove`. Returns (violations, scenarios)."""
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", calibration_injects)
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    data = last_data_call(calls, first, install.index)
+    begin = next(c.index for c in calls[data.index:end] if c.name in ("linkat", "renameat2", "renameat"))
+    points = [c for c in calls[begin:end] if c.name != "openat"]
+    assert any("RENAME_EXCHANGE" in c.text or c.name in ("renameat", "linkat") for c in points)
+    violations = []
+    xrename = REPO_ROOT / "target" / "release" / "xrename"
+    for c in points:
+        reset()
+        spec = f"{c.name}:signal=SIGKILL:when={c.ordinal}"
+        out = run_traced(child, src, dst, tmp_path / f"kill-{c.name}-{c.ordinal}.trace",
+                         tuple(extra_injects) + (spec,))
+        where = f"kill at {c.name} #{c.ordinal} ({c.text.split(' ', 1)[-1][:90]})"
+        if out.kind != "killed":
+            violations.append(f"{where}: the kill did not happen: {out.describe()}")
+            continue
+        holders = [n for n in os.listdir(dst.parent)
+                   if (dst.parent / n).is_file() and read(dst.parent / n) == old]
+        bad = [n for n in holders if n.startswith(TEMP_PREFIX) and not n.startswith(".xrename-old-")]
+        if bad:
+            violations.append(f"{where}: the old destination is at {bad}, a name `clean --remove` deletes")
+        cl = subprocess.run([str(xrename), "clean", "--remove", str(dst.parent)], capture_output=True, text=True)
+        after = [n for n in os.listdir(dst.parent)
+                 if (dst.parent / n).is_file() and read(dst.parent / n) == old]
+        if holders and not after:
+            violations.append(f"{where}: `xrename clean --remove` deleted the only copy of the old destination "
+                              f"({holders}); it said: {cl.stdout.strip()} {cl.stderr.strip()}")
+    return violations, len(points)
+
+
+def test_hidden_names_on_bindfs_destination_old_destination_never_removable_by_clean(
+        child, mounts, tmpfs, tmp_path):
+    need_strace()
+    need(shutil.which("bindfs") is not None, "bindfs not installed (apt-get install bindfs)")
+    need(os.path.exists("/dev/fuse"), "/dev/fuse missing")
+    backing = tmpfs / "backing"
+    backing.mkdir()
+    mp = tmp_path / "bindfs"
+    mp.mkdir()
+    proc = subprocess.run(["bindfs", str(backing), str(mp)], capture_output=True, text=True)
+    need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
+    mounts.points.append(mp)  # unmounted at teardown
+    p = cross_pair(tmpfs, mp, "tmpfs-to-bindfs")
+    try:
+        fd = os.open(p.dst_dir, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        os.close(fd)
+        pytest.fail("precondition: bindfs was expected to lack O_TMPFILE")
+    except OSError as e:
+        assert e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL), e
+    src, dst = p.src_dir / "new.bin", p.dst_dir / "target.bin"
+    old = b"the old destination, nowhere else " * 100
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        src.write_bytes(random_bytes(100_000, seed=501))
+        dst.write_bytes(old)
+
+    v, n = kill_scan(child, tmp_path, reset, src, dst, old)
+    assert not v, f"kill points ({n} tried) that lose the old destination:\n  " + "\n  ".join(v)
+
+
+def test_hidden_names_without_o_tmpfile_old_destination_never_removable_by_clean(child, tmpfs, ext4, tmp_path):
+    """The same on a filesystem that can exchange names: O_TMPFILE is made
+    unavailable by strace (the openat with O_TMPFILE fails EOPNOTSUPP, as on
+    a filesystem without it), so the copy is built under a hidden name and
+    swapped with the old destination by RENAME_EXCHANGE."""
+    need_strace()
+    p = cross_pair(ext4, tmpfs, "ext4-to-tmpfs")
+    src, dst = p.src_dir / "new.bin", p.dst_dir / "target.bin"
+    old = b"the old destination, nowhere else " * 100
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        src.write_bytes(random_bytes(100_000, seed=502))
+        dst.write_bytes(old)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "plain.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    tmpfile = [c for c in calls[first:end] if c.name == "openat" and "O_TMPFILE" in c.text]
+    assert tmpfile, "precondition: the move does not use O_TMPFILE on tmpfs"
+    no_tmpfile = (f"openat:error=EOPNOTSUPP:when={tmpfile[0].ordinal}",)
+    v, n = kill_scan(child, tmp_path, reset, src, dst, old, no_tmpfile, no_tmpfile)
+    assert not v, f"kill points ({n} tried) that lose the old destination:\n  " + "\n  ".join(v)
+
+
+# --------------------------------------------------------------------------
+# 6. a transient EIO while the old source tree is deleted
+# --------------------------------------------------------------------------
+
+def test_transient_eio_from_statx_while_deleting_old_source_tree_is_retried(child, tmpfs, ext4, tmp_path):
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        fh.make_tree(tree, seed=601, with_xattr=False)
+
+    reset()
+    src_rec = fh.record(tree)
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    # The deletion of the old source starts when its directory (now under a
+    # `.xrename-src-*` name) is opened to be emptied, after the install.
+    opened = [c for c in calls[install.index:end] if c.name == "openat" and c.ret.isdigit()
+              and any(q.startswith(".xrename-src-") for q in quoted(c.text))]
+    assert opened, "calibration: the old source tree is never opened under a .xrename-src-* name"
+    points = [c for c in calls[opened[0].index:end] if c.name == "statx"]
+    assert points, "calibration: no statx while deleting the old source"
+    failures = []
+    for c in points:
+        reset()
+        out = run_traced(child, tree, dst, tmp_path / f"eio-{c.ordinal}.trace", (f"statx:error=EIO:when={c.ordinal}",))
+        miss = fh.injection_landed(out, "statx", c.ordinal)
+        where = f"EIO at statx #{c.ordinal} ({c.text.split(' ', 1)[-1][:80]})"
+        if miss:
+            failures.append(f"{where}: {miss}")
+            continue
+        problems = []
+        if out.kind != "ok":
+            problems.append(out.describe())
+        left = [n for n in os.listdir(p.src_dir) if n.startswith(TEMP_PREFIX)]
+        if left:
+            problems.append(f"left {left}")
+        if os.path.lexists(tree):
+            problems.append("the source name is still there")
+        if out.kind == "ok" and fh.record_diff(src_rec, fh.record(dst)):
+            problems.append("the destination is not the source")
+        if problems:
+            failures.append(f"{where}: " + "; ".join(problems))
+    assert not failures, (f"{len(failures)} of {len(points)} transient EIOs while deleting the old source "
+                          "were not retried:\n  " + "\n  ".join(failures))
+
+
+# --------------------------------------------------------------------------
+# 7. a bind-mounted file inside the source tree
+# --------------------------------------------------------------------------
+
+def mount_id_at(path: Path) -> int | None:
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if decode_mountinfo(parts[4]) == str(path):
+                found = int(parts[0])
+    return found
+
+
+def decode_mountinfo(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), s)
+
+
+def mount_point_of(mid: int) -> str | None:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if int(parts[0]) == mid:
+                return decode_mountinfo(parts[4])
+    return None
+
+
+def test_bind_mounted_file_inside_source_tree_gives_ebusy_and_changes_nothing(tmpfs, ext4, tmp_path):
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    build_small_tree(tree, seed=701)
+    outside = tmpfs / "bound-file"
+    outside.write_bytes(b"a file bind-mounted into the tree")
+    target = tree / "sub" / "f"
+    target.write_bytes(b"")
+    proc = subprocess.run(["mount", "--bind", str(outside), str(target)], capture_output=True, text=True)
+    need(proc.returncode == 0, f"cannot bind-mount a file: {proc.stderr.strip()}")
+    mid = mount_id_at(target)
+    assert mid is not None
+    try:
+        before = listing(tree)
+        run = move_with("os.rename", tree, dst)
+        where = mount_point_of(mid)
+        r = run.result
+        assert not r["ok"], "the tree was moved although a file inside it is a mount point"
+        assert r["errname"] == "EBUSY", f"expected EBUSY, got {r['errname']}: {r['error']}"
+        assert where == str(target), f"the bind mount moved to {where}"
+        assert not os.path.lexists(dst), "a destination was created"
+        d = diff_listings(before, listing(tree), "before", "after", ignore=("atime_ns",))
+        assert not d, "the source tree changed:\n  " + "\n  ".join(d)
+        left = leftovers(p.src_dir, p.dst_dir)
+        assert not left, f"hidden names left: {left}"
+    finally:
+        where = mount_point_of(mid)
+        if where is not None:
+            subprocess.run(["umount", where], capture_output=True)
+
+
+# --------------------------------------------------------------------------
+# 8. O_NOATIME
+# --------------------------------------------------------------------------
+
+def test_reading_the_source_uses_o_noatime_other_hard_link_keeps_its_atime(mounts, ext4, tmp_path):
+    mp = tmp_path / "strictatime"
+    mounts.mount(["-t", "tmpfs", "-o", "size=64m,strictatime", "xrename-strictatime"], mp, "tmpfs strictatime")
+    p = cross_pair(mp, ext4, "strictatime-tmpfs-to-ext4")
+    # precondition: reads update atime on this mount
+    probe = p.src_dir / "probe"
+    probe.write_bytes(b"probe" * 1000)
+    os.utime(probe, ns=(PAST_ATIME_NS, PAST_MTIME_NS))
+    read(probe)
+    assert os.lstat(probe).st_atime_ns != PAST_ATIME_NS, "precondition: strictatime reads do not update atime"
+    probe.unlink()
+
+    src, other, dst = p.src_dir / "moved", p.src_dir / "other-name", p.dst_dir / "moved"
+    data = random_bytes(200_000, seed=801)
+    src.write_bytes(data)
+    os.link(src, other)
+    os.utime(other, ns=(PAST_ATIME_NS, PAST_MTIME_NS))
+    run = move_with("os.rename", src, dst)
+    assert run.result["ok"], run.result
+    assert read(dst) == data
+    assert os.lstat(other).st_atime_ns == PAST_ATIME_NS, (
+        "reading the source for the copy changed its atime (seen through its other name): "
+        "the source was not opened with O_NOATIME")

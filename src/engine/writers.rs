@@ -1,0 +1,314 @@
+//! A regular file that some process holds open for writing is never copied
+//! away from its writer.
+//!
+//! The kernel's rename keeps the inode: a writer holding a descriptor
+//! (InnoDB's `.ibd` files, a log writer, SQLite) goes on writing into the
+//! moved file. A copy cannot follow it: writes made after the copy would go
+//! into the deleted source and be lost while rename said 0. So such a file
+//! is not moved at all: the program gets the kernel's EXDEV back.
+//!
+//! How writers are seen, cheapest first:
+//! 1. A read lease (`fcntl(F_SETLEASE, F_RDLCK)`, fcntl(2)) is refused with
+//!    EAGAIN while any process, the caller included, has the file open for
+//!    writing or mapped shared and writable: the kernel's own count of
+//!    writers, system-wide, about 2 us a file. A lease break would signal
+//!    the lease holder (SIGIO, whose default action kills), so the lease is
+//!    never taken by the program: a short-lived child shares the program's
+//!    memory and descriptor table (`CLONE_VM | CLONE_VFORK | CLONE_FILES`,
+//!    as posix_spawn does), has every signal blocked, takes and drops the
+//!    leases on the descriptors already open for the copy, and exits. It
+//!    raises no SIGCHLD (exit signal 0) and is reaped with `__WCLONE`, so the
+//!    program's own `wait` never sees it. Files are probed in batches, one
+//!    child a batch.
+//! 2. Where no lease can be taken (not the file's owner and no `CAP_LEASE`,
+//!    a filesystem without leases, a process under a seccomp filter, which
+//!    might kill on an unusual `clone`), `/proc` is read instead: every
+//!    visible process's descriptors (`/proc/PID/fd`, `fdinfo` flags) and
+//!    shared writable mappings (`/proc/PID/maps`), once per move. Processes
+//!    of other users are invisible to a non-root caller: as far as the
+//!    kernel lets us see.
+//! 3. Neither works (no `/proc`): the answer is unknown, and the move is
+//!    refused (EXDEV): fail closed.
+//!
+//! A writer that opens the file after this check is caught by the change
+//! detection ([`seen`](super::seen)).
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Statx, StatxFlags};
+use rustix::io::Errno;
+
+use super::error::{Error, Result, retry};
+use super::walk::{open_dir, read_names};
+
+/// The step name of a move refused because of a writer.
+pub const OPEN_FOR_WRITING: &str = "open for writing";
+/// The step name when writers could not be looked for.
+pub const UNCHECKABLE: &str = "open for writing: cannot check (no lease, no /proc)";
+
+/// What is known of a file's writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    None,
+    Present,
+    Unknown,
+}
+
+/// Looks for writers of the files of one move; remembers the `/proc` scan.
+#[derive(Debug, Default)]
+pub struct Writers {
+    /// `None`: not scanned yet; `Some(None)`: `/proc` cannot be read.
+    scan: Option<Option<HashSet<(u32, u32, u64)>>>,
+}
+
+impl Writers {
+    /// Fails with EXDEV if any of `files` (open read-only descriptors, with
+    /// their stat) is open for writing anywhere, or if that cannot be told.
+    pub fn check(&mut self, files: &[(BorrowedFd<'_>, &Statx)]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let fds: Vec<i32> = files.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+        let answers = lease::probe(&fds);
+        for ((_, st), answer) in files.iter().zip(answers) {
+            let answer = match answer {
+                Answer::Unknown => self.scanned(st),
+                known => known,
+            };
+            match answer {
+                Answer::None => {}
+                Answer::Present => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
+                Answer::Unknown => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
+            }
+        }
+        Ok(())
+    }
+
+    fn scanned(&mut self, st: &Statx) -> Answer {
+        let set = self.scan.get_or_insert_with(scan_proc);
+        match set {
+            None => Answer::Unknown,
+            Some(set) if set.contains(&(st.stx_dev_major, st.stx_dev_minor, st.stx_ino)) => Answer::Present,
+            Some(_) => Answer::None,
+        }
+    }
+}
+
+/// The identities of every file open for writing or mapped shared and
+/// writable by a process whose `/proc` entries we may read. `None` when our
+/// own entries cannot be read (no `/proc`): then nothing can be told.
+fn scan_proc() -> Option<HashSet<(u32, u32, u64)>> {
+    let mut set = HashSet::new();
+    // Our own process first: it must be readable, or /proc is not usable.
+    scan_process(c"/proc/thread-self", &mut set)?;
+    let proc = open_dir(rustix::fs::CWD, c"/proc").ok()?;
+    for name in read_names(proc.as_fd()).ok()? {
+        if name.to_bytes().iter().all(u8::is_ascii_digit) {
+            let mut path = b"/proc/".to_vec();
+            path.extend_from_slice(name.to_bytes());
+            let path = CString::new(path).expect("no NUL");
+            // A process that is gone or not ours to look at: skip it.
+            let _ = scan_process(&path, &mut set);
+        }
+    }
+    Some(set)
+}
+
+fn scan_process(proc: &std::ffi::CStr, set: &mut HashSet<(u32, u32, u64)>) -> Option<()> {
+    let dir =
+        rustix::fs::openat(rustix::fs::CWD, proc, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .ok()?;
+    let fd_dir = open_dir(dir.as_fd(), c"fd").ok()?;
+    let fdinfo = open_dir(dir.as_fd(), c"fdinfo").ok()?;
+    for n in read_names(fd_dir.as_fd()).ok()? {
+        let Ok(st) = retry(|| rustix::fs::statx(fd_dir.as_fd(), &*n, AtFlags::empty(), StatxFlags::INO)) else {
+            continue;
+        };
+        if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        if read_small(fdinfo.as_fd(), &n).is_some_and(|info| writable_flags(&info)) {
+            set.insert((st.stx_dev_major, st.stx_dev_minor, st.stx_ino));
+        }
+    }
+    if let Some(maps) = read_small(dir.as_fd(), c"maps") {
+        for line in maps.split(|&b| b == b'\n') {
+            if let Some(id) = shared_writable_mapping(line) {
+                set.insert(id);
+            }
+        }
+    }
+    Some(())
+}
+
+fn read_small(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let fd = retry(|| rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match retry(|| rustix::io::read(&fd, &mut buf)) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether an fdinfo text says the descriptor is open for writing.
+fn writable_flags(info: &[u8]) -> bool {
+    info.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"flags:"))
+        .and_then(|v| u32::from_str_radix(std::str::from_utf8(v).ok()?.trim(), 8).ok())
+        .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32)
+}
+
+/// `(dev major, dev minor, inode)` of a `/proc/PID/maps` line that maps a
+/// file shared and writable (`rw-s`, `-w-s`).
+fn shared_writable_mapping(line: &[u8]) -> Option<(u32, u32, u64)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut f = line.split_ascii_whitespace();
+    let (_range, perms, _off, dev, ino) = (f.next()?, f.next()?.as_bytes(), f.next()?, f.next()?, f.next()?);
+    if perms.len() < 4 || perms[1] != b'w' || perms[3] != b's' {
+        return None;
+    }
+    let (maj, min) = dev.split_once(':')?;
+    let ino: u64 = ino.parse().ok()?;
+    (ino != 0).then_some((u32::from_str_radix(maj, 16).ok()?, u32::from_str_radix(min, 16).ok()?, ino))
+}
+
+/// The lease probe, in a child that shares our memory and descriptors.
+#[allow(unsafe_code)]
+mod lease {
+    use core::ffi::{c_int, c_void};
+
+    use super::Answer;
+
+    struct Job {
+        fds: *const c_int,
+        out: *mut c_int,
+        len: usize,
+    }
+
+    const STACK: usize = 64 << 10;
+
+    /// Runs in the child: its stack is ours, its signals all blocked.
+    extern "C" fn child(arg: *mut c_void) -> c_int {
+        // SAFETY: `arg` points at the parent's `Job`, alive and untouched
+        // while the parent is suspended (CLONE_VFORK) until we exit.
+        let job = unsafe { &*(arg as *const Job) };
+        for i in 0..job.len {
+            // SAFETY: `i < len`, the length of both arrays.
+            let fd = unsafe { *job.fds.add(i) };
+            // SAFETY: fcntl on a descriptor of the shared table; a lease
+            // taken here belongs to this child and is dropped at once.
+            let answer = unsafe {
+                if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+                    libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                    0
+                } else {
+                    *libc::__errno_location()
+                }
+            };
+            // SAFETY: as above.
+            unsafe { *job.out.add(i) = answer };
+        }
+        0
+    }
+
+    /// Asks for a read lease on each descriptor; the answers in order.
+    pub(super) fn probe(fds: &[c_int]) -> Vec<Answer> {
+        let unknown = || vec![Answer::Unknown; fds.len()];
+        // A process under a seccomp filter may be killed for an unusual
+        // clone: never risk it there.
+        // SAFETY: PR_GET_SECCOMP takes no pointer.
+        if unsafe { libc::prctl(libc::PR_GET_SECCOMP) } != 0 {
+            return unknown();
+        }
+        let mut out = vec![-1 as c_int; fds.len()];
+        let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
+        let mut stack = vec![0u8; STACK];
+        // The stack grows down from its 16-byte-aligned top.
+        let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
+        let saved_errno = errno();
+        // SAFETY: sigset_t is plain data; filled and used as a mask only.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = core::mem::zeroed();
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::sigfillset(&mut all);
+            // Blocked here, so blocked in the child: a lease break (SIGIO)
+            // or any other signal dies with it, never run as a handler.
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            // SAFETY: `child` only reads `job` and writes `out`, both alive
+            // until it has exited (CLONE_VFORK suspends us until then), on
+            // its own stack.
+            let pid = libc::clone(child, top as *mut c_void, flags, &job as *const Job as *mut c_void);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+            pid
+        };
+        let answers = if pid > 0 && reap(pid) {
+            out.iter()
+                .map(|&r| match r {
+                    0 => Answer::None,
+                    libc::EAGAIN => Answer::Present,
+                    _ => Answer::Unknown,
+                })
+                .collect()
+        } else {
+            unknown()
+        };
+        drop(stack);
+        set_errno(saved_errno);
+        answers
+    }
+
+    /// Waits for the child; false if it did not exit normally.
+    fn reap(pid: c_int) -> bool {
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
+            if r == pid {
+                return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            }
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return false;
+        }
+    }
+
+    fn errno() -> c_int {
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() }
+    }
+
+    fn set_errno(v: c_int) {
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = v }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_flags_read_as_octal() {
+        assert!(writable_flags(b"pos:\t0\nflags:\t0100002\nmnt_id:\t1\n"));
+        assert!(writable_flags(b"flags:\t02000001\n"));
+        assert!(!writable_flags(b"pos:\t0\nflags:\t0100000\n"));
+        assert!(!writable_flags(b"pos:\t0\n"));
+    }
+
+    #[test]
+    fn only_shared_writable_mappings_count() {
+        let l = b"7f00-7f10 rw-s 00000000 00:2a 1234 /tmp/x";
+        assert_eq!(shared_writable_mapping(l), Some((0, 0x2a, 1234)));
+        assert_eq!(shared_writable_mapping(b"7f00-7f10 rw-p 00000000 08:01 99 /lib/x.so"), None);
+        assert_eq!(shared_writable_mapping(b"7f00-7f10 r--s 00000000 08:01 99 /x"), None);
+        assert_eq!(shared_writable_mapping(b"7f00-7f10 rw-s 00000000 00:01 0 /dev/zero"), None);
+    }
+}
