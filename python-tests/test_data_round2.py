@@ -150,7 +150,7 @@ class Mover:
     `traced` is False; `injects` are strace `inject=` specs."""
 
     def __init__(self, child: Path, src: Path, dst: Path, trace_file: Path | None = None,
-                 injects: tuple[str, ...] = ()):
+                 injects: tuple[str, ...] = (), env_extra: dict[str, str] | None = None):
         self.trace_file = trace_file
         if trace_file is None:
             argv = [str(child), str(src), str(dst)]
@@ -161,6 +161,7 @@ class Mover:
                 argv += ["-e", f"inject={spec}"]
             argv += ["-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)]
             env = child_env(preload=False)
+        env.update(env_extra or {})
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env, start_new_session=True)
         self.pid: int | None = None  # the traced child's pid, once it stopped
@@ -1144,3 +1145,115 @@ def test_reading_the_source_uses_o_noatime_other_hard_link_keeps_its_atime(mount
     assert os.lstat(other).st_atime_ns == PAST_ATIME_NS, (
         "reading the source for the copy changed its atime (seen through its other name): "
         "the source was not opened with O_NOATIME")
+
+
+# --------------------------------------------------------------------------
+# 10. overlayfs destinations from the lower layer (the Docker image case)
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def small_upper_overlay(mounts, tmp_path) -> tuple[Path, Path, Path]:
+    """An overlay whose lower layer (600 MiB tmpfs) holds a 300 MiB file and
+    an empty directory, and whose writable layer is a 100 MiB tmpfs: copying
+    the lower file up would fail with ENOSPC. Returns (merged, upper, other),
+    `other` a tmpfs of its own for sources."""
+    lower, upper_fs, merged, other = (tmp_path / n for n in ("lower", "upperfs", "merged", "other"))
+    mounts.mount(["-t", "tmpfs", "-o", "size=600m", "xrename-lower"], lower, "tmpfs")
+    mounts.mount(["-t", "tmpfs", "-o", "size=100m", "xrename-upper"], upper_fs, "tmpfs")
+    mounts.mount(["-t", "tmpfs", "-o", "size=64m", "xrename-other"], other, "tmpfs")
+    with open(lower / "big", "wb") as f:
+        f.truncate(0)
+        chunk = b"\x5a" * (1 << 20)
+        for _ in range(300):
+            f.write(chunk)
+    (lower / "emptydir").mkdir()
+    (upper_fs / "u").mkdir()
+    (upper_fs / "w").mkdir()
+    opts = f"lowerdir={lower},upperdir={upper_fs / 'u'},workdir={upper_fs / 'w'}"
+    mounts.mount(["-t", "overlay", "-o", opts, "xrename-ovl"], merged, "overlayfs")
+    return merged, upper_fs, other
+
+
+def test_overlay_small_file_over_big_lower_layer_file_replaces_it_without_copy_up(small_upper_overlay, tmp_path):
+    merged, upper_fs, other = small_upper_overlay
+    (other / "small").write_bytes(b"the new content\n")
+    try:
+        os.rename(other / "small", merged / "big")  # the kernel, without the shim
+        pytest.fail("test bug: the kernel renamed across the overlay and another tmpfs")
+    except OSError as e:
+        assert e.errno == errno.EXDEV
+    used_before = shutil.disk_usage(upper_fs).used
+    log = tmp_path / "log.jsonl"
+    run = move_with("os.rename", other / "small", merged / "big", env={"XRENAME_LOG": str(log)})
+    assert run.result["ok"], f"rename over a lower-layer file failed: {run.result} {log_lines(log)}"
+    assert read(merged / "big") == b"the new content\n"
+    assert not os.path.lexists(other / "small")
+    assert hidden(merged, other) == []
+    # No copy-up of the 300 MiB lower file: the upper layer grew by (far) less.
+    grown = shutil.disk_usage(upper_fs).used - used_before
+    assert grown < 8 << 20, f"the upper layer grew by {grown} bytes: the old lower file was copied up"
+
+
+def test_overlay_directory_onto_empty_lower_layer_directory_replaces_it(small_upper_overlay):
+    merged, _, other = small_upper_overlay
+    tree = other / "tree"
+    build_small_tree(tree, seed=1001)
+    before = listing(tree)
+    run = move_with("os.rename", tree, merged / "emptydir")
+    assert run.result["ok"], f"a directory onto an empty lower-layer directory: {run.result} (the kernel replaces it)"
+    assert not diff_listings(before, listing(merged / "emptydir"))
+    assert not os.path.lexists(tree)
+    assert hidden(merged, other) == []
+
+
+def test_overlay_lower_layer_destination_directory_not_empty_is_enotempty_and_nothing_changes(small_upper_overlay):
+    merged, _, other = small_upper_overlay
+    tree = other / "tree"
+    build_small_tree(tree, seed=1002)
+    before = listing(tree)
+    run = move_with("os.rename", tree, merged)  # merged itself holds entries: not empty
+    assert not run.result["ok"]
+    (merged / "notempty").mkdir()
+    (merged / "notempty" / "x").write_bytes(b"x")
+    run = move_with("os.rename", tree, merged / "notempty")
+    assert run.result.get("errname") == "ENOTEMPTY", run.result
+    assert not diff_listings(before, listing(tree)), "the source changed"
+    assert read(merged / "notempty" / "x") == b"x"
+    assert hidden(merged, other) == []
+
+
+# --------------------------------------------------------------------------
+# 6b. whatever is left after a successful move is named in the log
+# --------------------------------------------------------------------------
+
+def test_entry_changed_during_tree_move_is_kept_and_named_as_leftover(child, tmpfs, ext4, tmp_path, movers):
+    """A file inside the tree is rewritten (new size) after the copy: the
+    move succeeds, the changed file is kept under the source name, and the
+    log line's `leftover` names it; `--summary` counts it."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        build_small_tree(tree, seed=77)
+        (tree / "changing").write_bytes(b"before\n")
+
+    reset()
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    reset()
+    log = tmp_path / "log.jsonl"
+    m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(install),),
+              env_extra={"XRENAME_LOG": str(log)})
+    stop_and(m, install, "after-install")
+    (tree / "changing").write_bytes(b"changed during the move, longer\n")
+    m.cont()
+    out = m.finish()
+    assert out.kind == "ok", out.describe()
+    assert read(tree / "changing") == b"changed during the move, longer\n", "the change was not kept"
+    lines = [line for line in log_lines(log) if line.get("result") == "ok"]
+    assert lines and lines[-1].get("leftover") == str(tree), f"log lines: {lines}"

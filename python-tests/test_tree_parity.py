@@ -79,3 +79,44 @@ def test_tree_moved_by_shim_equals_tree_moved_by_gnu_mv(fs_dirs):
     assert entries(pair.src_dir / "mv") == set()
     assert entries(pair.dst_dir / "shim") == {"tree"}, "leftovers next to the destination"
     assert entries(pair.dst_dir / "mv") == {"tree"}
+
+
+def test_multi_operand_mv_of_hard_linked_files_under_the_shim_keeps_them_linked_as_mv_does(fs_dirs):
+    """`mv x y z w p dir/` across devices, where x, y, z are one inode and p
+    shares its inode with q, which stays: GNU mv alone keeps x, y, z one
+    inode with 3 links at the destination, p a file with 1 link and q
+    untouched. With the shim preloaded, mv's own renameat2 is emulated first
+    (each call moves one name), and the result must be the same."""
+    pair = fs_dirs
+    results = {}
+    for who, preload in (("mv", False), ("shim", True)):
+        src, dst = pair.src_dir / who, pair.dst_dir / who
+        src.mkdir()
+        dst.mkdir()
+        (src / "x").write_bytes(b"one inode, three names\n" * 100)
+        os.link(src / "x", src / "y")
+        os.link(src / "x", src / "z")
+        (src / "w").write_bytes(b"alone\n")
+        (src / "p").write_bytes(b"p and q\n")
+        os.link(src / "p", src / "q")
+        for n in ("x", "w", "p"):
+            os.utime(src / n, ns=(1_500_000_000_123_456_789, 1_400_000_000_987_654_321))
+        q_atime = os.lstat(src / "q").st_atime_ns
+        names = [os.fsencode(src / n) for n in ("x", "y", "z", "w", "p")]
+        proc = subprocess.run(["mv", *names, os.fsencode(dst)], capture_output=True, text=True,
+                              env=child_env(preload=preload), timeout=CHILD_TIMEOUT_S)
+        assert proc.returncode == 0, f"{who}: mv failed: {proc.stderr}"
+        st = {n: os.lstat(dst / n) for n in ("x", "y", "z", "w", "p")}
+        results[who] = {k: v for k, v in listing(dst).items() if k != b"."}  # dir times: when it ran
+        assert st["x"].st_ino == st["y"].st_ino == st["z"].st_ino, f"{who}: x, y, z are no longer one inode"
+        assert st["x"].st_nlink == 3, f"{who}: x has {st['x'].st_nlink} links, want 3"
+        assert st["p"].st_nlink == 1 and st["w"].st_nlink == 1
+        assert entries(src) == {"q"}, f"{who}: left at the source: {entries(src)}"
+        assert os.lstat(src / "q").st_nlink == 1
+        if preload:
+            # Reading p kept q's atime (O_NOATIME), as a rename would; GNU
+            # mv's read changes it.
+            assert os.lstat(src / "q").st_atime_ns == q_atime, f"{who}: moving p changed q's atime"
+        assert entries(dst) == {"x", "y", "z", "w", "p"}, f"{who}: leftovers: {entries(dst)}"
+    assert_same_listing(results["mv"], results["shim"], "GNU mv", "mv under xrename",
+                        f"{pair.name}: multi-operand mv of hard-linked files differs under the shim")

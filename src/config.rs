@@ -72,7 +72,13 @@ impl Config {
             disabled: flag("XRENAME_DISABLE", false),
             observe: var("XRENAME_MODE").is_some_and(|v| v == "observe"),
             logs: log.into_iter().chain(summary).collect(),
-            engine: Options { fsync: flag("XRENAME_FSYNC", true), dirs: flag("XRENAME_DIRS", true), progress: None },
+            engine: Options {
+                fsync: flag("XRENAME_FSYNC", true),
+                dirs: flag("XRENAME_DIRS", true),
+                progress: None,
+                // Other names of a multi-link file moved earlier become links.
+                links: Some(std::sync::Arc::new(crate::engine::links::Links::new())),
+            },
         }
     }
 }

@@ -383,23 +383,20 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
 }
 
-/// Removes the moved source directory `src`, whose copy `copied` is
-/// installed as `dst`: taken from its name first ([`source::take`]), then
-/// deleted entry by entry, keeping whatever is not provably what was
-/// copied ([`Records`]): changed, racy and different from the copy, added
-/// during the move (a new hard link included), or on another device.
-/// What is kept goes back under the source name; whatever remains after
-/// the move is named in the report.
-pub fn remove_source(
+/// Deletes the taken source tree `src` entry by entry, keeping whatever is
+/// not provably what was copied into `dst`; what is kept goes back under
+/// the source name. Cannot fail: the move has happened.
+pub fn delete_taken(
     src: &Entry,
+    taken: source::Taken,
     seen: &Seen,
     records: &Records,
     dst: &Entry,
     opts: &Options,
     report: &mut Report,
-) -> Result<()> {
+) {
     let sdir = src.dir.as_fd();
-    let aside = match source::take(src, seen, None, report)? {
+    let aside = match taken {
         source::Taken::InPlace => None,
         source::Taken::Aside(name) => Some(name),
     };
@@ -426,7 +423,6 @@ pub fn remove_source(
     if opts.fsync && src.syncable {
         let _ = retry(|| rustix::fs::fsync(sdir));
     }
-    Ok(())
 }
 
 /// Removes the installed copy `dir`/`name` of `tree` during a rollback,

@@ -78,6 +78,15 @@ pub fn copy_file<'d>(
     }
     let seen = Seen::record(&st_now, started);
     writers.check(&[(fd.as_fd(), &st_now)])?;
+    let times = meta::timestamps(&st_now);
+    if let Some(tmp) = opts.links.as_deref().and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
+        // Another name of it moved earlier: a hard link to that copy.
+        let copy = match seen.racy() {
+            true => Some(copy::open_source(dst.dir.as_fd(), tmp.name().expect("named")).at("open copy")?),
+            false => None,
+        };
+        return Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } });
+    }
     let tmp = Temp::file(dst.dir.as_fd())?;
     let early = opts.fsync && st_now.stx_size >= copy::EARLY_WRITEBACK;
     copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref(), early)?;
@@ -93,7 +102,6 @@ pub fn copy_file<'d>(
         true => Some(dup(tmp.fd())?),
         false => None,
     };
-    let times = meta::timestamps(&st_now);
     report.files += 1;
     Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } })
 }

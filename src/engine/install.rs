@@ -336,6 +336,29 @@ pub fn install<'d>(
     Err(Error::new(Errno::XDEV, "install: destination keeps changing"))
 }
 
+/// Puts `tmp` at `dst`'s name in its directory with a plain rename,
+/// replacing what is there with no way back, and makes that durable. For a
+/// destination that cannot be kept for a rollback without a cost the
+/// kernel's rename never pays (an overlayfs lower-layer file, which an
+/// exchange or a link would copy up whole; a lower-layer directory, which
+/// cannot be exchanged at all): the caller has already taken the source,
+/// so nothing can fail after this.
+///
+/// Returns whether the new name is durable: if the flush failed, the caller
+/// keeps the source (it is installed for good, and cannot be undone).
+pub fn replace(mut tmp: Temp<'_>, dst: &Entry, fsync: bool) -> Result<bool> {
+    let dir = tmp.dir;
+    let tmp_name = tmp.ensure_named()?.to_owned();
+    retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, &*dst.name)).at("install")?;
+    tmp.name = None;
+    let synced = match (fsync, dst.syncable, &tmp.fd) {
+        (false, _, _) | (true, false, None) => Ok(()),
+        (true, true, _) => retry(|| rustix::fs::fsync(dir)),
+        (true, false, Some(fd)) => retry(|| rustix::fs::syncfs(fd)),
+    };
+    Ok(synced.is_ok())
+}
+
 /// A tree's source, and the record of what was copied from it and made
 /// in the copy, for a rollback that removes only what is ours.
 #[derive(Debug, Clone, Copy)]

@@ -18,6 +18,7 @@ pub mod dir;
 mod error;
 pub mod file;
 pub mod install;
+pub mod links;
 pub mod meta;
 pub mod node;
 pub mod path;
@@ -86,11 +87,13 @@ pub struct Options {
     pub dirs: bool,
     /// Bytes copied so far, for a progress display in another thread.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Copies of multi-link files moved earlier, to link other names to.
+    pub links: Option<Arc<links::Links>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true, dirs: true, progress: None }
+        Options { fsync: true, dirs: true, progress: None, links: None }
     }
 }
 
@@ -172,30 +175,61 @@ fn move_object(
         return Err(Error::new(Errno::XDEV, "append-only destination directory"));
     }
     let mut writers = writers::Writers::default();
-    // Dropped without commit, `installed` puts the old destination back:
-    // whatever fails after the install, including losing the claim on the
-    // source to another rename, withdraws it.
-    match kind {
+    // An existing destination on overlayfs may come from the lower layer:
+    // keeping it for a rollback (exchange, link) would copy it up whole, or
+    // fail with EXDEV for a directory. The kernel replaces it in place, and
+    // so do we, once the source is taken, when nothing else can fail.
+    let replacing = dest == install::Dest::Present && source::on_overlayfs(dst.dir.as_fd());
+    let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
-            let file::Copied { tmp, seen, check } = file::copy_file(src, st, dst, opts, report, &mut writers)?;
-            let installed = install::install(tmp, dst, dest, opts.fsync, None)?;
-            source::remove(src, &seen, check.verify(), opts.fsync, report)?;
-            installed.commit();
+            let c = file::copy_file(src, st, dst, opts, report, &mut writers)?;
+            (c.tmp, c.seen, Some(c.check), None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
-            let dir::CopiedTree { tmp, seen, records } = dir::copy_tree(src, st, dst, opts, report, &mut writers)?;
-            let tree = install::Tree { original: src, records: &records };
-            let installed = install::install(tmp, dst, dest, opts.fsync, Some(tree))?;
-            dir::remove_source(src, &seen, &records, dst, opts, report)?;
-            installed.commit();
+            let c = dir::copy_tree(src, st, dst, opts, report, &mut writers)?;
+            (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
             let (tmp, seen) = node::copy_node(src, st, started, dst, report)?;
-            let installed = install::install(tmp, dst, dest, opts.fsync, None)?;
-            source::remove(src, &seen, None, opts.fsync, report)?;
-            installed.commit();
+            (tmp, seen, None, None)
         }
+    };
+    let verify = check.as_ref().and_then(|c| c.verify());
+    // Removes the taken source: a tree entry by entry (it cannot fail any
+    // more); anything else unlinked, or put back if `undoable`.
+    let finish = |taken, undoable, report: &mut Report| match &records {
+        Some(records) => {
+            dir::delete_taken(src, taken, &seen, records, dst, opts, report);
+            Ok(())
+        }
+        None => source::finish(src, taken, opts.fsync, undoable, report),
+    };
+    if replacing {
+        let taken = source::take(src, &seen, verify, report)?;
+        let durable = install::replace(tmp, dst, opts.fsync).inspect_err(|_| {
+            if let source::Taken::Aside(aside) = &taken {
+                source::give_back(src.dir.as_fd(), aside, &src.name, report);
+            }
+        })?;
+        match (durable, taken) {
+            (true, taken) => finish(taken, false, report)?,
+            // Installed for good but maybe not durable: the source stays.
+            (false, source::Taken::Aside(aside)) => report.leftover = Some(aside),
+            (false, source::Taken::InPlace) => report.leftover = Some(src.name.clone()),
+        }
+    } else {
+        // Dropped without commit, `installed` puts the old destination back:
+        // whatever fails after the install, including losing the claim on the
+        // source to another rename, withdraws it.
+        let tree = records.as_ref().map(|records| install::Tree { original: src, records });
+        let installed = install::install(tmp, dst, dest, opts.fsync, tree)?;
+        let taken = source::take(src, &seen, verify, report)?;
+        finish(taken, true, report)?;
+        installed.commit();
+    }
+    if let (FileType::RegularFile, Some(links)) = (kind, &opts.links) {
+        links.moved(&seen, dst);
     }
     Ok(())
 }

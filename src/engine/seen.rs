@@ -72,6 +72,11 @@ impl Seen {
         }
     }
 
+    /// Whether both records are of the same inode.
+    pub fn same_id(&self, other: &Seen) -> bool {
+        self.id == other.id
+    }
+
     /// Whether `now` is the same inode.
     pub fn same_inode(&self, now: &Statx) -> bool {
         self.id == (now.stx_dev_major, now.stx_dev_minor, now.stx_ino)

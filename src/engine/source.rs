@@ -145,21 +145,24 @@ pub fn give_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr, report: &mut Re
     }
 }
 
-/// Removes the regular file, symlink or special file moved from `src`:
-/// taken from its name, then unlinked, then the removal made durable.
-pub fn remove(src: &Entry, seen: &Seen, verify: Verify<'_>, fsync: bool, report: &mut Report) -> Result<()> {
+/// Unlinks a taken source and makes that durable. If the unlink fails and
+/// the move can still be `undoable`, the source goes back to its name and
+/// the error is returned (the caller undoes the install); otherwise the
+/// move stands and what remains is named in the report.
+pub fn finish(src: &Entry, taken: Taken, fsync: bool, undoable: bool, report: &mut Report) -> Result<()> {
     let dir = src.dir.as_fd();
-    let name = match take(src, seen, verify, report)? {
+    let name = match taken {
         Taken::InPlace => src.name.clone(),
         Taken::Aside(name) => name,
     };
     if let Err(e) = retry(|| rustix::fs::unlinkat(dir, &*name, AtFlags::empty())) {
-        if name == src.name || put_back(dir, &name, &src.name) {
+        if undoable && (name == src.name || put_back(dir, &name, &src.name)) {
             return Err(Error::new(e, "remove source"));
         }
-        // Neither removable nor restorable (its name was taken meanwhile):
-        // the move stands, and the source stays at `.xrename-src-*`, named
-        // in the log line and reported by `xrename clean`.
+        // Neither removable nor restorable (its name was taken meanwhile),
+        // or the install cannot be undone: the move stands, and the source
+        // stays, named in the log line (and at `.xrename-src-*`, reported
+        // by `xrename clean`).
         report.leftover = Some(name);
     }
     if fsync && src.syncable {
@@ -186,6 +189,6 @@ pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) -> bool {
     }
 }
 
-fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {
+pub(crate) fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {
     retry(|| rustix::fs::fstatfs(dir)).is_ok_and(|s| s.f_type as u64 == OVERLAYFS_SUPER_MAGIC)
 }

@@ -100,7 +100,8 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
         Err(e) => return Err(std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()),
     }
     let counter = Arc::new(AtomicU64::new(0));
-    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()) };
+    let links = Some(std::sync::Arc::new(xrename::engine::links::Links::new()));
+    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()), links };
     let run = move || {
         let req = Request {
             op: Op::Rename,
