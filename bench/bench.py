@@ -73,10 +73,17 @@ def preload(extra=None):
     return dict(os.environ, LD_PRELOAD=LIB, **(extra or {}))
 
 
+# Another build of the library to compare with (XRENAME_BENCH_BASELINE=path
+# to its libxrename.so), e.g. the previous commit's: shows what a change costs.
+BASELINE = os.environ.get("XRENAME_BENCH_BASELINE")
+
+
 def movers(src, dst):
     """The contenders for one cross-device move of src to dst."""
     sync_dir = os.path.dirname(dst)
-    return {
+    base = {"xrename@baseline": lambda: run([os.path.join(BIN, "rename1"), src, dst],
+                                            dict(os.environ, LD_PRELOAD=BASELINE))} if BASELINE else {}
+    return base | {
         "xrename": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload()),
         "xrename-nofsync": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload({"XRENAME_FSYNC": "0"})),
         "mv+sync": lambda: (lambda a, b: (a[0] + b[0], max(a[1], b[1])))(run(["mv", src, dst]), run(["sync", "-f", sync_dir])),

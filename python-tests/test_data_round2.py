@@ -56,7 +56,7 @@ import pytest
 import fault_harness as fh
 from tree_harness import build_small_tree, diff_listings, leftovers, listing
 from xrename_harness import (
-    LIBRARY, PAST_ATIME_NS, PAST_MTIME_NS, REPO_ROOT, assert_cross_device, child_env,
+    LIBRARY, PAST_ATIME_NS, PAST_MTIME_NS, PRIVILEGED, REPO_ROOT, assert_cross_device, child_env,
     loop_devices_usable, move_with, need, random_bytes, run_child, Pair,
 )
 
@@ -1257,3 +1257,53 @@ def test_entry_changed_during_tree_move_is_kept_and_named_as_leftover(child, tmp
     assert read(tree / "changing") == b"changed during the move, longer\n", "the change was not kept"
     lines = [line for line in log_lines(log) if line.get("result") == "ok"]
     assert lines and lines[-1].get("leftover") == str(tree), f"log lines: {lines}"
+
+
+# --------------------------------------------------------------------------
+# 9b. removability follows the kernel in a user namespace
+# --------------------------------------------------------------------------
+
+USERNS_MOVE = r"""
+import json, os, subprocess, sys
+src, dst_fs = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "xrename-userns", dst_fs], check=True)
+try:
+    os.rename(src, os.path.join(dst_fs, "tree"))
+    out = {"ok": True}
+except OSError as e:
+    out = {"ok": False, "errname": __import__("errno").errorcode.get(e.errno)}
+out["dst"] = sorted(os.listdir(dst_fs))
+print(json.dumps(out))
+"""
+
+
+def test_sticky_entry_of_an_unmapped_owner_in_a_user_namespace_is_refused_before_anything_is_made(tmpfs, tmp_path):
+    """In `unshare -Ur` (root mapped to root, nothing else), a tree holding a
+    sticky directory owned by an unmapped user, with a file of another
+    unmapped user in it: the kernel would refuse to delete that file (EPERM:
+    CAP_FOWNER counts only over mapped owners), so the move is refused
+    before anything is installed, with the kernel's errno."""
+    need(PRIVILEGED, "needs real root to create files of other owners")
+    tree = tmpfs / "tree"
+    (tree / "sticky").mkdir(parents=True)
+    os.chmod(tree, 0o777)
+    os.chown(tree / "sticky", 4321, 4321)
+    os.chmod(tree / "sticky", 0o1777)
+    (tree / "sticky" / "theirs").write_bytes(b"unmapped owner\n")
+    os.chown(tree / "sticky" / "theirs", 1234, 1234)
+    before = listing(tree)
+    dst_fs = tmp_path / "userns-dst"
+    dst_fs.mkdir()
+    proc = subprocess.run(["unshare", "-Urm", "--propagation", "private", sys_python(), "-c", USERNS_MOVE,
+                           str(tree), str(dst_fs)], capture_output=True, text=True, timeout=DEADLINE_S,
+                          env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"ok": False, "errname": "EPERM", "dst": []}, out
+    assert not diff_listings(before, listing(tree), ignore=("atime_ns",)), "the source tree changed"
+    assert hidden(tmpfs) == []
+
+
+def sys_python() -> str:
+    import sys
+    return sys.executable

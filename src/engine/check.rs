@@ -206,17 +206,40 @@ fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) ->
     Ok(())
 }
 
-/// The sticky-directory rule (`check_sticky`): in a sticky directory only
-/// the owner of an entry, the owner of the directory, or `CAP_FOWNER` may
-/// remove the entry.
+/// The sticky-directory rule (`check_sticky`, fs/namei.c): in a sticky
+/// directory only the owner of an entry, the owner of the directory (both
+/// compared with the *filesystem* uid), or `CAP_FOWNER` may remove the
+/// entry; and the capability counts only over an entry whose owner and
+/// group are both mapped in the caller's user namespace
+/// (`capable_wrt_inode_uidgid`).
 pub(crate) fn sticky(dir: &Statx, victim: &Statx) -> Result<()> {
     if u32::from(dir.stx_mode) & libc::S_ISVTX != 0 {
-        let me = rustix::process::geteuid().as_raw();
-        if victim.stx_uid != me && dir.stx_uid != me && !has_fowner() {
+        let me = super::sys::fsuid();
+        if victim.stx_uid != me
+            && dir.stx_uid != me
+            && !(has_fowner()
+                && id_mapped(c"/proc/self/uid_map", victim.stx_uid)
+                && id_mapped(c"/proc/self/gid_map", victim.stx_gid))
+        {
             return Err(Error::new(Errno::PERM, "sticky directory"));
         }
     }
     Ok(())
+}
+
+/// Whether `id` (as this namespace sees it) has a mapping in `map`
+/// (`/proc/self/uid_map` or `gid_map`). An unmapped owner shows as the
+/// overflow id, outside every range; where the map cannot be read (no
+/// /proc), the initial namespace is assumed, where every id is mapped.
+fn id_mapped(map: &std::ffi::CStr, id: u32) -> bool {
+    let Ok(fd) = rustix::fs::open(map, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else { return true };
+    let mut buf = [0u8; 4096];
+    let Ok(n) = retry(|| rustix::io::read(&fd, &mut buf)) else { return true };
+    String::from_utf8_lossy(&buf[..n]).lines().any(|line| {
+        let mut f = line.split_ascii_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        let (inside, _outside, count) = (f.next().unwrap_or(0), f.next(), f.next().unwrap_or(0));
+        (inside..inside + count).contains(&u64::from(id))
+    })
 }
 
 fn is_append_only(st: &Statx) -> bool {

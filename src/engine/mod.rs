@@ -24,6 +24,7 @@ pub mod node;
 pub mod path;
 pub mod seen;
 pub mod source;
+mod sys;
 pub mod walk;
 pub mod writers;
 

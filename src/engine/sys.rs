@@ -1,0 +1,109 @@
+//! The engine's few calls that neither rustix nor std offers safely: the
+//! only `unsafe` code of the engine, each block with its reason.
+#![allow(unsafe_code)]
+
+use core::ffi::{c_int, c_void};
+
+/// This thread's filesystem uid, which permission checks use.
+pub(crate) fn fsuid() -> u32 {
+    // SAFETY: setfsuid with an invalid uid changes nothing and returns the
+    // current filesystem uid (setfsuid(2)).
+    unsafe { libc::setfsuid(u32::MAX) as u32 }
+}
+
+struct Job {
+    fds: *const c_int,
+    out: *mut c_int,
+    len: usize,
+}
+
+const STACK: usize = 64 << 10;
+
+/// Runs in the child: its stack is ours, its signals all blocked.
+extern "C" fn child(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` points at the parent's `Job`, alive and untouched
+    // while the parent is suspended (CLONE_VFORK) until we exit.
+    let job = unsafe { &*(arg as *const Job) };
+    for i in 0..job.len {
+        // SAFETY: `i < len`, the length of both arrays.
+        let fd = unsafe { *job.fds.add(i) };
+        // SAFETY: fcntl on a descriptor of the shared table; a lease
+        // taken here belongs to this child and is dropped at once.
+        let answer = unsafe {
+            if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                0
+            } else {
+                *libc::__errno_location()
+            }
+        };
+        // SAFETY: as above.
+        unsafe { *job.out.add(i) = answer };
+    }
+    0
+}
+
+/// Asks for a read lease on each descriptor (see
+/// [`writers`](super::writers)): for each, `Some(0)` if one was granted,
+/// `Some(errno)` if refused, `None` if the probe could not run.
+pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
+    let unknown = || vec![None; fds.len()];
+    // A process under a seccomp filter may be killed for an unusual
+    // clone: never risk it there.
+    // SAFETY: PR_GET_SECCOMP takes no pointer.
+    if unsafe { libc::prctl(libc::PR_GET_SECCOMP) } != 0 {
+        return unknown();
+    }
+    let mut out = vec![-1 as c_int; fds.len()];
+    let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
+    let mut stack = vec![0u8; STACK];
+    // The stack grows down from its 16-byte-aligned top.
+    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
+    let saved_errno = errno();
+    // SAFETY: sigset_t is plain data; filled and used as a mask only.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        // Blocked here, so blocked in the child: a lease break (SIGIO)
+        // or any other signal dies with it, never run as a handler.
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // SAFETY: `child` only reads `job` and writes `out`, both alive
+        // until it has exited (CLONE_VFORK suspends us until then), on
+        // its own stack.
+        let pid = libc::clone(child, top as *mut c_void, flags, &job as *const Job as *mut c_void);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        pid
+    };
+    let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
+    drop(stack);
+    set_errno(saved_errno);
+    answers
+}
+
+/// Waits for the child; false if it did not exit normally.
+fn reap(pid: c_int) -> bool {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WCLONE) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        if r < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        return false;
+    }
+}
+
+fn errno() -> c_int {
+    // SAFETY: this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+fn set_errno(v: c_int) {
+    // SAFETY: this thread's errno slot.
+    unsafe { *libc::__errno_location() = v }
+}
