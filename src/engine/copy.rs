@@ -46,10 +46,9 @@ pub fn open_source(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Owned
         Err(Errno::PERM) => retry(|| rustix::fs::openat(dir, name, flags, Mode::empty()))?,
         other => other?,
     };
-    // Non-blocking only so as not to hang on a FIFO: reads of the file block.
-    if let Ok(fl) = rustix::fs::fcntl_getfl(&fd) {
-        let _ = rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK);
-    }
+    // O_NONBLOCK stays: it changes nothing for the reads of a regular file
+    // (an EAGAIN from the copy calls is retried), and clearing it would cost
+    // two more syscalls a file.
     Ok(fd)
 }
 
