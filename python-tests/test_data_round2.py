@@ -949,9 +949,9 @@ def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_in
     return violations, len(points)
 
 
-def test_hidden_names_on_bindfs_destination_old_destination_never_removable_by_clean(
-        child, mounts, tmpfs, tmp_path):
-    need_strace()
+def bindfs_pair(mounts, tmpfs, tmp_path) -> Pair:
+    """tmpfs -> a FUSE bindfs mount (over another directory of the tmpfs),
+    which has no O_TMPFILE and refuses renameat2 flags."""
     need(shutil.which("bindfs") is not None, "bindfs not installed (apt-get install bindfs)")
     need(os.path.exists("/dev/fuse"), "/dev/fuse missing")
     backing = tmpfs / "backing"
@@ -961,7 +961,33 @@ def test_hidden_names_on_bindfs_destination_old_destination_never_removable_by_c
     proc = subprocess.run(["bindfs", str(backing), str(mp)], capture_output=True, text=True)
     need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
     mounts.points.append(mp)  # unmounted at teardown
-    p = cross_pair(tmpfs, mp, "tmpfs-to-bindfs")
+    return cross_pair(tmpfs, mp, "tmpfs-to-bindfs")
+
+
+def test_directory_onto_a_filesystem_without_noreplace_is_exdev_not_look_then_rename(mounts, tmpfs, tmp_path):
+    """Without RENAME_NOREPLACE (bindfs answers EINVAL to every renameat2
+    flag) a directory cannot be placed atomically at a free name: looking
+    first and renaming then could replace an empty directory made in
+    between. The kernel's EXDEV stands, and nothing changes."""
+    p = bindfs_pair(mounts, tmpfs, tmp_path)
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    build_small_tree(tree, seed=808)
+    before = listing(tree)
+    run = move_with("os.rename", tree, dst)
+    assert run.result.get("errname") == "EXDEV", run.result
+    assert not os.path.lexists(dst)
+    assert not diff_listings(before, listing(tree), ignore=("atime_ns",))
+    assert hidden(p.src_dir, p.dst_dir) == []
+    # A file still moves there (a hard link never replaces).
+    (p.src_dir / "f").write_bytes(b"file")
+    assert move_with("os.rename", p.src_dir / "f", p.dst_dir / "f").result["ok"]
+    assert read(p.dst_dir / "f") == b"file"
+
+
+def test_hidden_names_on_bindfs_destination_old_destination_never_removable_by_clean(
+        child, mounts, tmpfs, tmp_path):
+    need_strace()
+    p = bindfs_pair(mounts, tmpfs, tmp_path)
     try:
         fd = os.open(p.dst_dir, os.O_TMPFILE | os.O_WRONLY, 0o600)
         os.close(fd)
