@@ -916,6 +916,7 @@ def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_in
     attempt on; after each kill checks the hidden names and `xrename clean
     --remove`. Returns (violations, scenarios)."""
     reset()
+    fh.age(src.parent, dst.parent)  # same calls in every run: no racy compare
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace", calibration_injects)
     assert out.kind == "ok", f"calibration move failed: {out.describe()}"
     calls, first, end = window(out)
@@ -928,6 +929,7 @@ def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_in
     xrename = REPO_ROOT / "target" / "release" / "xrename"
     for c in points:
         reset()
+        fh.age(src.parent, dst.parent)
         spec = f"{c.name}:signal=SIGKILL:when={c.ordinal}"
         out = run_traced(child, src, dst, tmp_path / f"kill-{c.name}-{c.ordinal}.trace",
                          tuple(extra_injects) + (spec,))
@@ -1333,3 +1335,96 @@ def test_sticky_entry_of_an_unmapped_owner_in_a_user_namespace_is_refused_before
 def sys_python() -> str:
     import sys
     return sys.executable
+
+
+# --------------------------------------------------------------------------
+# 1b. a writer that opens the file during the move (after the first look)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["file", "tree"])
+def test_writer_opening_the_source_during_the_move_is_seen_and_its_writes_survive(
+        child, tmpfs, ext4, tmp_path, movers, kind):
+    """The mover stops after its install; a writer opens the source (by
+    path, before it is taken from its name) and holds it. The move must see
+    it once the source has left its name: EXDEV, everything as before, and
+    the writer's later write lands in the source."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    src = p.src_dir / ("f" if kind == "file" else "tree")
+    dst = p.dst_dir / src.name
+    target_file = src if kind == "file" else src / "sub" / "log"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        if kind == "tree":
+            build_small_tree(src, seed=909)
+            (src / "sub").mkdir(exist_ok=True)
+        target_file.write_bytes(b"line 1\n")
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    reset()
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(install),))
+    stop_and(m, install, "after-install")
+    fd = os.open(target_file, os.O_WRONLY | os.O_APPEND)
+    try:
+        m.cont()
+        out = m.finish()
+        os.write(fd, b"line 2, written after the rename returned\n")
+    finally:
+        os.close(fd)
+    assert out.kind == "error" and out.errname == "EXDEV", (
+        f"{out.describe()}: a file opened for writing during the move was moved away from its writer")
+    assert read(target_file) == b"line 1\nline 2, written after the rename returned\n"
+    assert not os.path.lexists(dst), "the withdrawn install is still there"
+    assert hidden(p.src_dir, p.dst_dir) == []
+
+
+@pytest.fixture
+def reachable(tmpfs, ext4):
+    """The tmpfs and ext4 fixtures, reachable by path for other uids."""
+    from oracle_harness import OpenRoot
+    o = OpenRoot()
+    try:
+        yield o.bind(tmpfs, "tmpfs"), o.bind(ext4, "ext4")
+    finally:
+        o.cleanup()
+
+
+def test_file_someone_else_writes_is_not_moved_by_a_user_who_cannot_see_their_processes(reachable):
+    """nobody (uid 65534) moves a world-writable file owned by uid 4321,
+    while a process of uid 4321 holds it open for writing. nobody may not
+    take a lease on a file it does not own, nor read that process's
+    descriptors: it cannot prove there is no writer, so it must not move."""
+    need(PRIVILEGED, "needs root to run processes as other users")
+    need(shutil.which("setpriv") is not None, "setpriv missing (util-linux)")
+    p = cross_pair(*reachable, "tmpfs-to-ext4")
+    for d in (p.src_dir, p.dst_dir):
+        os.chmod(d, 0o777)
+    f = p.src_dir / "shared.log"
+    f.write_bytes(b"first\n")
+    os.chown(f, 4321, 4321)
+    os.chmod(f, 0o666)
+    writer = subprocess.Popen(["setpriv", "--reuid=4321", "--regid=4321", "--clear-groups", sys_python(), "-c",
+                               "import os,sys; fd=os.open(sys.argv[1], os.O_WRONLY|os.O_APPEND); "
+                               "print('open', flush=True); sys.stdin.readline(); os.write(fd, b'second\\n')",
+                               str(f)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys_python(), "-c",
+                               "import os,sys\ntry:\n os.rename(sys.argv[1], sys.argv[2]); print('ok')\n"
+                               "except OSError as e:\n print(__import__('errno').errorcode[e.errno])",
+                               str(f), str(p.dst_dir / "shared.log")],
+                              capture_output=True, text=True, env=child_env(), timeout=DEADLINE_S)
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.wait(DEADLINE_S) == 0
+    finally:
+        writer.kill()
+    assert proc.stdout.strip() == "EXDEV", (proc.stdout, proc.stderr)
+    assert read(f) == b"first\nsecond\n"
+    assert not os.path.lexists(p.dst_dir / "shared.log")

@@ -102,7 +102,6 @@ class Workspace:
             make_file(self.src_dir / self.src_name, SEED, 200_000, 0o640, with_xattr)
             if kind == "file-replace":
                 make_file(self.dst_dir / self.dst_name, SEED + 1, 5_000, 0o600, with_xattr)
-        age(self.src_dir, self.dst_dir)
 
     @property
     def src(self) -> Path:
@@ -113,8 +112,12 @@ class Workspace:
         return self.dst_dir / self.dst_name
 
     def before(self) -> Before:
-        return Before(self.src_name, self.dst_name, record(self.src), record(self.dst),
-                      set(os.listdir(self.src_dir)), set(os.listdir(self.dst_dir)))
+        """Records the fixture, then lets it grow old (`age`): recording
+        puts back the atime readlink changed, which sets ctime."""
+        before = Before(self.src_name, self.dst_name, record(self.src), record(self.dst),
+                        set(os.listdir(self.src_dir)), set(os.listdir(self.dst_dir)))
+        age(self.src_dir, self.dst_dir)
+        return before
 
     def remove(self) -> None:
         remove_leftovers(self.src_dir, self.dst_dir)

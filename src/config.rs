@@ -35,6 +35,8 @@ pub struct Config {
     pub disabled: bool,
     /// `XRENAME_MODE=observe`: never emulate, log every EXDEV.
     pub observe: bool,
+    /// Values that were not understood, for the log.
+    pub note: Option<&'static str>,
     /// `XRENAME_LOG`, then `XRENAME_SUMMARY_LOG`.
     pub logs: Vec<LogTarget>,
     /// Settings passed to the engine.
@@ -53,28 +55,70 @@ pub fn get() -> &'static Config {
     CONFIG.get_or_init(|| Config::from_vars(|name| std::env::var_os(name)))
 }
 
+/// A yes/no value, read case-insensitively; `None` if not understood.
+fn yes_no(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
+        "" | "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl Config {
     /// Builds the settings from a variable lookup (the environment, or a test's map).
+    ///
+    /// Values are read case-insensitively. A value that is not understood
+    /// is never taken as "emulate": an unknown `XRENAME_DISABLE` or
+    /// `XRENAME_MODE` means pass-through, an unknown `XRENAME_DIRS` leaves
+    /// directories to the program, an unknown `XRENAME_FSYNC` keeps fsync;
+    /// and the log lines say which value was not understood.
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Config {
-        let flag = |name: &str, default: bool| match var(name) {
+        let mut notes = Vec::new();
+        let mut flag = |name: &str, default: bool, if_unknown: bool| match var(name) {
             None => default,
-            Some(v) => !matches!(v.to_str(), Some("" | "0" | "no" | "false" | "off")),
+            Some(v) => match v.to_str().and_then(yes_no) {
+                Some(b) => b,
+                None => {
+                    notes.push(format!("{name}={} not understood", v.to_string_lossy()));
+                    if_unknown
+                }
+            },
+        };
+        let disabled = flag("XRENAME_DISABLE", false, true);
+        let fsync = flag("XRENAME_FSYNC", true, true);
+        let dirs = flag("XRENAME_DIRS", true, false);
+        let (observe, mode_passthrough) = match var("XRENAME_MODE") {
+            None => (false, false),
+            Some(v) => match v.to_str().map(str::to_ascii_lowercase).as_deref() {
+                Some("" | "emulate") => (false, false),
+                Some("observe") => (true, false),
+                _ => {
+                    notes.push(format!("XRENAME_MODE={} not understood", v.to_string_lossy()));
+                    (false, true)
+                }
+            },
         };
         let log = var("XRENAME_LOG").and_then(|v| match v.to_str() {
             Some("") => None,
-            Some("stderr" | "-") => Some(LogTarget::Stderr),
+            Some(s) if s.eq_ignore_ascii_case("stderr") || s == "-" => Some(LogTarget::Stderr),
             _ => CString::new(v.into_vec()).ok().map(LogTarget::File),
         });
         let summary = var("XRENAME_SUMMARY_LOG")
             .filter(|v| !v.is_empty())
             .and_then(|v| CString::new(v.into_vec()).ok().map(LogTarget::File));
+        // Leaked once per process, so that log lines can carry it.
+        let disabled = disabled || mode_passthrough;
+        let verdict = if disabled { "pass-through" } else { "the safe choice taken" };
+        let note: Option<&'static str> =
+            (!notes.is_empty()).then(|| &*Box::leak(format!("{}: {verdict}", notes.join(", ")).into_boxed_str()));
         Config {
-            disabled: flag("XRENAME_DISABLE", false),
-            observe: var("XRENAME_MODE").is_some_and(|v| v == "observe"),
+            disabled,
+            observe,
+            note,
             logs: log.into_iter().chain(summary).collect(),
             engine: Options {
-                fsync: flag("XRENAME_FSYNC", true),
-                dirs: flag("XRENAME_DIRS", true),
+                fsync,
+                dirs,
                 progress: None,
                 // Other names of a multi-link file moved earlier become links.
                 links: Some(std::sync::Arc::new(crate::engine::links::Links::new())),
@@ -124,6 +168,33 @@ mod tests {
     #[test]
     fn observe_mode() {
         assert!(from(&[("XRENAME_MODE", "observe")]).observe);
+        assert!(from(&[("XRENAME_MODE", "OBSERVE")]).observe);
+        assert!(from(&[("XRENAME_MODE", "Observe")]).observe);
         assert!(!from(&[("XRENAME_MODE", "emulate")]).observe);
+    }
+
+    #[test]
+    fn values_are_read_case_insensitively() {
+        for off in ["FALSE", "No", "OFF", "0", "false"] {
+            assert!(!from(&[("XRENAME_DISABLE", off)]).disabled, "{off}");
+            assert!(!from(&[("XRENAME_FSYNC", off)]).engine.fsync, "{off}");
+        }
+        for on in ["TRUE", "Yes", "ON", "1"] {
+            assert!(from(&[("XRENAME_DISABLE", on)]).disabled, "{on}");
+        }
+        assert_eq!(from(&[("XRENAME_LOG", "STDERR")]).logs, [LogTarget::Stderr]);
+    }
+
+    #[test]
+    fn a_value_not_understood_is_never_taken_as_emulate() {
+        let c = from(&[("XRENAME_MODE", "emulat")]);
+        assert!(c.disabled && !c.observe);
+        assert_eq!(c.note, Some("XRENAME_MODE=emulat not understood: pass-through"));
+        assert!(from(&[("XRENAME_DISABLE", "maybe")]).disabled);
+        let dirs = from(&[("XRENAME_DIRS", "sometimes")]);
+        assert_eq!(dirs.note, Some("XRENAME_DIRS=sometimes not understood: the safe choice taken"));
+        assert!(!from(&[("XRENAME_DIRS", "sometimes")]).engine.dirs);
+        assert!(from(&[("XRENAME_FSYNC", "lazy")]).engine.fsync);
+        assert!(from(&[]).note.is_none());
     }
 }

@@ -83,6 +83,16 @@ pub unsafe extern "C" fn renameat2(
 extern "C" fn init() {
     real::resolve_all();
     config::init();
+    log::init();
+    // A panic inside a move is caught at the boundary and becomes EXDEV; it
+    // must print nothing on the program's fd 2, which a daemon may use for
+    // data. Panics elsewhere (the command linking this crate) still print.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !BUSY.with(Cell::get) {
+            previous(info);
+        }
+    }));
 }
 
 #[used]
@@ -105,16 +115,22 @@ unsafe fn fallback(
     saved_errno: c_int,
 ) -> c_int {
     let cfg = config::get();
-    if cfg.disabled {
-        return -1; // errno is still the kernel's EXDEV
-    }
-    if cfg.observe {
+    // Pass-through because a setting was not understood, or observe mode:
+    // the kernel's answer, logged with the reason.
+    let passed = match (cfg.disabled, cfg.note, cfg.observe) {
+        (true, Some(note), _) => Some(note),
+        (true, None, _) => return -1, // errno is still the kernel's EXDEV
+        (false, _, true) => Some("observe"),
+        _ => None,
+    };
+    if let Some(step) = passed {
         // SAFETY: the caller guarantees both are C strings.
         let (old, new) = unsafe { (CStr::from_ptr(old), CStr::from_ptr(new)) };
-        let result = Err(engine::Error::new(Errno::XDEV, "observe"));
+        let result = Err(engine::Error::new(Errno::XDEV, step));
         let report = Report::default();
         for target in &cfg.logs {
-            log::write(target, &log::Event { op, old, new, report: &report, elapsed: Default::default(), result });
+            let event = log::Event { op, old, new, report: &report, elapsed: Default::default(), result, note: None };
+            log::write(target, &event);
         }
         set_errno(libc::EXDEV);
         return -1;
@@ -136,7 +152,8 @@ unsafe fn fallback(
         _ => Err(engine::Error::new(Errno::BADF, "dirfd")),
     };
     for target in &cfg.logs {
-        log::write(target, &log::Event { op, old, new, report: &report, elapsed: started.elapsed(), result });
+        let event = log::Event { op, old, new, report: &report, elapsed: started.elapsed(), result, note: cfg.note };
+        log::write(target, &event);
     }
     match result {
         Ok(()) => {

@@ -19,6 +19,7 @@
 use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{FileType, Mode, OFlags};
@@ -42,18 +43,52 @@ pub struct Event<'a> {
     pub elapsed: Duration,
     /// The outcome.
     pub result: engine::Result<()>,
+    /// Settings that were not understood, if any.
+    pub note: Option<&'a str>,
 }
 
-/// Writes `event` to `target`, ignoring every error.
+/// What fd 2 was when the library was loaded: its identity and type.
+static STDERR: OnceLock<Option<(u64, u64, FileType)>> = OnceLock::new();
+
+/// Remembers what standard error is; called from the library constructor.
+pub fn init() {
+    STDERR.get_or_init(stderr_now);
+}
+
+fn stderr_now() -> Option<(u64, u64, FileType)> {
+    let st = rustix::fs::fstat(rustix::stdio::stderr()).ok()?;
+    Some((st.st_dev, st.st_ino, FileType::from_raw_mode(st.st_mode)))
+}
+
+/// Writes `event` to `target`, ignoring every error. Never blocks the
+/// program and never signals it: a log file is opened non-blocking and
+/// written only if it is a regular file (not a FIFO nobody reads, not a
+/// device); standard error only if it is still the file it was when the
+/// library was loaded (a daemon that closed fd 2 and reused the number for
+/// its data gets no log line in it), and a pipe only if it has room, with
+/// SIGPIPE kept from the program.
 pub fn write(target: &LogTarget, event: &Event<'_>) {
     let line = format(event, SystemTime::now(), &program());
     match target {
         LogTarget::Stderr => {
-            let _ = rustix::io::write(rustix::stdio::stderr(), line.as_bytes());
+            let Some(Some(then)) = STDERR.get() else { return };
+            if stderr_now().as_ref() != Some(then) {
+                return;
+            }
+            match then.2 {
+                FileType::Fifo | FileType::Socket => crate::real::write_pipe_quietly(2, line.as_bytes()),
+                _ => {
+                    let _ = rustix::io::write(rustix::stdio::stderr(), line.as_bytes());
+                }
+            }
         }
         LogTarget::File(path) => {
-            let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOCTTY;
-            if let Ok(fd) = rustix::fs::open(&**path, flags, Mode::from_raw_mode(0o644)) {
+            let flags =
+                OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+            let Ok(fd) = rustix::fs::open(&**path, flags, Mode::from_raw_mode(0o644)) else {
+                return;
+            };
+            if rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
                 let _ = rustix::io::write(fd.as_fd(), line.as_bytes());
             }
         }
@@ -100,6 +135,10 @@ pub fn format(e: &Event<'_>, now: SystemTime, program: &str) -> String {
             let _ = write!(s, "\"{}\",\"step\":", errno_name(err.errno));
             json_str(&mut s, err.step.as_bytes());
         }
+    }
+    if let Some(note) = e.note {
+        s.push_str(",\"config\":");
+        json_str(&mut s, note.as_bytes());
     }
     s.push_str("}\n");
     s
@@ -225,6 +264,7 @@ mod tests {
             report: &report,
             elapsed: Duration::from_micros(1500),
             result: Ok(()),
+            note: None,
         };
         let line = format(&e, UNIX_EPOCH + Duration::from_millis(1_764_095_000_123), "py");
         assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
@@ -242,6 +282,7 @@ mod tests {
             report: &report,
             elapsed: Duration::ZERO,
             result: Ok(()),
+            note: None,
         };
         let line = format(&e, UNIX_EPOCH, "x");
         assert!(line.contains("\"result\":\"ok\",\"leftover\":\"/data/in/.xrename-src-1-ab\"}"), "{line}");
@@ -259,6 +300,7 @@ mod tests {
             report: &report,
             elapsed: Duration::ZERO,
             result: Err(engine::Error::new(Errno::NOSPC, "copy")),
+            note: None,
         };
         let line = format(&e, UNIX_EPOCH, "x");
         assert!(line.contains("\"type\":\"unknown\""), "{line}");

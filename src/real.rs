@@ -113,3 +113,34 @@ unsafe extern "C" fn raw_renameat2(
     // SAFETY: libc's syscall() sets errno and returns -1 on failure, like the libc wrapper.
     unsafe { libc::syscall(libc::SYS_renameat2, olddirfd, old, newdirfd, new, flags) as c_int }
 }
+
+/// Writes `bytes` to the pipe or FIFO `fd` without ever raising SIGPIPE in
+/// the program: SIGPIPE is blocked in this thread for the write, and one
+/// that the write raised (none was pending before) is taken back with
+/// `sigtimedwait`. Never blocks: written only if the pipe has room now.
+pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd, no timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 || pfd.revents & libc::POLLOUT == 0 {
+        return;
+    }
+    // SAFETY: sigset_t is plain data, used through the libc calls only.
+    unsafe {
+        let mut pipe: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        let mut pending: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old);
+        libc::sigpending(&mut pending);
+        let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
+        let saved = *libc::__errno_location();
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        if n < 0 && *libc::__errno_location() == libc::EPIPE && !was_pending {
+            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            libc::sigtimedwait(&pipe, core::ptr::null_mut(), &zero);
+        }
+        *libc::__errno_location() = saved;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    }
+}

@@ -385,8 +385,7 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     let st = rustix::fs::statx(dir.as_fd(), c"src", flags, rustix::fs::StatxFlags::BASIC_STATS).unwrap();
     let mut report = Report::default();
-    let mut writers = engine::writers::Writers::default();
-    let copied = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report, &mut writers).unwrap();
+    let copied = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
     let tree = install::Tree { original: &src, records: &copied.records };
     body(install::install(copied.tmp, &dst, install::Dest::Absent, true, Some(tree)).unwrap());
     assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");
@@ -432,4 +431,19 @@ fn rollback_of_an_installed_tree_removes_its_stale_copy_of_an_edited_source() {
         drop(installed);
     });
     assert_eq!(t.names(), ["src"], "the stale copy is gone, nothing left at the destination");
+}
+
+#[test]
+fn program_sees_only_errnos_rename_documents() {
+    use engine::{Error, program_errno};
+    for e in [Errno::AGAIN, Errno::INTR, Errno::NOSYS, Errno::FBIG, Errno::MFILE, Errno::NFILE, Errno::TXTBSY] {
+        assert_eq!(program_errno(&Error::new(e, "copy_file_range")), Errno::XDEV, "{e:?}");
+    }
+    for e in [Errno::NOSPC, Errno::DQUOT, Errno::IO, Errno::ACCESS, Errno::PERM, Errno::NOENT, Errno::EXIST] {
+        assert_eq!(program_errno(&Error::new(e, "install")), e, "{e:?}");
+    }
+    // A policy refusing a step rename never makes is not rename's EPERM.
+    assert_eq!(program_errno(&Error::new(Errno::PERM, "write xattr")), Errno::XDEV);
+    assert_eq!(program_errno(&Error::new(Errno::ACCESS, "set size")), Errno::XDEV);
+    assert_eq!(program_errno(&Error::new(Errno::NOSPC, "set size")), Errno::NOSPC);
 }

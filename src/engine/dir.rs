@@ -41,8 +41,8 @@ use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
 use super::writers::Writers;
 use super::{Options, Report, copy, meta, node, source};
 
-/// Copied files whose writers are looked for at once (one probe a batch);
-/// their source descriptors stay open until then.
+/// Files whose writers are looked for at once (one probe a batch); their
+/// descriptors stay open until then.
 const WRITER_BATCH: usize = 32;
 
 /// A tree copied into a temp, ready to install.
@@ -63,7 +63,6 @@ pub fn copy_tree<'d>(
     dst: &'d Entry,
     opts: &Options,
     report: &mut Report,
-    writers: &mut Writers,
 ) -> Result<CopiedTree<'d>> {
     let src_root = match open_dir(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
@@ -87,16 +86,7 @@ pub fn copy_tree<'d>(
 
     let walk = Walk::new([src_root, tmp_root])?;
     let progress = opts.progress.as_deref();
-    let mut cx = Copy {
-        walk,
-        links: HashMap::new(),
-        path: Vec::new(),
-        report,
-        progress,
-        records: Records::default(),
-        writers,
-        unprobed: Vec::new(),
-    };
+    let mut cx = Copy { walk, links: HashMap::new(), path: Vec::new(), report, progress, records: Records::default() };
     cx.check_dir(dst_parent)?;
     loop {
         let Some(name) = cx.walk.next_name() else {
@@ -107,7 +97,6 @@ pub fn copy_tree<'d>(
             let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
             cx.path.truncate(keep);
             if cx.walk.is_done() {
-                cx.probe_writers()?;
                 if opts.fsync {
                     retry(|| rustix::fs::syncfs(t.as_fd())).at("syncfs destination")?;
                 }
@@ -132,9 +121,6 @@ struct Copy<'r> {
     progress: Option<&'r std::sync::atomic::AtomicU64>,
     /// What each entry was when it was copied.
     records: Records,
-    writers: &'r mut Writers,
-    /// Copied files not yet checked for writers, still open.
-    unprobed: Vec<(OwnedFd, Statx)>,
 }
 
 impl Copy<'_> {
@@ -254,18 +240,6 @@ impl Copy<'_> {
             p.extend_from_slice(name.as_bytes());
             self.links.insert(key, CString::new(p).expect("no NUL"));
         }
-        self.unprobed.push((s, st));
-        if self.unprobed.len() >= WRITER_BATCH {
-            self.probe_writers()?;
-        }
-        Ok(())
-    }
-
-    /// Refuses the move if a copied file is open for writing anywhere.
-    fn probe_writers(&mut self) -> Result<()> {
-        let files: Vec<_> = self.unprobed.iter().map(|(fd, st)| (fd.as_fd(), st)).collect();
-        self.writers.check(&files)?;
-        self.unprobed.clear();
         Ok(())
     }
 }
@@ -381,6 +355,53 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         }
     }
     retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
+}
+
+/// Refuses the move (EXDEV, step `open for writing`) if a regular file of
+/// the taken source tree is open for writing or mapped shared-writable by
+/// any process. Made once the tree has left its name, so no one can open a
+/// file of it by path any more (but through a working directory or an
+/// open directory inside it): a writer that opened one during the copy is
+/// seen here, before anything is deleted.
+pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) -> Result<()> {
+    let name = match taken {
+        source::Taken::Aside(name) => name.as_c_str(),
+        source::Taken::InPlace => &src.name,
+    };
+    // The move has happened but for the deletion: a transient failure here
+    // is tried again rather than undoing it.
+    let root = tidy(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
+    let mut walk = Walk::new([root])?;
+    let mut batch: Vec<(OwnedFd, Statx)> = Vec::new();
+    while !walk.is_done() {
+        let Some(n) = walk.next_name() else {
+            walk.pop()?;
+            continue;
+        };
+        let d = walk.fd(0)?;
+        let st = match tidy(|| lstat(d, &n)) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(Error::new(e, "stat source entry")),
+        };
+        match file_type(&st) {
+            FileType::Directory => {
+                let sub = tidy(|| open_dir_noatime(d, &n)).at("open source subdirectory")?;
+                walk.push(n, [sub])?;
+            }
+            FileType::RegularFile => {
+                let fd = tidy(|| copy::open_source(d, &n)).at("open source file")?;
+                let st = tidy(|| fstat(fd.as_fd())).at("stat source file")?;
+                batch.push((fd, st));
+                if batch.len() >= WRITER_BATCH {
+                    writers.check(&batch.iter().map(|(fd, st)| (fd.as_fd(), st)).collect::<Vec<_>>())?;
+                    batch.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+    writers.check(&batch.iter().map(|(fd, st)| (fd.as_fd(), st)).collect::<Vec<_>>())
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

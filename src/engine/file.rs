@@ -45,11 +45,19 @@ pub struct Copied<'d> {
 /// whose contents are compared once the source is taken.
 pub struct Check {
     src: OwnedFd,
+    /// The source as it was opened.
+    st: rustix::fs::Statx,
     copy: Option<OwnedFd>,
     times: rustix::fs::Timestamps,
 }
 
 impl Check {
+    /// Refuses the move if the source is open for writing anywhere; made
+    /// again once the source has left its name.
+    pub fn writers(&self, writers: &mut Writers) -> Result<()> {
+        writers.check(&[(self.src.as_fd(), &self.st)])
+    }
+
     /// What [`source::take`](super::source::take) compares.
     pub fn verify(&self) -> Verify<'_> {
         self.copy.as_ref().map(|c| (self.src.as_fd(), c.as_fd(), &self.times))
@@ -85,7 +93,7 @@ pub fn copy_file<'d>(
             true => Some(copy::open_source(dst.dir.as_fd(), tmp.name().expect("named")).at("open copy")?),
             false => None,
         };
-        return Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } });
+        return Ok(Copied { tmp, seen, check: Check { src: fd, st: st_now, copy, times } });
     }
     let tmp = Temp::file(dst.dir.as_fd())?;
     let early = opts.fsync && st_now.stx_size >= copy::EARLY_WRITEBACK;
@@ -103,7 +111,7 @@ pub fn copy_file<'d>(
         false => None,
     };
     report.files += 1;
-    Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } })
+    Ok(Copied { tmp, seen, check: Check { src: fd, st: st_now, copy, times } })
 }
 
 fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd> {

@@ -117,12 +117,50 @@ pub struct Report {
 /// Moves `req.old` to `req.new` across devices, or fails with the errno a
 /// same-filesystem rename would have given, leaving everything as it was.
 ///
-/// A syscall the engine needs that this kernel or sandbox does not offer
-/// (ENOSYS: an old kernel without `statx`, a seccomp filter) gives the
-/// program the kernel's EXDEV back, so that it can do its own fallback:
-/// a failed move has changed nothing.
+/// The program only ever sees errnos `rename(2)` documents, each with its
+/// meaning there ([`program_errno`]): anything else (a syscall the kernel or
+/// a sandbox does not offer, EAGAIN, EINTR, EFBIG, EMFILE, ...) gives it the
+/// kernel's EXDEV back, so that it can do its own fallback: a failed move
+/// has changed nothing.
 pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
-    emulate(req, opts, report).map_err(|e| if e.errno == Errno::NOSYS { Error::new(Errno::XDEV, e.step) } else { e })
+    emulate(req, opts, report).map_err(|e| Error::new(program_errno(&e), e.step))
+}
+
+/// The errnos `rename(2)`, `renameat(2)` and `renameat2(2)` document
+/// (EIO too: the kernel's rename returns it for a failed write).
+pub const RENAME_ERRNOS: [Errno; 20] = [
+    Errno::ACCESS,
+    Errno::BADF,
+    Errno::BUSY,
+    Errno::DQUOT,
+    Errno::EXIST,
+    Errno::FAULT,
+    Errno::INVAL,
+    Errno::IO,
+    Errno::ISDIR,
+    Errno::LOOP,
+    Errno::MLINK,
+    Errno::NAMETOOLONG,
+    Errno::NOENT,
+    Errno::NOMEM,
+    Errno::NOSPC,
+    Errno::NOTDIR,
+    Errno::NOTEMPTY,
+    Errno::PERM,
+    Errno::ROFS,
+    Errno::XDEV,
+];
+
+/// What the program is told of a failed move. An errno `rename(2)` does
+/// not document becomes EXDEV; so does a refusal (EPERM, EACCES) of a step
+/// the kernel's rename never makes, where it would mean something rename's
+/// own EPERM/EACCES does not (a policy refusing to copy an extended
+/// attribute or to truncate xrename's own temp file).
+pub fn program_errno(e: &Error) -> Errno {
+    const NOT_RENAME_STEPS: [&str; 6] =
+        ["set size", "list xattrs", "read xattr", "write xattr", "remove inherited ACL", "fsync temp file"];
+    let policy = matches!(e.errno, Errno::PERM | Errno::ACCESS) && NOT_RENAME_STEPS.contains(&e.step);
+    if RENAME_ERRNOS.contains(&e.errno) && !policy { e.errno } else { Errno::XDEV }
 }
 
 fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
@@ -188,7 +226,7 @@ fn move_object(
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
-            let c = dir::copy_tree(src, st, dst, opts, report, &mut writers)?;
+            let c = dir::copy_tree(src, st, dst, opts, report)?;
             (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
@@ -206,8 +244,27 @@ fn move_object(
         }
         None => source::finish(src, taken, opts.fsync, undoable, report),
     };
-    if replacing {
+    // Takes the source from its name, then looks for writers once more: one
+    // that opened it by name during the copy is seen now, when no one can
+    // any more. If there is one, the source goes back (and the install is
+    // undone): EXDEV.
+    let mut take = |report: &mut Report| {
         let taken = source::take(src, &seen, verify, report)?;
+        let rechecked = match (&check, &records) {
+            (Some(check), _) => check.writers(&mut writers),
+            (None, Some(_)) => dir::check_writers(src, &taken, &mut writers),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = rechecked {
+            if let source::Taken::Aside(aside) = &taken {
+                source::give_back(src.dir.as_fd(), aside, &src.name, report);
+            }
+            return Err(e);
+        }
+        Ok(taken)
+    };
+    if replacing {
+        let taken = take(report)?;
         let durable = install::replace(tmp, dst, opts.fsync).inspect_err(|_| {
             if let source::Taken::Aside(aside) = &taken {
                 source::give_back(src.dir.as_fd(), aside, &src.name, report);
@@ -225,7 +282,7 @@ fn move_object(
         // source to another rename, withdraws it.
         let tree = records.as_ref().map(|records| install::Tree { original: src, records });
         let installed = install::install(tmp, dst, dest, opts.fsync, tree)?;
-        let taken = source::take(src, &seen, verify, report)?;
+        let taken = take(report)?;
         finish(taken, true, report)?;
         installed.commit();
     }

@@ -66,7 +66,12 @@ pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -
         Err(Errno::NOENT) => return Err(Error::new(Errno::NOENT, TAKEN)),
         Err(e) => return Err(Error::new(e, "look up source")),
     }
-    if !is_dir && on_overlayfs(dir) {
+    // On overlayfs a file from the image's lower layer would be copied up
+    // whole to be renamed aside: it is checked and removed in place (an
+    // atomic save landing on the name in the microseconds between is lost:
+    // README, "Known limits"). A file made in the upper layer is renamed
+    // aside as anywhere else.
+    if !is_dir && on_overlayfs(dir) && super::sys::overlay_upper_only(dir, &src.name) != Some(true) {
         same_as_copy(verify)?;
         return Ok(Taken::InPlace);
     }

@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// This thread's filesystem uid, which permission checks use.
 pub(crate) fn fsuid() -> u32 {
@@ -48,10 +49,9 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
 /// `Some(errno)` if refused, `None` if the probe could not run.
 pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
-    // A process under a seccomp filter may be killed for an unusual
-    // clone: never risk it there.
-    // SAFETY: PR_GET_SECCOMP takes no pointer.
-    if unsafe { libc::prctl(libc::PR_GET_SECCOMP) } != 0 {
+    // Once the program has reaped one of our children itself (a thread in
+    // `waitpid(-1, __WALL)`), the probe is not ours to make any more.
+    if NO_CHILDREN.load(Ordering::Relaxed) {
         return unknown();
     }
     let mut out = vec![-1 as c_int; fds.len()];
@@ -82,7 +82,12 @@ pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
     answers
 }
 
-/// Waits for the child; false if it did not exit normally.
+/// Set when the program reaped a probe child before us.
+static NO_CHILDREN: AtomicBool = AtomicBool::new(false);
+
+/// Waits for the child; false if it did not exit normally, or if someone
+/// else reaped it (then no probe child is made again in this process: the
+/// `/proc` scan answers instead).
 fn reap(pid: c_int) -> bool {
     let mut status = 0;
     loop {
@@ -94,6 +99,7 @@ fn reap(pid: c_int) -> bool {
         if r < 0 && errno() == libc::EINTR {
             continue;
         }
+        NO_CHILDREN.store(true, Ordering::Relaxed);
         return false;
     }
 }
@@ -106,4 +112,42 @@ fn errno() -> c_int {
 fn set_errno(v: c_int) {
     // SAFETY: this thread's errno slot.
     unsafe { *libc::__errno_location() = v }
+}
+
+/// On overlayfs: whether `name` in `dir` exists only in the upper layer
+/// (created there, never in the image), as its file handle says
+/// (`name_to_handle_at(AT_HANDLE_FID)`: overlayfs encodes the layer of the
+/// object, with the `OVL_FH_FLAG_PATH_UPPER` flag for an upper-only one).
+/// `None` when the handle cannot be read or has another format (an overlay
+/// mounted in a user namespace).
+pub(crate) fn overlay_upper_only(dir: std::os::fd::BorrowedFd<'_>, name: &core::ffi::CStr) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    const AT_HANDLE_FID: c_int = 0x200;
+    const OVL_FILEID_V1: c_int = 0xf8;
+    const OVL_FH_MAGIC: u8 = 0xfb;
+    const OVL_FH_FLAG_PATH_UPPER: u8 = 1 << 2;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: c_int,
+        data: [u8; 128],
+    }
+    let mut h = Handle { bytes: 128, kind: 0, data: [0; 128] };
+    let mut mount_id: c_int = 0;
+    // SAFETY: `h` is a file_handle with room for 128 bytes, as announced in
+    // its first field; `name` is a C string; `mount_id` an out-pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut h as *mut Handle,
+            &mut mount_id as *mut c_int,
+            AT_HANDLE_FID,
+        )
+    };
+    if r != 0 || h.kind != OVL_FILEID_V1 || h.bytes < 8 || h.data[4] != OVL_FH_MAGIC {
+        return None;
+    }
+    Some(h.data[6] & OVL_FH_FLAG_PATH_UPPER != 0)
 }

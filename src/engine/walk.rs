@@ -18,7 +18,7 @@ use rustix::fs::{Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
 
 use super::check::fstat;
-use super::error::{At, Error, Result, TIDY_TRIES, retry};
+use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
 
 /// How many of the deepest levels keep open descriptors.
 pub const WINDOW: usize = 32;
@@ -122,10 +122,12 @@ impl<const N: usize> Walk<N> {
 
     /// Enters a subdirectory of the current one.
     pub fn push(&mut self, name: CString, fds: [OwnedFd; N]) -> Result<()> {
-        let st = fstat(fds[0].as_fd()).at("stat directory")?;
-        let mut ids = [(0, 0, 0); N];
-        for (slot, fd) in ids.iter_mut().zip(&fds) {
-            *slot = id(&fstat(fd.as_fd()).at("stat directory")?);
+        // A transient failure (EIO) is tried again: a walk that deletes an
+        // old source must not stop halfway for it.
+        let st = tidy(|| fstat(fds[0].as_fd())).at("stat directory")?;
+        let mut ids = [id(&st); N];
+        for (slot, fd) in ids.iter_mut().zip(&fds).skip(1) {
+            *slot = id(&tidy(|| fstat(fd.as_fd())).at("stat directory")?);
         }
         let names = read_names(fds[0].as_fd())?;
         self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(Some), names });

@@ -21,14 +21,15 @@
 //!    program's own `wait` never sees it. Files are probed in batches, one
 //!    child a batch.
 //! 2. Where no lease can be taken (not the file's owner and no `CAP_LEASE`,
-//!    a filesystem without leases, a process under a seccomp filter, which
-//!    might kill on an unusual `clone`), `/proc` is read instead: every
-//!    visible process's descriptors (`/proc/PID/fd`, `fdinfo` flags) and
-//!    shared writable mappings (`/proc/PID/maps`), once per move. Processes
-//!    of other users are invisible to a non-root caller: as far as the
-//!    kernel lets us see.
-//! 3. Neither works (no `/proc`): the answer is unknown, and the move is
-//!    refused (EXDEV): fail closed.
+//!    a filesystem without leases, a child that cannot be made), `/proc` is
+//!    read instead: every process's descriptors open for writing
+//!    (`/proc/PID/fdinfo` flags, then the target from the cache) and shared
+//!    writable mappings (`/proc/PID/maps`), once per move.
+//! 3. If some process cannot be looked at (another user's, for a caller
+//!    without the privilege; no `/proc`), a writer there would be invisible:
+//!    the answer is unknown, and the move is refused (EXDEV): fail closed.
+//!    So a caller who neither owns a file nor may read every process gets
+//!    EXDEV for it.
 //!
 //! A writer that opens the file after this check is caught by the change
 //! detection ([`seen`](super::seen)).
@@ -46,7 +47,7 @@ use super::walk::{open_dir, read_names};
 /// The step name of a move refused because of a writer.
 pub const OPEN_FOR_WRITING: &str = "open for writing";
 /// The step name when writers could not be looked for.
-pub const UNCHECKABLE: &str = "open for writing: cannot check (no lease, no /proc)";
+pub const UNCHECKABLE: &str = "open for writing: cannot check (no lease, some process unreadable)";
 
 /// What is known of a file's writers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,61 +102,70 @@ impl Writers {
 }
 
 /// The identities of every file open for writing or mapped shared and
-/// writable by a process whose `/proc` entries we may read. `None` when our
-/// own entries cannot be read (no `/proc`): then nothing can be told.
+/// writable by any process. `None` when that cannot be told: `/proc` is
+/// missing, or some process's descriptors cannot be read (another user's,
+/// for a caller without the privilege): a writer there would be invisible,
+/// so nothing can be proven (fail closed).
 fn scan_proc() -> Option<HashSet<(u32, u32, u64)>> {
     let mut set = HashSet::new();
-    // Our own process first: it must be readable, or /proc is not usable.
-    scan_process(c"/proc/thread-self", &mut set)?;
     let proc = open_dir(rustix::fs::CWD, c"/proc").ok()?;
     for name in read_names(proc.as_fd()).ok()? {
         if name.to_bytes().iter().all(u8::is_ascii_digit) {
             let mut path = b"/proc/".to_vec();
             path.extend_from_slice(name.to_bytes());
             let path = CString::new(path).expect("no NUL");
-            // A process that is gone or not ours to look at: skip it.
-            let _ = scan_process(&path, &mut set);
+            match scan_process(&path, &mut set) {
+                // Gone meanwhile: it writes nothing any more.
+                Ok(()) | Err(Errno::NOENT | Errno::SRCH) => {}
+                Err(_) => return None,
+            }
         }
     }
     Some(set)
 }
 
-fn scan_process(proc: &std::ffi::CStr, set: &mut HashSet<(u32, u32, u64)>) -> Option<()> {
+/// Adds what the process at `proc` writes to `set`. Only descriptors open
+/// for writing (their `fdinfo` flags) are looked at, and their target is
+/// stat'ed with `AT_STATX_DONT_SYNC`, from the cache: a stalled network or
+/// FUSE filesystem that some process has a file open on must not hang the
+/// program.
+fn scan_process(proc: &std::ffi::CStr, set: &mut HashSet<(u32, u32, u64)>) -> rustix::io::Result<()> {
     let dir =
-        rustix::fs::openat(rustix::fs::CWD, proc, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .ok()?;
-    let fd_dir = open_dir(dir.as_fd(), c"fd").ok()?;
-    let fdinfo = open_dir(dir.as_fd(), c"fdinfo").ok()?;
-    for n in read_names(fd_dir.as_fd()).ok()? {
-        let Ok(st) = retry(|| rustix::fs::statx(fd_dir.as_fd(), &*n, AtFlags::empty(), StatxFlags::INO)) else {
+        rustix::fs::openat(rustix::fs::CWD, proc, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let fd_dir = open_dir(dir.as_fd(), c"fd")?;
+    let fdinfo = open_dir(dir.as_fd(), c"fdinfo")?;
+    let names = read_names(fd_dir.as_fd()).map_err(|e| e.errno)?;
+    for n in names {
+        match read_small(fdinfo.as_fd(), &n) {
+            Ok(info) if writable_flags(&info) => {}
+            Ok(_) | Err(Errno::NOENT) => continue, // read-only, or closed meanwhile
+            Err(e) => return Err(e),
+        }
+        let flags = AtFlags::STATX_DONT_SYNC;
+        let Ok(st) = retry(|| rustix::fs::statx(fd_dir.as_fd(), &*n, flags, StatxFlags::TYPE | StatxFlags::INO)) else {
             continue;
         };
-        if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFREG {
-            continue;
-        }
-        if read_small(fdinfo.as_fd(), &n).is_some_and(|info| writable_flags(&info)) {
+        if u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG {
             set.insert((st.stx_dev_major, st.stx_dev_minor, st.stx_ino));
         }
     }
-    if let Some(maps) = read_small(dir.as_fd(), c"maps") {
-        for line in maps.split(|&b| b == b'\n') {
-            if let Some(id) = shared_writable_mapping(line) {
-                set.insert(id);
-            }
+    let maps = read_small(dir.as_fd(), c"maps")?;
+    for line in maps.split(|&b| b == b'\n') {
+        if let Some(id) = shared_writable_mapping(line) {
+            set.insert(id);
         }
     }
-    Some(())
+    Ok(())
 }
 
-fn read_small(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<Vec<u8>> {
-    let fd = retry(|| rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())).ok()?;
+fn read_small(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<Vec<u8>> {
+    let fd = retry(|| rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match retry(|| rustix::io::read(&fd, &mut buf)) {
-            Ok(0) => return Some(out),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return None,
+        match retry(|| rustix::io::read(&fd, &mut buf))? {
+            0 => return Ok(out),
+            n => out.extend_from_slice(&buf[..n]),
         }
     }
 }
