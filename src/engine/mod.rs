@@ -157,8 +157,16 @@ pub const RENAME_ERRNOS: [Errno; 20] = [
 /// own EPERM/EACCES does not (a policy refusing to copy an extended
 /// attribute or to truncate xrename's own temp file).
 pub fn program_errno(e: &Error) -> Errno {
-    const NOT_RENAME_STEPS: [&str; 6] =
-        ["set size", "list xattrs", "read xattr", "write xattr", "remove inherited ACL", "fsync temp file"];
+    const NOT_RENAME_STEPS: [&str; 8] = [
+        "set size",
+        "list xattrs",
+        "read xattr",
+        "write xattr",
+        "remove inherited ACL",
+        "fsync temp file",
+        "syncfs destination",
+        "sync destination",
+    ];
     let policy = matches!(e.errno, Errno::PERM | Errno::ACCESS) && NOT_RENAME_STEPS.contains(&e.step);
     if RENAME_ERRNOS.contains(&e.errno) && !policy { e.errno } else { Errno::XDEV }
 }
