@@ -1428,3 +1428,137 @@ def test_file_someone_else_writes_is_not_moved_by_a_user_who_cannot_see_their_pr
     assert proc.stdout.strip() == "EXDEV", (proc.stdout, proc.stderr)
     assert read(f) == b"first\nsecond\n"
     assert not os.path.lexists(p.dst_dir / "shared.log")
+
+
+# --------------------------------------------------------------------------
+# issue 11, 0. never follow a symlink by name
+# --------------------------------------------------------------------------
+
+ATTACKER_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/inotify.h>
+/* argv: DIR VICTIM. Prepares symlinks to VICTIM in DIR, then renames one over
+ * every hidden name xrename creates in DIR, as fast as inotify reports it. */
+int main(int argc, char **argv) {
+    char link[4096], path[4096], buf[65536];
+    int fd = inotify_init1(0), n = 0;
+    if (fd < 0 || inotify_add_watch(fd, argv[1], IN_CREATE | IN_MOVED_TO) < 0) return 1;
+    snprintf(link, sizeof link, "%s/attack%d", argv[1], n);
+    symlink(argv[2], link);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        ssize_t len = read(fd, buf, sizeof buf);
+        for (char *p = buf; len > 0 && p < buf + len;) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            p += sizeof *e + e->len;
+            if (e->len && !strncmp(e->name, ".xrename-", 9) && strncmp(e->name, ".xrename-src-", 13)) {
+                snprintf(path, sizeof path, "%s/%s", argv[1], e->name);
+                if (rename(link, path) == 0) {
+                    snprintf(link, sizeof link, "%s/attack%d", argv[1], ++n);
+                    symlink(argv[2], link);
+                }
+            }
+        }
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def attacker() -> Path:
+    out = REPO_ROOT / "target" / "attacker"
+    src = out.with_suffix(".c")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text(ATTACKER_C)
+    subprocess.run(["cc", "-O2", "-o", str(out), str(src)], check=True)
+    return out
+
+
+
+def test_a_symlink_renamed_over_a_hidden_node_never_makes_xrename_touch_its_target(tmpfs, ext4, tmp_path, attacker):
+    """Root moves FIFOs into a shared directory while an attacker renames a
+    symlink to a root-owned 0600 file over every hidden name xrename creates
+    there. The victim's mode and owner never change (today's main chmods it
+    within a few hundred moves), and every move either succeeded or failed
+    with EXDEV leaving its source FIFO in place."""
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    os.chmod(p.dst_dir, 0o777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret\n")
+    os.chmod(victim, 0o600)
+    before = os.lstat(victim)
+    attack = subprocess.Popen([str(attacker), str(p.dst_dir), str(victim)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert attack.stdout.readline().strip() == "ready"
+        body = """
+src_dir, dst_dir, n = ARGS["src"], ARGS["dst"], ARGS["n"]
+outcomes = []
+for i in range(n):
+    s, d = os.path.join(src_dir, f"fifo{i}"), os.path.join(dst_dir, f"fifo{i}")
+    os.mkfifo(s, 0o666)
+    os.chmod(s, 0o666)
+    try:
+        os.rename(s, d)
+        outcomes.append("ok")
+    except OSError as e:
+        outcomes.append(errno.errorcode[e.errno])
+RESULTS.append({"outcomes": outcomes})
+"""
+        run = run_child(body, {"src": str(p.src_dir), "dst": str(p.dst_dir), "n": 300})
+    finally:
+        attack.kill()
+        attack.wait()
+    after = os.lstat(victim)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
+        (stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid), "xrename changed the symlink's target"
+    outcomes = run.result["outcomes"]
+    for i, o in enumerate(outcomes):
+        d, s = p.dst_dir / f"fifo{i}", p.src_dir / f"fifo{i}"
+        if o == "ok":
+            # The attacker may land on the name in the microseconds between
+            # the last check and the install: then their own symlink is at the
+            # destination, which they could have put there themselves.
+            assert stat.S_ISFIFO(os.lstat(d).st_mode) or os.path.islink(d), f"move {i}: the destination is neither"
+            assert not os.path.lexists(s)
+        else:
+            assert o == "EXDEV", f"move {i}: {o}"
+            assert stat.S_ISFIFO(os.lstat(s).st_mode)
+            assert not os.path.lexists(d) or os.path.islink(d), f"move {i}: failed, yet {d} is not the attacker's"
+
+
+# --------------------------------------------------------------------------
+# issue 11, 3. resource limits
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["file", "tree"])
+def test_file_over_the_file_size_limit_is_left_to_the_program_not_killed(fs_pair, kind):
+    """RLIMIT_FSIZE below the size of the file (or of a file in the tree),
+    SIGXFSZ at its default action (a C program's): the copy would kill the
+    program or fail with EFBIG. The move is refused before a byte is
+    written: EXDEV, source intact, nothing at the destination."""
+    p = fs_pair
+    src = p.src_dir / ("big" if kind == "file" else "tree")
+    if kind == "tree":
+        build_small_tree(src, seed=1111)
+        (src / "big").write_bytes(random_bytes(20_000, seed=1112))
+    else:
+        src.write_bytes(random_bytes(20_000, seed=1112))
+    before = listing(src) if kind == "tree" else read(src)
+    body = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, resource.RLIM_INFINITY))
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+"""
+    run = run_child(body, {"src": str(src), "dst": str(p.dst_dir / src.name)})
+    assert run.result.get("errname") == "EXDEV", run.result
+    after = listing(src) if kind == "tree" else read(src)
+    if kind == "tree":
+        assert not diff_listings(before, after, ignore=("atime_ns",))
+    else:
+        assert after == before
+    assert not os.path.lexists(p.dst_dir / src.name)
+    assert hidden(p.src_dir, p.dst_dir) == []

@@ -52,6 +52,21 @@ pub fn open_source(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Owned
     Ok(fd)
 }
 
+/// The largest file this process may write (`RLIMIT_FSIZE`), if limited.
+pub fn size_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Fsize).current
+}
+
+/// Refuses a copy of `size` bytes over the process's file size limit before
+/// a byte is written: writing past it raises SIGXFSZ, which kills a program
+/// that does not ignore it, or fails with EFBIG, which rename never returns.
+pub fn within_limit(size: u64, limit: Option<u64>) -> Result<()> {
+    match limit {
+        Some(limit) if size > limit => Err(super::Error::new(Errno::XDEV, "over the file size limit (RLIMIT_FSIZE)")),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
     CopyFileRange,
@@ -77,7 +92,7 @@ pub fn copy_data(
     }
     let mut copier =
         Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress, agains: 0, early_writeback };
-    let mut pos = 0;
+    let (mut pos, mut written) = (0, 0);
     while pos < size {
         let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
             Ok(d) => d,
@@ -99,9 +114,28 @@ pub fn copy_data(
             break; // the source shrank: copy what is there
         }
         pos = hole;
+        written = hole;
     }
-    retry(|| rustix::fs::ftruncate(dst, size)).at("set size")?;
-    Ok(())
+    set_size(dst, written, size)
+}
+
+/// Gives the copy its size when it ends in a hole (`written` bytes of data
+/// were placed up to there). Nothing to do when the data reached the end:
+/// no `ftruncate`, which a sandbox may refuse (Landlock's TRUNCATE right,
+/// for a file we created ourselves). Where it is refused, a zero byte
+/// written at the last offset gives the same size (one block allocated).
+fn set_size(dst: BorrowedFd<'_>, written: u64, size: u64) -> Result<()> {
+    if written >= size {
+        return Ok(());
+    }
+    match retry(|| rustix::fs::ftruncate(dst, size)) {
+        Ok(()) => Ok(()),
+        Err(Errno::ACCESS | Errno::PERM) => {
+            let n = retry(|| rustix::io::pwrite(dst, &[0], size - 1)).at("set size")?;
+            if n == 1 { Ok(()) } else { Err(super::Error::new(Errno::NOSPC, "set size")) }
+        }
+        Err(e) => Err(super::Error::new(e, "set size")),
+    }
 }
 
 struct Copier<'a> {
@@ -131,9 +165,17 @@ impl Copier<'_> {
                         Ok(n) => n,
                         Err(Errno::INTR) => continue,
                         Err(Errno::AGAIN) if self.again() => continue,
-                        Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF)
-                            if done == 0 =>
-                        {
+                        // Not across these filesystems, or refused by a
+                        // seccomp policy: the next method.
+                        Err(
+                            Errno::XDEV
+                            | Errno::INVAL
+                            | Errno::OPNOTSUPP
+                            | Errno::NOSYS
+                            | Errno::BADF
+                            | Errno::PERM
+                            | Errno::ACCESS,
+                        ) if done == 0 => {
                             self.method = Method::Sendfile;
                             continue;
                         }
@@ -148,7 +190,9 @@ impl Copier<'_> {
                         Ok(n) => n,
                         Err(Errno::INTR) => continue,
                         Err(Errno::AGAIN) if self.again() => continue,
-                        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if done == 0 => {
+                        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM | Errno::ACCESS)
+                            if done == 0 =>
+                        {
                             self.method = Method::ReadWrite;
                             continue;
                         }

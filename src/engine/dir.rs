@@ -86,7 +86,16 @@ pub fn copy_tree<'d>(
 
     let walk = Walk::new([src_root, tmp_root])?;
     let progress = opts.progress.as_deref();
-    let mut cx = Copy { walk, links: HashMap::new(), path: Vec::new(), report, progress, records: Records::default() };
+    let size_limit = copy::size_limit();
+    let mut cx = Copy {
+        walk,
+        links: HashMap::new(),
+        path: Vec::new(),
+        report,
+        progress,
+        records: Records::default(),
+        size_limit,
+    };
     cx.check_dir(dst_parent)?;
     loop {
         let Some(name) = cx.walk.next_name() else {
@@ -121,6 +130,8 @@ struct Copy<'r> {
     progress: Option<&'r std::sync::atomic::AtomicU64>,
     /// What each entry was when it was copied.
     records: Records,
+    /// The process's file size limit.
+    size_limit: Option<u64>,
 }
 
 impl Copy<'_> {
@@ -225,6 +236,7 @@ impl Copy<'_> {
             return Err(Error::changed(TREE_CHANGED));
         }
         let seen = Seen::record(&st, started);
+        copy::within_limit(st.stx_size, self.size_limit)?;
         let t = new_file(self.walk.fd(1)?, &name)?;
         self.records.add_copy(&fstat(t.as_fd()).at("stat new file")?);
         copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress, false)?;

@@ -85,6 +85,7 @@ pub fn copy_file<'d>(
         return Err(Error::changed(SOURCE_CHANGED));
     }
     let seen = Seen::record(&st_now, started);
+    copy::within_limit(st_now.stx_size, copy::size_limit())?;
     writers.check(&[(fd.as_fd(), &st_now)])?;
     let times = meta::timestamps(&st_now);
     if let Some(tmp) = opts.links.as_deref().and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {

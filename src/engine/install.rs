@@ -26,8 +26,6 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
 use rustix::io::Errno;
 
@@ -64,6 +62,10 @@ pub struct Temp<'d> {
     /// What the hidden name says it holds.
     role: Role,
     is_dir: bool,
+    /// The inode made under the hidden name, when it was made by name: a
+    /// shared directory lets others rename something over that name, and
+    /// what is installed must be what was made.
+    made: Option<(u32, u32, u64)>,
 }
 
 impl<'d> Temp<'d> {
@@ -72,7 +74,9 @@ impl<'d> Temp<'d> {
         if procfs_usable() {
             let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
             match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
-                Ok(fd) => return Ok(Temp { dir, fd: Some(fd), name: None, role: Role::Temp, is_dir: false }),
+                Ok(fd) => {
+                    return Ok(Temp { dir, fd: Some(fd), name: None, role: Role::Temp, is_dir: false, made: None });
+                }
                 // No O_TMPFILE on this filesystem or kernel: use a name.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
                 Err(e) => return Err(Error::new(e, "create temp file")),
@@ -87,7 +91,7 @@ impl<'d> Temp<'d> {
             retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)))
         })
         .at("create temp file")?;
-        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false })
+        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false, made: None })
     }
 
     /// Creates an object under a fresh hidden name in `dir` with `create`
@@ -103,7 +107,13 @@ impl<'d> Temp<'d> {
     ) -> Result<Temp<'d>> {
         let role = if is_dir { Role::Temp } else { Role::Old };
         let ((), name) = with_fresh_name(role, |name| create(name)).at("create temp")?;
-        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir })
+        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir, made: None })
+    }
+
+    /// Records the inode made under the hidden name (seen as `st` right
+    /// after it was made): [`install`] refuses anything else found there.
+    pub fn made(&mut self, st: &Statx) {
+        self.made = Some((st.stx_dev_major, st.stx_dev_minor, st.stx_ino));
     }
 
     /// Keeps a descriptor of a named temp (a tree's root), so that its
@@ -196,7 +206,13 @@ impl<'d> Temp<'d> {
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
         if let Some(name) = &self.name {
-            remove_ours(self.dir, name, self.is_dir);
+            // Something renamed over our hidden name is not ours to remove.
+            let theirs = self.made.is_some_and(|made| {
+                lstat(self.dir, name).is_ok_and(|st| (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != made)
+            });
+            if !theirs {
+                remove_ours(self.dir, name, self.is_dir);
+            }
         }
     }
 }
@@ -293,6 +309,11 @@ pub fn install<'d>(
     let mut dst_exists = dest == Dest::Present;
     let (dir, is_dir) = (tmp.dir, tmp.is_dir);
     let new = Box::new(tmp.stat()?);
+    if tmp.made.is_some_and(|made| made != (new.stx_dev_major, new.stx_dev_minor, new.stx_ino)) {
+        // Someone renamed another object over our hidden name: never install
+        // it (and dropping `tmp` leaves it alone).
+        return Err(Error::new(Errno::XDEV, "install: the hidden name was taken over"));
+    }
     let sync = match (fsync, dst.syncable, &tmp.fd) {
         (false, _, _) | (true, false, None) => Sync::No,
         (true, true, _) => Sync::Dir,
@@ -601,24 +622,12 @@ fn proc_fd_path(fd: &OwnedFd) -> CString {
     CString::new(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())).expect("no NUL")
 }
 
-/// Whether `/proc/thread-self/fd` can be used to link unnamed files (checked once).
+/// Whether `/proc/thread-self/fd` can be used to link unnamed files.
+/// Asked at every move: a process may `chroot` into a tree without /proc
+/// after one move and make the next.
 fn procfs_usable() -> bool {
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let ok = retry(|| {
-                rustix::fs::statx(
-                    rustix::fs::CWD,
-                    c"/proc/thread-self/fd",
-                    AtFlags::empty(),
-                    rustix::fs::StatxFlags::TYPE,
-                )
-            })
-            .is_ok();
-            STATE.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
-            ok
-        }
-    }
+    retry(|| {
+        rustix::fs::statx(rustix::fs::CWD, c"/proc/thread-self/fd", AtFlags::empty(), rustix::fs::StatxFlags::TYPE)
+    })
+    .is_ok()
 }

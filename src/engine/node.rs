@@ -36,8 +36,15 @@ pub fn copy_node<'d>(
     report: &mut Report,
 ) -> Result<(Temp<'d>, Seen)> {
     let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
-    let tmp = Temp::named(ddir, false, |n| create(sdir, &src.name, st, ddir, n))?;
-    apply_meta(sdir, &src.name, st, ddir, tmp.name().expect("named"))?;
+    let mut tmp = Temp::named(ddir, false, |n| create(sdir, &src.name, st, ddir, n))?;
+    let name = tmp.name().expect("named").to_owned();
+    // What was made there, before anyone could rename something over it.
+    let made = super::check::lstat(ddir, &name).at("stat new node")?;
+    if file_type(&made) != file_type(st) {
+        return Err(Error::new(Errno::XDEV, "the hidden name was taken over"));
+    }
+    tmp.made(&made);
+    apply_meta(sdir, &src.name, st, ddir, &name)?;
     report.files += 1;
     Ok((tmp, Seen::record(st, started)))
 }
@@ -87,11 +94,35 @@ pub fn apply_meta(
     }
     copy_xattrs(src_dir, src_name, dst_dir, dst_name)?;
     if !is_link {
-        // Our own fresh node in a directory only we write to at this point
-        // (a private temp tree), or under a fresh random name.
-        retry(|| rustix::fs::chmodat(dst_dir, dst_name, Mode::from_raw_mode(mode), AtFlags::empty())).at("chmod")?;
+        chmod_node(dst_dir, dst_name, mode)?;
     }
     retry(|| rustix::fs::utimensat(dst_dir, dst_name, &timestamps(st), nofollow)).at("set times")
+}
+
+/// Sets the mode of the node `name` itself, never following a symlink that
+/// someone renamed over our hidden name meanwhile (they would get the mode
+/// of their target changed by us): `fchmodat2(AT_SYMLINK_NOFOLLOW)`, or on
+/// older kernels through an `O_PATH` descriptor of what is there, checked
+/// not to be a symlink, by its `/proc/thread-self/fd` link. Without either,
+/// the move is refused (EXDEV).
+fn chmod_node(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<()> {
+    match retry(|| super::sys::chmod_nofollow(dir, name, mode)) {
+        Ok(()) => return Ok(()),
+        Err(Errno::NOSYS | Errno::PERM) => {} // no fchmodat2, or a filter refusing it
+        Err(Errno::OPNOTSUPP) => return Err(Error::new(Errno::XDEV, "chmod: a symlink replaced the new node")),
+        Err(e) => return Err(Error::new(e, "chmod")),
+    }
+    let flags = rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
+    let fd = retry(|| rustix::fs::openat(dir, name, flags, Mode::empty())).at("open new node")?;
+    if file_type(&super::check::fstat(fd.as_fd()).at("stat new node")?) == FileType::Symlink {
+        return Err(Error::new(Errno::XDEV, "chmod: a symlink replaced the new node"));
+    }
+    let path = CString::new(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())).expect("no NUL");
+    match retry(|| rustix::fs::chmodat(rustix::fs::CWD, &*path, Mode::from_raw_mode(mode), AtFlags::empty())) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOENT) => Err(Error::new(Errno::XDEV, "chmod: no fchmodat2 and no /proc")),
+        Err(e) => Err(Error::new(e, "chmod")),
+    }
 }
 
 fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> CString {
@@ -114,8 +145,29 @@ fn copy_xattrs(src_dir: BorrowedFd<'_>, src_name: &CStr, dst_dir: BorrowedFd<'_>
             return Err(Error::new(e, "write xattr"));
         }
     }
+    // ACLs the new node inherited from a default ACL of its directory, and
+    // the source does not have, must go: they would grant what the original
+    // did not. Removed on the directory and name (removexattrat, no /proc
+    // needed, never following a symlink), else through /proc; if neither
+    // works while the directory has a default ACL, the move is refused.
     for acl in inherited_acls(&names) {
-        let _ = retry(|| rustix::fs::lremovexattr(&*dst, acl));
+        let removed = match retry(|| super::sys::removexattr_nofollow(dst_dir, dst_name, acl)) {
+            Err(Errno::NOSYS) => retry(|| rustix::fs::lremovexattr(&*dst, acl)),
+            other => other,
+        };
+        match removed {
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
+            Err(_) if !has_default_acl(dst_dir) => {}
+            Err(_) => return Err(Error::new(Errno::XDEV, "remove inherited ACL: cannot (no /proc)")),
+        }
     }
     Ok(())
+}
+
+/// Whether the directory `dir` has a default ACL (that new entries inherit).
+fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
+    !matches!(
+        retry(|| rustix::fs::fgetxattr(dir, c"system.posix_acl_default", &mut [0u8; 0][..])),
+        Err(Errno::NODATA | Errno::OPNOTSUPP)
+    )
 }

@@ -151,3 +151,35 @@ pub(crate) fn overlay_upper_only(dir: std::os::fd::BorrowedFd<'_>, name: &core::
     }
     Some(h.data[6] & OVL_FH_FLAG_PATH_UPPER != 0)
 }
+
+/// `fchmodat2(dir, name, mode, AT_SYMLINK_NOFOLLOW)` (Linux 6.6): changes
+/// the mode of `name` itself, never of what a symlink swapped in there
+/// points to (a symlink itself gives EOPNOTSUPP). ENOSYS on older kernels.
+pub(crate) fn chmod_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &core::ffi::CStr,
+    mode: u32,
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SYS_FCHMODAT2: libc::c_long = 452;
+    // SAFETY: plain integer and C-string arguments.
+    let r = unsafe { libc::syscall(SYS_FCHMODAT2, dir.as_raw_fd(), name.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) };
+    if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
+
+/// `removexattrat(dir, name, AT_SYMLINK_NOFOLLOW, attr)` (Linux 6.13):
+/// works on a directory descriptor and a name, without /proc, and never
+/// follows a final symlink. ENOSYS on older kernels.
+pub(crate) fn removexattr_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &core::ffi::CStr,
+    attr: &core::ffi::CStr,
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SYS_REMOVEXATTRAT: libc::c_long = 466;
+    // SAFETY: plain integer and C-string arguments.
+    let r = unsafe {
+        libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr())
+    };
+    if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
