@@ -1562,3 +1562,87 @@ RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
         assert after == before
     assert not os.path.lexists(p.dst_dir / src.name)
     assert hidden(p.src_dir, p.dst_dir) == []
+
+
+# --------------------------------------------------------------------------
+# 2b. the claim, at every step of the move (fault-injection style)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,existing", [("file", False), ("file", True), ("tree", False), ("tree", True)])
+def test_claim_lost_at_any_step_of_the_move_gives_enoent_or_moves_exactly_once(
+        child, tmpfs, ext4, tmp_path, movers, kind, existing):
+    """The mover is stopped after each call of its move in turn (sampled:
+    at most 24 points), another rename takes the source away meanwhile (to
+    `taken`, on the source's filesystem), and the mover goes on. Whatever
+    the point: the object exists exactly once, at `taken` or at the
+    destination; the mover got ENOENT (the other rename won: an old
+    destination is back, nothing hidden is left) or 0 (it had taken the
+    source before: `taken` never got it)."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    src, dst, taken = p.src_dir / "job", p.dst_dir / "job", p.src_dir / "taken"
+    old = b"the old destination\n"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        if kind == "tree":
+            build_small_tree(src, seed=2222)
+        else:
+            src.write_bytes(random_bytes(30_000, seed=2222))
+        if existing:
+            if kind == "tree":
+                dst.mkdir()
+            else:
+                dst.write_bytes(old)
+        fh.age(p.src_dir, p.dst_dir)
+
+    reset()
+    original = listing(src) if kind == "tree" else read(src)
+    fh.age(p.src_dir, p.dst_dir)  # listing a symlink sets its ctime
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    points = [c for c in calls[first + 1:end] if c.name not in ("getppid",)]
+    step = max(1, len(points) // 24)
+    problems = []
+    for c in points[::step]:
+        reset()
+        m = start(movers, child, src, dst, tmp_path / f"claim-{c.name}-{c.ordinal}.trace", (stop_spec(c),))
+        if not m.wait_stopped():
+            problems.append(f"{c.name} #{c.ordinal}: the mover did not stop there: {m.finish().describe()}")
+            continue
+        try:
+            os.rename(src, taken)  # the other mover, on the source's filesystem
+            took = True
+        except FileNotFoundError:
+            took = False  # the mover had taken it already
+        m.cont()
+        out = m.finish()
+        where = f"stopped after {c.name} #{c.ordinal}, taken by the other rename: {took}: {out.describe()}"
+
+        def same(path: Path) -> bool:
+            if not os.path.lexists(path):
+                return False
+            got = listing(path) if kind == "tree" else read(path)
+            return not diff_listings(original, got, ignore=("atime_ns", "mtime_ns")) if kind == "tree" \
+                else got == original
+        at = [n for n, q in (("taken", taken), ("destination", dst)) if same(q)]
+        if len(at) != 1:
+            problems.append(f"{where}: the object is at {at or 'no place'}")
+        if out.kind == "error":
+            if out.errname not in ("ENOENT", "EXDEV"):
+                problems.append(f"{where}: errno {out.errname}")
+            if existing and kind == "file" and read(dst) != old:
+                problems.append(f"{where}: the old destination was not put back")
+            if existing and kind == "tree" and (not dst.is_dir() or os.listdir(dst)):
+                problems.append(f"{where}: the old (empty) destination directory was not put back")
+        elif out.kind == "ok":
+            if took:
+                problems.append(f"{where}: rename returned 0, yet the other rename had taken the source")
+        else:
+            problems.append(f"{where}: unexpected outcome")
+        left = hidden(p.src_dir, p.dst_dir)
+        if left:
+            problems.append(f"{where}: hidden names left: {left}")
+    assert not problems, f"{len(problems)} of {len(points[::step])} points:\n  " + "\n  ".join(problems)

@@ -59,7 +59,7 @@ pub fn get() -> &'static Config {
 fn yes_no(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
-        "" | "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
+        "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
         _ => None,
     }
 }
@@ -75,7 +75,9 @@ impl Config {
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Config {
         let mut notes = Vec::new();
         let mut flag = |name: &str, default: bool, if_unknown: bool| match var(name) {
+            // Set but empty (`XRENAME_FSYNC=` by accident): as if unset.
             None => default,
+            Some(v) if v.is_empty() => default,
             Some(v) => match v.to_str().and_then(yes_no) {
                 Some(b) => b,
                 None => {
@@ -148,6 +150,7 @@ mod tests {
         assert!(from(&[("XRENAME_DISABLE", "1")]).disabled);
         assert!(!from(&[("XRENAME_DISABLE", "0")]).disabled);
         assert!(!from(&[("XRENAME_DISABLE", "")]).disabled);
+        assert!(from(&[("XRENAME_FSYNC", "")]).engine.fsync, "empty is unset, not off");
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
             }
         }
         LogTarget::File(path) => {
+            // Not even opened if it is not a regular file: opening a FIFO to
+            // write would wake its reader (an EOF when closed again).
+            match rustix::fs::stat(&**path) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => return,
+                Ok(_) | Err(Errno::NOENT) => {}
+                Err(_) => return,
+            }
             let flags =
                 OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
             let Ok(fd) = rustix::fs::open(&**path, flags, Mode::from_raw_mode(0o644)) else {
@@ -124,17 +131,15 @@ pub fn format(e: &Event<'_>, now: SystemTime, program: &str) -> String {
         e.elapsed.as_secs_f64() * 1000.0
     );
     match &e.result {
-        Ok(()) => {
-            s.push_str("\"ok\"");
-            if let Some(name) = &e.report.leftover {
-                s.push_str(",\"leftover\":");
-                json_str(&mut s, &leftover_path(e.old.to_bytes(), name.to_bytes()));
-            }
-        }
+        Ok(()) => s.push_str("\"ok\""),
         Err(err) => {
             let _ = write!(s, "\"{}\",\"step\":", errno_name(err.errno));
             json_str(&mut s, err.step.as_bytes());
         }
+    }
+    if let Some(name) = &e.report.leftover {
+        s.push_str(",\"leftover\":");
+        json_str(&mut s, &leftover_path(e.old.to_bytes(), name.to_bytes()));
     }
     if let Some(note) = e.note {
         s.push_str(",\"config\":");

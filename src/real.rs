@@ -114,33 +114,42 @@ unsafe extern "C" fn raw_renameat2(
     unsafe { libc::syscall(libc::SYS_renameat2, olddirfd, old, newdirfd, new, flags) as c_int }
 }
 
-/// Writes `bytes` to the pipe or FIFO `fd` without ever raising SIGPIPE in
-/// the program: SIGPIPE is blocked in this thread for the write, and one
-/// that the write raised (none was pending before) is taken back with
-/// `sigtimedwait`. Never blocks: written only if the pipe has room now.
+/// Writes `bytes` to the pipe, FIFO or socket `fd` (standard error) without
+/// ever blocking or raising SIGPIPE in the program. A socket gets one
+/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`. A pipe is written through a new,
+/// non-blocking open file of it (`/proc/self/fd/N`: the program's own
+/// file keeps its flags), whole lines of at most `PIPE_BUF` bytes only
+/// (atomic: all or nothing), with SIGPIPE blocked in this thread and one
+/// that the write raised taken back with `sigtimedwait`.
 pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-    // SAFETY: one valid pollfd, no timeout.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 || pfd.revents & libc::POLLOUT == 0 {
+    // SAFETY: `bytes` is valid for its length; flags are plain integers.
+    let sent = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    // SAFETY: this thread's errno slot.
+    if sent >= 0 || unsafe { *libc::__errno_location() } != libc::ENOTSOCK || bytes.len() > libc::PIPE_BUF {
+        return;
+    }
+    let path = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: a NUL-terminated path.
+    let pipe = unsafe { libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if pipe < 0 {
         return;
     }
     // SAFETY: sigset_t is plain data, used through the libc calls only.
     unsafe {
-        let mut pipe: libc::sigset_t = core::mem::zeroed();
+        let mut sigpipe: libc::sigset_t = core::mem::zeroed();
         let mut old: libc::sigset_t = core::mem::zeroed();
         let mut pending: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut pipe);
-        libc::sigaddset(&mut pipe, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old);
+        libc::sigemptyset(&mut sigpipe);
+        libc::sigaddset(&mut sigpipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &sigpipe, &mut old);
         libc::sigpending(&mut pending);
         let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
-        let saved = *libc::__errno_location();
-        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        let n = libc::write(pipe, bytes.as_ptr().cast(), bytes.len());
         if n < 0 && *libc::__errno_location() == libc::EPIPE && !was_pending {
             let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            libc::sigtimedwait(&pipe, core::ptr::null_mut(), &zero);
+            libc::sigtimedwait(&sigpipe, core::ptr::null_mut(), &zero);
         }
-        *libc::__errno_location() = saved;
+        libc::close(pipe);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
 }

@@ -31,6 +31,9 @@ use super::source::{SOURCE_CHANGED, Verify};
 use super::writers::Writers;
 use super::{Options, Report, copy, meta};
 
+/// From this size on, writers are also looked for before the copy.
+const EARLY_PROBE: u64 = 1 << 20;
+
 /// A file copied into a temp, ready to install.
 pub struct Copied<'d> {
     /// The copy.
@@ -86,7 +89,11 @@ pub fn copy_file<'d>(
     }
     let seen = Seen::record(&st_now, started);
     copy::within_limit(st_now.stx_size, copy::size_limit())?;
-    writers.check(&[(fd.as_fd(), &st_now)])?;
+    // The probe that counts is made once the source has left its name
+    // (Check::writers); this one only spares copying a big file for nothing.
+    if st_now.stx_size >= EARLY_PROBE {
+        writers.check(&[(fd.as_fd(), &st_now)])?;
+    }
     let times = meta::timestamps(&st_now);
     if let Some(tmp) = opts.links.as_deref().and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
         // Another name of it moved earlier: a hard link to that copy.

@@ -221,7 +221,7 @@ fn move_object(
         // other object needs a hidden temp that could never be renamed away.
         return Err(Error::new(Errno::XDEV, "append-only destination directory"));
     }
-    let mut writers = writers::Writers::default();
+    let mut writers = writers::Writers;
     // An existing destination on overlayfs may come from the lower layer:
     // keeping it for a rollback (exchange, link) would copy it up whole, or
     // fail with EXDEV for a directory. The kernel replaces it in place, and

@@ -112,6 +112,11 @@ impl Seen {
         self.racy
     }
 
+    /// The size then.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The type then.
     pub fn kind(&self) -> FileType {
         self.kind

@@ -31,6 +31,10 @@ use super::seen::{Seen, same_content};
 
 const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
+/// Up to this size, a lower-layer file is renamed aside all the same: its
+/// copy-up costs less than the risk of removing it by name.
+const OVERLAY_COPY_UP_MAX: u64 = 1 << 20;
+
 /// The step name when the source changed while it was copied.
 pub const SOURCE_CHANGED: &str = "source changed during the move";
 /// The step name when another rename took the source first.
@@ -66,12 +70,17 @@ pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -
         Err(Errno::NOENT) => return Err(Error::new(Errno::NOENT, TAKEN)),
         Err(e) => return Err(Error::new(e, "look up source")),
     }
-    // On overlayfs a file from the image's lower layer would be copied up
-    // whole to be renamed aside: it is checked and removed in place (an
-    // atomic save landing on the name in the microseconds between is lost:
-    // README, "Known limits"). A file made in the upper layer is renamed
-    // aside as anywhere else.
-    if !is_dir && on_overlayfs(dir) && super::sys::overlay_upper_only(dir, &src.name) != Some(true) {
+    // On overlayfs a file that may come from the image's lower layer (its
+    // handle says it has a lower origin, or cannot say) would be copied up
+    // whole to be renamed aside: a big one is checked and removed in place
+    // (an atomic save landing on the name in the microseconds between is
+    // lost: README, "Known limits"). A file made in the upper layer, or a
+    // small one, is renamed aside as anywhere else.
+    if !is_dir
+        && seen.size() > OVERLAY_COPY_UP_MAX
+        && on_overlayfs(dir)
+        && super::sys::overlay_upper_only(dir, &src.name) != Some(true)
+    {
         same_as_copy(verify)?;
         return Ok(Taken::InPlace);
     }

@@ -3,7 +3,6 @@
 #![allow(unsafe_code)]
 
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicBool, Ordering};
 
 /// This thread's filesystem uid, which permission checks use.
 pub(crate) fn fsuid() -> u32 {
@@ -49,11 +48,6 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
 /// `Some(errno)` if refused, `None` if the probe could not run.
 pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
-    // Once the program has reaped one of our children itself (a thread in
-    // `waitpid(-1, __WALL)`), the probe is not ours to make any more.
-    if NO_CHILDREN.load(Ordering::Relaxed) {
-        return unknown();
-    }
     let mut out = vec![-1 as c_int; fds.len()];
     let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
     let mut stack = vec![0u8; STACK];
@@ -66,6 +60,10 @@ pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
         let mut all: libc::sigset_t = core::mem::zeroed();
         let mut old: libc::sigset_t = core::mem::zeroed();
         libc::sigfillset(&mut all);
+        // SIGSYS stays deliverable: a seccomp filter that traps the clone
+        // (SECCOMP_RET_TRAP) reaches the program's handler, which may answer
+        // an error, instead of killing it as a blocked SIGSYS does.
+        libc::sigdelset(&mut all, libc::SIGSYS);
         // Blocked here, so blocked in the child: a lease break (SIGIO)
         // or any other signal dies with it, never run as a handler.
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
@@ -82,12 +80,9 @@ pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
     answers
 }
 
-/// Set when the program reaped a probe child before us.
-static NO_CHILDREN: AtomicBool = AtomicBool::new(false);
-
-/// Waits for the child; false if it did not exit normally, or if someone
-/// else reaped it (then no probe child is made again in this process: the
-/// `/proc` scan answers instead).
+/// Waits for the child; false if it did not exit normally, or if the
+/// program reaped it first (a thread in `waitpid(-1, __WALL)`): then its
+/// answers cannot be trusted, and this probe answers "unknown".
 fn reap(pid: c_int) -> bool {
     let mut status = 0;
     loop {
@@ -99,7 +94,6 @@ fn reap(pid: c_int) -> bool {
         if r < 0 && errno() == libc::EINTR {
             continue;
         }
-        NO_CHILDREN.store(true, Ordering::Relaxed);
         return false;
     }
 }
