@@ -7,6 +7,7 @@ namespace (root: `unshare -m --propagation private`, else `unshare -Urm`).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -131,3 +132,29 @@ def fs_pair(request) -> Pair:
 @pytest.fixture
 def root_only():
     need(PRIVILEGED, "needs real root (chown to arbitrary ids / foreign-uid ACL entries)")
+
+
+# Filesystems made from a loop image, for the differential tests: (mkfs
+# command, mount type, what it stands for). Under CI=true a filesystem that
+# cannot be made fails the test; nothing is skipped there.
+LOOP_FILESYSTEMS = {
+    "ext2": (["mkfs.ext2", "-q", "-F"], "ext2"),
+    "ext4-128": (["mkfs.ext4", "-q", "-F", "-I", "128"], "ext4"),  # 1-second timestamps
+    "xfs": (["mkfs.xfs", "-q", "-f"], "xfs"),
+    "btrfs": (["mkfs.btrfs", "-q", "-f"], "btrfs"),
+}
+
+
+def loop_fs(mounts, tmp_path: Path, kind: str) -> Path:
+    """A fresh filesystem of `kind` (see LOOP_FILESYSTEMS), loop-mounted."""
+    need(loop_devices_usable(), f"a loop-mounted {kind} needs real root and /dev/loop-control")
+    mkfs, fstype = LOOP_FILESYSTEMS[kind]
+    need(shutil.which(mkfs[0]) is not None, f"{mkfs[0]} missing")
+    image = tmp_path / f"{kind}.img"
+    subprocess.run(["truncate", "-s", "400M", str(image)], check=True)
+    mk = subprocess.run([*mkfs, str(image)], capture_output=True, text=True)
+    need(mk.returncode == 0, f"{mkfs[0]} failed: {mk.stderr.strip()}")
+    mounts.after_umount.append(image)
+    mp = tmp_path / kind
+    mounts.mount(["-t", fstype, "-o", "loop", str(image)], mp, f"{kind} (loop)")
+    return mp

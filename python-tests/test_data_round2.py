@@ -1646,3 +1646,79 @@ def test_claim_lost_at_any_step_of_the_move_gives_enoent_or_moves_exactly_once(
         if left:
             problems.append(f"{where}: hidden names left: {left}")
     assert not problems, f"{len(problems)} of {len(points[::step])} points:\n  " + "\n  ".join(problems)
+
+
+# --------------------------------------------------------------------------
+# issue 11, 2. other preloaded libraries
+# --------------------------------------------------------------------------
+
+def lib_path(*candidates: str) -> str:
+    for c in candidates:
+        if os.path.exists(c):
+            return c
+    need(False, f"none of {candidates} installed")
+    return ""
+
+
+def test_under_fakeroot_xrename_steps_aside_and_mv_keeps_fake_owners_and_nodes(fs_pair, tmp_path):
+    """fakeroot fakes owners and device nodes in its own daemon; the
+    engine's raw syscalls cannot see them. Under the shim, mv of a fake
+    device node and of a file chowned to 1234:5678 must give what mv alone
+    gives: the shim steps aside (EXDEV, named in the log) and mv copies
+    through fakeroot."""
+    need(shutil.which("fakeroot") is not None, "fakeroot not installed")
+    p = fs_pair
+    log = tmp_path / "log.jsonl"
+    script = (f'cd "{p.src_dir}" && mknod dev c 1 3 && echo data > f && chown 1234:5678 f && '
+              f'LD_PRELOAD="{LIBRARY} $LD_PRELOAD" XRENAME_LOG="{log}" mv dev f "{p.dst_dir}/" && '
+              f'stat -c "%F %u:%g %t:%T" "{p.dst_dir}/dev" "{p.dst_dir}/f"')
+    proc = subprocess.run(["fakeroot", "sh", "-c", script], capture_output=True, text=True, timeout=DEADLINE_S,
+                          env=child_env(preload=False))
+    assert proc.returncode == 0, proc.stderr
+    dev, f = proc.stdout.strip().splitlines()
+    assert dev.startswith("character special file 0:0 1:3"), dev
+    assert f.startswith("regular file 1234:5678"), f
+    lines = log_lines(log)
+    assert lines and all("libfakeroot" in line.get("step", "") for line in lines), lines
+
+
+def test_under_fakechroot_xrename_steps_aside_and_touches_no_real_path(child, tmpfs, ext4, tmp_path):
+    """fakechroot translates paths inside a fake root. With the shim
+    preloaded first (as `xrename --` did), the EXDEV comes from the
+    translated paths; the engine must not act on the untranslated ones (the
+    real system's). It steps aside, and the log names fakechroot."""
+    lib = lib_path("/usr/lib/x86_64-linux-gnu/fakechroot/libfakechroot.so",
+                   "/usr/lib/fakechroot/libfakechroot.so")
+    base = tmpfs / "fakeroot-base"
+    (base / "a").mkdir(parents=True)
+    os.symlink(ext4, base / "b")  # /b inside the fake root: another filesystem
+    (base / "a" / "f").write_bytes(b"inside the fake root\n")
+    log = tmp_path / "log.jsonl"
+    env = child_env({"LD_PRELOAD": f"{LIBRARY} {lib}", "FAKECHROOT_BASE": str(base), "XRENAME_LOG": str(log)},
+                    preload=False)
+    # A C program (the fault suite's rename1): python could not find its
+    # own files inside the fake root.
+    proc = subprocess.run([str(child), "/a/f", "/b/f"], capture_output=True, text=True, env=env, timeout=DEADLINE_S)
+    lines = log_lines(log)
+    assert lines and "libfakechroot" in lines[-1].get("step", ""), (proc.stdout, proc.stderr, lines)
+    assert read(base / "a" / "f") == b"inside the fake root\n"
+    assert not os.path.exists(ext4 / "f")
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("which", ["eatmydata", "faketime"])
+def test_under_eatmydata_and_faketime_xrename_still_moves(fs_pair, which, first):
+    """libeatmydata (no fsync) and libfaketime (other clocks) interpose
+    calls the engine also makes, but change neither paths nor owners: the
+    shim keeps working under them, in either order in LD_PRELOAD."""
+    other = lib_path("/usr/lib/x86_64-linux-gnu/libeatmydata.so", "/usr/lib/libeatmydata.so") \
+        if which == "eatmydata" else lib_path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"moved under " + which.encode())
+    order = f"{LIBRARY} {other}" if first else f"{other} {LIBRARY}"
+    env = {"LD_PRELOAD": order, "FAKETIME": "-1d"}
+    proc = subprocess.run([sys_python(), "-c", "import os,sys; os.rename(sys.argv[1], sys.argv[2])", str(src), str(dst)],
+                          capture_output=True, text=True, env=child_env(env, preload=False), timeout=DEADLINE_S)
+    assert proc.returncode == 0, proc.stderr
+    assert read(dst) == b"moved under " + which.encode() and not os.path.lexists(src)

@@ -37,6 +37,9 @@ pub struct Config {
     pub observe: bool,
     /// Values that were not understood, for the log.
     pub note: Option<&'static str>,
+    /// Another library that virtualises the filesystem: xrename steps
+    /// aside (EXDEV), and the log says which.
+    pub interposer: Option<&'static str>,
     /// `XRENAME_LOG`, then `XRENAME_SUMMARY_LOG`.
     pub logs: Vec<LogTarget>,
     /// Settings passed to the engine.
@@ -50,9 +53,15 @@ pub fn init() {
     get();
 }
 
-/// The settings, read from the environment on first use.
+/// The settings, read from the environment on first use, and whether
+/// another library virtualises the filesystem.
 pub fn get() -> &'static Config {
-    CONFIG.get_or_init(|| Config::from_vars(|name| std::env::var_os(name)))
+    CONFIG.get_or_init(|| {
+        let mut c = Config::from_vars(|name| std::env::var_os(name));
+        c.interposer = crate::real::interposer()
+            .map(|lib| &*Box::leak(format!("another library virtualises the filesystem: {lib}").into_boxed_str()));
+        c
+    })
 }
 
 /// A yes/no value, read case-insensitively; `None` if not understood.
@@ -117,6 +126,7 @@ impl Config {
             disabled,
             observe,
             note,
+            interposer: None,
             logs: log.into_iter().chain(summary).collect(),
             engine: Options {
                 fsync,

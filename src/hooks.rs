@@ -121,7 +121,9 @@ unsafe fn fallback(
         (true, Some(note), _) => Some(note),
         (true, None, _) => return -1, // errno is still the kernel's EXDEV
         (false, _, true) => Some("observe"),
-        _ => None,
+        // fakechroot, fakeroot: the engine's raw syscalls would act on real
+        // paths and real owners, not the ones the program sees.
+        _ => cfg.interposer,
     };
     if let Some(step) = passed {
         // SAFETY: the caller guarantees both are C strings.

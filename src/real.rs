@@ -153,3 +153,87 @@ pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
 }
+
+/// The filesystem calls the engine makes as raw syscalls, by the names a
+/// library would interpose them under.
+const FS_CALLS: [&core::ffi::CStr; 36] = [
+    c"open",
+    c"open64",
+    c"openat",
+    c"openat64",
+    c"stat",
+    c"lstat",
+    c"fstatat",
+    c"statx",
+    c"__xstat",
+    c"__lxstat",
+    c"__fxstatat",
+    c"unlink",
+    c"unlinkat",
+    c"mkdir",
+    c"mkdirat",
+    c"rmdir",
+    c"chown",
+    c"lchown",
+    c"fchown",
+    c"fchownat",
+    c"chmod",
+    c"fchmod",
+    c"fchmodat",
+    c"mknod",
+    c"mknodat",
+    c"__xmknod",
+    c"__xmknodat",
+    c"link",
+    c"linkat",
+    c"symlink",
+    c"symlinkat",
+    c"readlink",
+    c"readlinkat",
+    c"setxattr",
+    c"lsetxattr",
+    c"utimensat",
+];
+
+/// Libraries that interpose some of [`FS_CALLS`] without changing what a
+/// path names or who owns what: under them the engine's raw syscalls do
+/// what the program's calls do.
+const HARMLESS: [&str; 2] = ["libeatmydata", "libfaketime"];
+
+/// Another loaded object that defines filesystem calls the engine makes as
+/// raw syscalls (fakechroot translating paths, fakeroot faking owners and
+/// device nodes): the first definition of each name in the global scope
+/// (`dlsym(RTLD_DEFAULT)`) is looked up, and `dladdr` tells which object
+/// it is in. Anything but the C library, the dynamic loader, xrename itself
+/// and [`HARMLESS`] libraries is named: the engine, which acts on real
+/// paths and real owners, must then step aside.
+pub fn interposer() -> Option<String> {
+    let ours = object_of(interposer as *const c_void);
+    for name in FS_CALLS {
+        // SAFETY: `name` is NUL-terminated; RTLD_DEFAULT is a valid pseudo-handle.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        if p.is_null() {
+            continue;
+        }
+        let Some(object) = object_of(p) else { continue };
+        let base = object.rsplit('/').next().unwrap_or(&object);
+        let system = base.starts_with("libc.so") || base.starts_with("ld-linux") || base.starts_with("libc-");
+        if system || Some(&object) == ours.as_ref() || HARMLESS.iter().any(|h| base.starts_with(h)) {
+            continue;
+        }
+        return Some(format!("{base} ({})", name.to_string_lossy()));
+    }
+    None
+}
+
+/// The path of the loaded object that holds `addr`.
+fn object_of(addr: *const c_void) -> Option<String> {
+    // SAFETY: Dl_info is plain data filled by dladdr.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer; dladdr only reads `addr`.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
+    Some(unsafe { core::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy().into_owned())
+}

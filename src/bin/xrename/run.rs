@@ -1,7 +1,8 @@
 //! `xrename [OPTIONS] [--] CMD [ARGS...]`: run a command with the library
 //! preloaded.
 //!
-//! The library is put first in `LD_PRELOAD`, keeping what was there. Without
+//! The library is put first in `LD_PRELOAD`, keeping what was there (after
+//! fakechroot or fakeroot, if they are there, and it says so). Without
 //! `--summary` xrename replaces itself with the command (`exec`), so the
 //! command keeps our pid and its exit status is ours by construction. With
 //! `--summary` it waits for the command, then reads the JSON lines every
@@ -69,10 +70,14 @@ pub fn main(args: &[OsString]) -> i32 {
 
     let mut command = Command::new(cmd);
     command.args(&args[i + 1..]);
-    let mut preload = lib.into_os_string();
-    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        preload.push(":");
-        preload.push(old);
+    let old = std::env::var_os("LD_PRELOAD").unwrap_or_default();
+    let (preload, after) = preload_list(lib.as_os_str(), &old);
+    if !after.is_empty() {
+        eprintln!(
+            "xrename: {} virtualises the filesystem: the library goes after it in LD_PRELOAD, and moves \
+             under it are left to the program (EXDEV)",
+            after.join(", ")
+        );
     }
     command.env("LD_PRELOAD", preload);
     if let Some(log) = &opts.log {
@@ -126,6 +131,30 @@ fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
         Some(p) => Ok(p.canonicalize().unwrap_or_else(|_| p.clone())),
         None => Err(tried),
     }
+}
+
+/// Libraries that virtualise paths or owners (fakechroot, fakeroot): the
+/// library goes after them, so that the calls it sees are theirs,
+/// translated; it then steps aside under them anyway (see `real::interposer`).
+const VIRTUALISERS: [&str; 2] = ["libfakechroot", "libfakeroot"];
+
+/// `LD_PRELOAD` with the library: first, or after the last virtualising
+/// library already there; and the names of those libraries.
+fn preload_list(lib: &OsStr, old: &OsStr) -> (OsString, Vec<String>) {
+    let entries: Vec<&[u8]> = old.as_bytes().split(|&b| b == b':' || b == b' ').filter(|e| !e.is_empty()).collect();
+    let is_virtualiser = |e: &[u8]| {
+        let base = e.rsplit(|&b| b == b'/').next().unwrap_or(e);
+        VIRTUALISERS.iter().any(|v| base.starts_with(v.as_bytes()))
+    };
+    let at = entries.iter().rposition(|e| is_virtualiser(e)).map_or(0, |i| i + 1);
+    let after: Vec<String> = entries[..at]
+        .iter()
+        .filter(|e| is_virtualiser(e))
+        .map(|e| String::from_utf8_lossy(e.rsplit(|&b| b == b'/').next().unwrap_or(e)).into_owned())
+        .collect();
+    let mut list: Vec<&[u8]> = entries.clone();
+    list.insert(at, lib.as_bytes());
+    (OsString::from(std::ffi::OsStr::from_bytes(&list.join(&b':'))), after)
 }
 
 /// Why `LD_PRELOAD` will not reach `cmd`, if it will not.
@@ -304,6 +333,16 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn library_goes_first_or_after_a_virtualiser() {
+        let lib = OsStr::new("/x/libxrename.so");
+        assert_eq!(preload_list(lib, OsStr::new("")).0, OsString::from("/x/libxrename.so"));
+        assert_eq!(preload_list(lib, OsStr::new("/l/a.so")).0, OsString::from("/x/libxrename.so:/l/a.so"));
+        let (list, after) = preload_list(lib, OsStr::new("/l/a.so /usr/lib/libfakeroot-sysv.so:/l/b.so"));
+        assert_eq!(list, OsString::from("/l/a.so:/usr/lib/libfakeroot-sysv.so:/x/libxrename.so:/l/b.so"));
+        assert_eq!(after, ["libfakeroot-sysv.so"]);
+    }
 
     #[test]
     fn summary_counts_moves_failures_bytes_and_processes() {
