@@ -1722,3 +1722,64 @@ def test_under_eatmydata_and_faketime_xrename_still_moves(fs_pair, which, first)
                           capture_output=True, text=True, env=child_env(env, preload=False), timeout=DEADLINE_S)
     assert proc.returncode == 0, proc.stderr
     assert read(dst) == b"moved under " + which.encode() and not os.path.lexists(src)
+
+
+# --------------------------------------------------------------------------
+# issue 11, 5. a lease on the source
+# --------------------------------------------------------------------------
+
+LEASE_HOLDER = r"""
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+def release(sig, frame):
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    os.close(fd)
+    print("released", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGIO, release)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_source_under_a_write_lease_is_moved_once_the_holder_lets_go(fs_pair):
+    """Another process holds a write lease on the source (Samba oplocks,
+    NFS delegations) and releases it when told (SIGIO). The kernel's
+    rename ignores leases and mv waits for the holder: the move succeeds
+    (it used to fail at once with EAGAIN, an errno rename never returns)."""
+    p = fs_pair
+    src, dst = p.src_dir / "leased", p.dst_dir / "leased"
+    src.write_bytes(b"under a lease\n")
+    holder = subprocess.Popen([sys_python(), "-c", LEASE_HOLDER, str(src)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "leased"
+        run = move_with("os.rename", src, dst)
+        assert run.result["ok"], run.result
+        assert holder.stdout.readline().strip() == "released"
+        assert holder.wait(DEADLINE_S) == 0
+    finally:
+        holder.kill()
+    assert read(dst) == b"under a lease\n" and not os.path.lexists(src)
+
+
+def test_mv_under_the_shim_works_with_few_descriptors_as_mv_alone_does(fs_pair):
+    """RLIMIT_NOFILE of 20 and a tree 6 levels deep: the shim runs out of
+    descriptors (it keeps some per level, and 32 files for the writer
+    probe). It must then give mv the kernel's EXDEV (never EMFILE, which
+    rename does not return), so that mv copies the tree itself, as alone."""
+    p = fs_pair
+    tree = p.src_dir / "tree"
+    d = tree
+    for i in range(6):
+        d = d / f"level{i}"
+        d.mkdir(parents=True)
+        for j in range(40):
+            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+    before = listing(tree)
+    proc = subprocess.run(["sh", "-c", 'ulimit -n 20 && exec mv "$0" "$1"', str(tree), str(p.dst_dir / "tree")],
+                          capture_output=True, text=True, env=child_env(), timeout=DEADLINE_S)
+    assert proc.returncode == 0, proc.stderr
+    assert not os.path.lexists(tree)
+    assert not diff_listings(before, listing(p.dst_dir / "tree"), ignore=("atime_ns",))

@@ -40,16 +40,47 @@ const SEQUENTIAL_HINT: u64 = 1 << 20;
 /// following a symlink, non-blocking (the name may hold a FIFO by now),
 /// and with `O_NOATIME` where allowed (its owner, `CAP_FOWNER`), so that
 /// the file's other names keep their atime, as a rename would.
+///
+/// A file another process holds a write lease on (Samba oplocks, NFS
+/// delegations) answers a non-blocking open with EAGAIN while the lease
+/// break it started is pending: then it is opened again without
+/// O_NONBLOCK, which waits for the holder to let go, as mv's open does.
+/// That second open goes through an `O_PATH` descriptor checked to be a
+/// regular file (`/proc/thread-self/fd/N`), so it can never hang on a FIFO
+/// put at the name meanwhile.
 pub fn open_source(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let fd = match retry(|| rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty())) {
-        Err(Errno::PERM) => retry(|| rustix::fs::openat(dir, name, flags, Mode::empty()))?,
+        Err(Errno::PERM) => retry(|| rustix::fs::openat(dir, name, flags, Mode::empty())),
+        other => other,
+    };
+    let fd = match fd {
+        Err(Errno::AGAIN) => open_leased(dir, name)?,
         other => other?,
     };
     // O_NONBLOCK stays: it changes nothing for the reads of a regular file
     // (an EAGAIN from the copy calls is retried), and clearing it would cost
     // two more syscalls a file.
     Ok(fd)
+}
+
+/// Opens a leased regular file, waiting for the lease holder (see
+/// [`open_source`]).
+fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let path =
+        retry(|| rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()))?;
+    let st = retry(|| rustix::fs::fstat(&path))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Errno::AGAIN);
+    }
+    let proc = std::ffi::CString::new(format!("/proc/thread-self/fd/{}", path.as_raw_fd())).expect("no NUL");
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match retry(|| rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())) {
+        Err(Errno::PERM) => retry(|| rustix::fs::open(&*proc, flags, Mode::empty())),
+        Err(Errno::NOENT) => Err(Errno::AGAIN), // no /proc: the kernel's EXDEV
+        other => other,
+    }
 }
 
 /// The largest file this process may write (`RLIMIT_FSIZE`), if limited.
