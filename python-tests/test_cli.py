@@ -386,16 +386,19 @@ def test_program_with_file_capabilities_is_warned_about_once(tmp_path):
 
 
 GO_LIKE = r'''
-/* Not Go: a dynamic C program carrying Go's build-info magic, which is what
-   xrename looks for to recognise a Go binary. */
-__attribute__((used)) static const char go_buildinfo[] = "\xff Go buildinf:";
-int main(void) { return go_buildinfo[1] == ' ' ? 3 : 1; }
+/* Not Go: a dynamic C program carrying Go's build-ID note (a PT_NOTE named
+   "Go", as the Go linker writes), which is what xrename looks for, in the
+   program headers only, to recognise a Go binary. */
+__asm__(".section .note.go.buildid,\"a\",@note\n.balign 4\n.long 4\n.long 8\n.long 4\n"
+        ".asciz \"Go\"\n.byte 0\n.ascii \"buildid!\"\n.previous\n");
+int main(void) { return 3; }
 '''
 
 
 def test_go_binary_is_warned_about_once(tmp_path):
     prog = compile_c(tmp_path, GO_LIKE, "go-like")
-    assert b"\xff Go buildinf:" in prog.read_bytes()
+    notes = subprocess.run(["readelf", "-n", str(prog)], capture_output=True, text=True).stdout
+    assert "Go" in notes, notes
     proc = xrename(prog)
     _assert_one_warning(proc, "Go program")
     assert proc.returncode == 3, describe(proc)
@@ -756,3 +759,36 @@ def test_unknown_option_exits_125_without_running_anything(tmp_path):
     assert proc.returncode == 125, describe(proc)
     assert "--frobnicate" in proc.stderr, describe(proc)
     assert not marker.exists()
+
+
+def test_summary_survives_ctrl_c_prints_what_ran_and_cleans_up(tmp_path):
+    """Ctrl-C reaches the whole foreground process group: the command dies
+    of SIGINT, and `xrename --summary` still prints its summary, exits
+    128 + 2 as a shell would report the command, and leaves no temp file."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen([str(XRENAME), "--summary", "sh", "-c", "echo started; exec sleep 60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "EXDEV met" in err, err
+    assert os.listdir(tmp) == [], "the summary's temp file was left behind"
+
+
+def test_a_fifo_given_as_the_command_is_never_read(tmp_path):
+    """Classifying the command (static? Go?) reads only an ELF file's
+    headers, and only of a regular file: a FIFO nobody writes must not hang
+    xrename; it fails as exec fails (126)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o755)
+    proc = subprocess.run([str(XRENAME), str(fifo)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 126, (proc.returncode, proc.stderr)

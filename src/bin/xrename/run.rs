@@ -9,11 +9,10 @@
 //! process of the run appended to a private summary log.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::fail;
@@ -101,12 +100,49 @@ pub fn main(args: &[OsString]) -> i32 {
         Err(e) => return fail(format_args!("cannot create the summary log: {e}")),
     };
     command.env("XRENAME_SUMMARY_LOG", &summary.path);
-    let status = match command.status() {
-        Ok(s) => s,
+    let mut child = match command.spawn() {
+        Ok(c) => c,
         Err(e) => return exec_failed(cmd, &e),
     };
+    signals::pass_on_to(child.id() as i32);
+    let status = child.wait();
     eprintln!("xrename: {}", summary.read().describe(opts.observe));
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    drop(summary); // the temp log goes before we pass a signal on
+    match status {
+        // Killed by a signal: 128 + its number, as a shell reports it.
+        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Err(e) => fail(format_args!("waiting for {}: {e}", cmd.to_string_lossy())),
+    }
+}
+
+/// Signals while `xrename --summary` waits for its command.
+#[allow(unsafe_code)]
+mod signals {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static CHILD: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = CHILD.load(Ordering::Relaxed);
+        if pid > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Ctrl-C and Ctrl-\ reach the whole foreground process group, the
+    /// command included: xrename then waits for it to end and prints the
+    /// summary. SIGTERM and SIGHUP sent to xrename alone are passed on.
+    pub fn pass_on_to(pid: i32) {
+        CHILD.store(pid, Ordering::Relaxed);
+        // SAFETY: plain signal dispositions; `forward` is async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
+        }
+    }
 }
 
 fn exec_failed(cmd: &OsStr, err: &std::io::Error) -> i32 {
@@ -161,6 +197,10 @@ fn preload_list(lib: &OsStr, old: &OsStr) -> (OsString, Vec<String>) {
 fn unreachable_by_preload(cmd: &OsStr) -> Option<&'static str> {
     let path = resolve(cmd)?;
     let meta = std::fs::metadata(&path).ok()?;
+    // A FIFO or a device given as the command is never read.
+    if !meta.is_file() {
+        return None;
+    }
     if meta.permissions().mode() & 0o6000 != 0 {
         return Some(
             "setuid/setgid program: when it runs with raised privileges the loader ignores LD_PRELOAD, and its renames are not emulated",
@@ -171,13 +211,13 @@ fn unreachable_by_preload(cmd: &OsStr) -> Option<&'static str> {
             "program with file capabilities: when they raise its privileges the loader ignores LD_PRELOAD, and its renames are not emulated",
         );
     }
-    let mut head = vec![0u8; 4096];
-    let n = std::fs::File::open(&path).and_then(|mut f| f.read(&mut head)).ok()?;
-    head.truncate(n);
-    match elf_interp(&path, &head) {
-        Some(false) => Some("statically linked program: LD_PRELOAD cannot reach it, its renames are not emulated"),
-        _ if is_go(&path) => {
+    let file = std::fs::File::open(&path).ok()?;
+    match elf_kind(&file)? {
+        Elf { go: true, .. } => {
             Some("Go program: it makes rename syscalls directly, not through libc, so they are not emulated")
+        }
+        Elf { dynamic: false, .. } => {
+            Some("statically linked program: LD_PRELOAD cannot reach it, its renames are not emulated")
         }
         _ => None,
     }
@@ -191,26 +231,57 @@ fn resolve(cmd: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(cmd)).find(|p| p.is_file())
 }
 
-/// For a 64-bit little-endian ELF file: whether it has a PT_INTERP program
-/// header (a dynamic loader). None if it is not such a file.
-fn elf_interp(path: &Path, head: &[u8]) -> Option<bool> {
+/// What the program headers of an ELF file say.
+struct Elf {
+    /// It has a PT_INTERP header (a dynamic loader).
+    dynamic: bool,
+    /// It has a PT_NOTE holding a note named "Go" (the Go build ID).
+    go: bool,
+}
+
+/// Reads only the ELF header, the program header table and the notes of a
+/// 64-bit little-endian ELF file (a few KiB, whatever the file's size).
+/// None if it is not such a file.
+fn elf_kind(file: &std::fs::File) -> Option<Elf> {
+    use std::os::unix::fs::FileExt;
+    let read = |at: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len.min(64 << 10)];
+        let n = file.read_at(&mut buf, at).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    };
+    let head = read(0, 64)?;
     if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
         return None;
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().ok()?) as usize;
-    let (phentsize, phnum) = (u16_at(head, 0x36), u16_at(head, 0x38));
-    let table = std::fs::read(path).ok()?;
-    let found = (0..phnum).any(|k| {
-        let o = phoff + k * phentsize;
-        table.get(o..o + 4).is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) == 3)
-    });
-    Some(found)
-}
-
-/// Go binaries carry a build-info block starting with this magic.
-fn is_go(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|b| b.windows(14).any(|w| w == b"\xff Go buildinf:"))
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(&head, 0x20), u16_at(&head, 0x36), u16_at(&head, 0x38));
+    if phentsize < 56 {
+        return None;
+    }
+    let table = read(phoff, phentsize * phnum)?;
+    let mut elf = Elf { dynamic: false, go: false };
+    for ph in table.chunks_exact(phentsize) {
+        match u32_at(ph, 0) {
+            3 => elf.dynamic = true, // PT_INTERP
+            4 => {
+                // PT_NOTE: namesz, descsz, type, name (4-byte aligned), desc.
+                let notes = read(u64_at(ph, 8), u64_at(ph, 32) as usize)?;
+                let mut o = 0;
+                while o + 12 <= notes.len() {
+                    let (namesz, descsz) = (u32_at(&notes, o) as usize, u32_at(&notes, o + 4) as usize);
+                    if notes.get(o + 12..o + 12 + namesz).is_some_and(|n| n.starts_with(b"Go\0")) {
+                        elf.go = true;
+                    }
+                    o += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(elf)
 }
 
 /// A private file every process of the run appends its log lines to.
@@ -221,8 +292,12 @@ struct SummaryLog {
 impl SummaryLog {
     fn create() -> std::io::Result<SummaryLog> {
         let dir = std::env::temp_dir();
-        for n in 0..100u32 {
-            let path = dir.join(format!("xrename-summary-{}-{n}.jsonl", std::process::id()));
+        for _ in 0..100u32 {
+            // Unpredictable, and created exclusively: another user cannot
+            // plant a file or a symlink there beforehand.
+            let mut r = [0u8; 8];
+            let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+            let path = dir.join(format!("xrename-summary-{}-{:016x}.jsonl", std::process::id(), u64::from_le_bytes(r)));
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(_) => return Ok(SummaryLog { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
