@@ -1783,3 +1783,39 @@ def test_mv_under_the_shim_works_with_few_descriptors_as_mv_alone_does(fs_pair):
     assert proc.returncode == 0, proc.stderr
     assert not os.path.lexists(tree)
     assert not diff_listings(before, listing(p.dst_dir / "tree"), ignore=("atime_ns",))
+
+
+# --------------------------------------------------------------------------
+# issue 10.5 / 11.1: /proc hidden after a first move
+# --------------------------------------------------------------------------
+
+def test_moves_after_proc_is_hidden_take_the_named_temp_path_and_leave_nothing(fs_pair):
+    """One move with /proc, then the process hides /proc (a private mount
+    namespace, a tmpfs over it: what a chroot without /proc looks like to
+    it) and moves again, a new file and one replacing a destination. Whether
+    /proc is usable is decided at every move: both succeed (through a named
+    `.xrename-*` temp, then `.xrename-old-*` for the exchange), and nothing
+    hidden is left."""
+    need(PRIVILEGED, "hiding /proc needs CAP_SYS_ADMIN")
+    p = fs_pair
+    for n in ("first", "second", "third"):
+        (p.src_dir / n).write_bytes(n.encode() * 1000)
+    (p.dst_dir / "third").write_bytes(b"old destination")
+    body = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+RESULTS.append(attempt(os.rename, ARGS["src"] + "/first", ARGS["dst"] + "/first"))
+assert libc.unshare(0x00020000) == 0, ctypes.get_errno()              # CLONE_NEWNS
+assert libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0       # MS_REC|MS_PRIVATE
+assert libc.mount(b"none", b"/proc", b"tmpfs", 0, None) == 0, ctypes.get_errno()
+assert not os.path.exists("/proc/self/fd")
+RESULTS.append(attempt(os.rename, ARGS["src"] + "/second", ARGS["dst"] + "/second"))
+RESULTS.append(attempt(os.rename, ARGS["src"] + "/third", ARGS["dst"] + "/third"))
+assert libc.umount2(b"/proc", 0) == 0, ctypes.get_errno()  # the harness reads /proc/self/maps next
+"""
+    run = run_child(body, {"src": str(p.src_dir), "dst": str(p.dst_dir)})
+    assert [r["ok"] for r in run.results] == [True, True, True], run.results
+    for n in ("first", "second", "third"):
+        assert read(p.dst_dir / n) == n.encode() * 1000
+    assert os.listdir(p.src_dir) == []
+    assert hidden(p.src_dir, p.dst_dir) == []
