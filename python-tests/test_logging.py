@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from xrename_harness import (
-    MiB, Pair, assert_cross_device, entries, random_bytes, run_child,
+    MiB, Pair, assert_cross_device, child_env, entries, move_with, random_bytes, run_child,
 )
 
 REQUIRED_KEYS = {"time", "pid", "program", "op", "src", "dst", "type", "bytes", "files", "ms", "result"}
@@ -123,3 +125,50 @@ def test_log_to_stderr_writes_the_json_line_there_and_nothing_to_stdout(fs_pair)
     lines = parse_log_lines(run.stderr)
     assert len(lines) == 1, f"expected one log line on stderr, got {run.stderr!r}"
     check_line(lines[0], pid=run.pid, op="rename", src=str(src), dst=str(dst), size=3333, result="ok")
+
+
+# --------------------------------------------------------------------------
+# issue 11, 6: log targets never block, never signal, never write into data
+# --------------------------------------------------------------------------
+
+def test_log_naming_a_fifo_without_a_reader_never_blocks_the_rename(fs_pair, tmp_path):
+    """XRENAME_LOG names a FIFO nobody reads: the move completes and rename
+    returns (it used to block forever on the open); nothing is written."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    src, dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    src.write_bytes(b"data")
+    run = move_with("os.rename", src, dst, env={"XRENAME_LOG": str(fifo)})
+    assert run.result["ok"], run.result
+    assert dst.read_bytes() == b"data"
+
+
+def test_stderr_log_is_not_written_into_a_file_that_took_fd_2(fs_pair, tmp_path):
+    """A daemon closes fd 2 and opens its data file, which gets number 2:
+    XRENAME_LOG=stderr must not write log lines into that data."""
+    data = tmp_path / "data.bin"
+    src, dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    src.write_bytes(b"data")
+    body = """
+os.close(2)
+fd = os.open(ARGS["data"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+assert fd == 2
+os.write(fd, b"DATA")
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+"""
+    run = run_child(body, {"src": str(src), "dst": str(dst), "data": str(data)}, env={"XRENAME_LOG": "stderr"})
+    assert run.result["ok"], run.result
+    assert data.read_bytes() == b"DATA", "a log line went into the program's data file"
+
+
+def test_stderr_pipe_whose_reader_died_never_kills_the_program_with_sigpipe(fs_pair):
+    """fd 2 is a pipe whose reader has exited: writing a log line raises
+    SIGPIPE, whose default action kills. The program must live on."""
+    src, dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    src.write_bytes(b"data")
+    code = ("import os,sys,signal; signal.signal(signal.SIGPIPE, signal.SIG_DFL); r,w = os.pipe(); os.close(r); "
+            "os.dup2(w, 2); os.rename(sys.argv[1], sys.argv[2]); sys.stdout.write('alive')")
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst)], capture_output=True, text=True,
+                          env=child_env({"XRENAME_LOG": "stderr"}), timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "alive", (proc.returncode, proc.stdout)
+    assert dst.read_bytes() == b"data"
