@@ -1819,3 +1819,38 @@ assert libc.umount2(b"/proc", 0) == 0, ctypes.get_errno()  # the harness reads /
         assert read(p.dst_dir / n) == n.encode() * 1000
     assert os.listdir(p.src_dir) == []
     assert hidden(p.src_dir, p.dst_dir) == []
+
+
+def test_block_device_into_a_default_acl_directory_without_proc_gets_no_inherited_acl(fs_pair):
+    """Root, with /proc hidden (a chroot without it), moves a block device
+    (brw-rw---- root:disk) into a directory whose default ACL names another
+    user. The new node must not keep the inherited ACL (that user would get
+    read/write on the disk): removed without /proc (removexattrat), or the
+    move refused (EXDEV) with nothing changed."""
+    need(PRIVILEGED, "mknod and hiding /proc need root")
+    need(shutil.which("setfacl") is not None and shutil.which("getfacl") is not None, "acl tools missing")
+    p = fs_pair
+    acl = subprocess.run(["setfacl", "-d", "-m", "u:1234:rw", str(p.dst_dir)], capture_output=True, text=True)
+    need(acl.returncode == 0, f"no ACLs on {p.name}: {acl.stderr.strip()}")
+    dev = p.src_dir / "disk"
+    os.mknod(dev, 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+    os.chown(dev, 0, 6)
+    os.chmod(dev, 0o660)  # whatever the umask
+    body = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x00020000) == 0
+assert libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0
+assert libc.mount(b"none", b"/proc", b"tmpfs", 0, None) == 0
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+assert libc.umount2(b"/proc", 0) == 0
+"""
+    run = run_child(body, {"src": str(dev), "dst": str(p.dst_dir / "disk")})
+    if run.result["ok"]:
+        st = os.lstat(p.dst_dir / "disk")
+        assert stat.S_ISBLK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        facl = subprocess.run(["getfacl", "-c", "-p", str(p.dst_dir / "disk")], capture_output=True, text=True).stdout
+        assert "user:1234" not in facl, f"the moved device kept the inherited ACL:\n{facl}"
+    else:
+        assert run.result["errname"] == "EXDEV", run.result
+        assert stat.S_ISBLK(os.lstat(dev).st_mode) and not os.path.lexists(p.dst_dir / "disk")
