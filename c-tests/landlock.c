@@ -288,13 +288,14 @@ static void build_sources(const char *S)
     write_str(path_of("%s/x", S), "exchange me\n");
 }
 
-/* S and D: every right except REFER on both; one fs or two. */
-static void refer_only_missing_case(const char *S, const char *D, int same_fs)
+/* S and D: every right except REFER (and `deny`) on both; one fs or two. */
+static void refer_only_missing_case(const char *S, const char *D, int same_fs, uint64_t deny)
 {
     build_sources(S);
     write_str(path_of("%s/old4", D), "old destination\n");
     write_str(path_of("%s/y", D), "exchange partner\n");
-    uint64_t rights[2] = {all_fs_rights() & ~LL_REFER, all_fs_rights() & ~LL_REFER};
+    uint64_t allowed = all_fs_rights() & ~LL_REFER & ~deny;
+    uint64_t rights[2] = {allowed, allowed};
     const char *dirs[2] = {S, D};
     const struct call c[] = {
         {FN_RAW, S, "f0", D, "probe"},  /* the kernel's answer: EXDEV */
@@ -345,7 +346,7 @@ static void landlock_exdev_without_refer_between_sibling_dirs_is_emulated(void)
     require_landlock();
     char *S, *D;
     sibling_dirs("", &S, &D);
-    refer_only_missing_case(S, D, 1);
+    refer_only_missing_case(S, D, 1, 0);
 }
 
 static void landlock_without_refer_across_devices_is_emulated(void)
@@ -353,7 +354,19 @@ static void landlock_without_refer_across_devices_is_emulated(void)
     require_landlock();
     char *S = test_dir("XT_TMPFS", "S"), *D = test_dir("XT_EXT4", "D");
     require_kernel_exdev(S, D);
-    refer_only_missing_case(S, D, 0);
+    refer_only_missing_case(S, D, 0, 0);
+}
+
+/* Without TRUNCATE too (issue 11): xrename truncates its own temp only when
+ * a copy ends in a hole, so these moves need no truncate at all. */
+static void landlock_without_refer_and_truncate_across_devices_is_emulated(void)
+{
+    require_landlock();
+    if (abi < 3)
+        SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_TRUNCATE (needs >= 3)", abi);
+    char *S = test_dir("XT_TMPFS", "S"), *D = test_dir("XT_EXT4", "D");
+    require_kernel_exdev(S, D);
+    refer_only_missing_case(S, D, 0, LL_TRUNCATE);
 }
 
 /*
@@ -392,4 +405,5 @@ XT_MAIN(TEST(landlock_without_make_reg_on_destination_gives_eacces_and_changes_n
         TEST(landlock_without_remove_file_on_source_gives_eacces_and_changes_nothing),
         TEST(landlock_exdev_without_refer_between_sibling_dirs_is_emulated),
         TEST(landlock_without_refer_across_devices_is_emulated),
+        TEST(landlock_without_refer_and_truncate_across_devices_is_emulated),
         TEST(landlock_tree_move_needing_denied_right_leaves_nothing))
