@@ -37,9 +37,6 @@ pub struct Config {
     pub observe: bool,
     /// Values that were not understood, for the log.
     pub note: Option<&'static str>,
-    /// Another library that virtualises the filesystem: xrename steps
-    /// aside (EXDEV), and the log says which.
-    pub interposer: Option<&'static str>,
     /// `XRENAME_LOG`, then `XRENAME_SUMMARY_LOG`.
     pub logs: Vec<LogTarget>,
     /// Settings passed to the engine.
@@ -53,14 +50,20 @@ pub fn init() {
     get();
 }
 
-/// The settings, read from the environment on first use, and whether
-/// another library virtualises the filesystem.
+/// The settings, read from the environment on first use.
 pub fn get() -> &'static Config {
-    CONFIG.get_or_init(|| {
-        let mut c = Config::from_vars(|name| std::env::var_os(name));
-        c.interposer = crate::real::interposer()
-            .map(|lib| &*Box::leak(format!("another library virtualises the filesystem: {lib}").into_boxed_str()));
-        c
+    CONFIG.get_or_init(|| Config::from_vars(|name| std::env::var_os(name)))
+}
+
+static INTERPOSER: OnceLock<Option<&'static str>> = OnceLock::new();
+
+/// Whether another library virtualises the filesystem (see
+/// `real::interposer`), looked up at the first EXDEV rather than at load:
+/// some 36 symbol lookups every preloaded process would pay for nothing.
+pub fn interposer() -> Option<&'static str> {
+    *INTERPOSER.get_or_init(|| {
+        crate::real::interposer()
+            .map(|lib| &*Box::leak(format!("another library virtualises the filesystem: {lib}").into_boxed_str()))
     })
 }
 
@@ -126,7 +129,6 @@ impl Config {
             disabled,
             observe,
             note,
-            interposer: None,
             logs: log.into_iter().chain(summary).collect(),
             engine: Options {
                 fsync,

@@ -123,7 +123,7 @@ unsafe fn fallback(
         (false, _, true) => Some("observe"),
         // fakechroot, fakeroot: the engine's raw syscalls would act on real
         // paths and real owners, not the ones the program sees.
-        _ => cfg.interposer,
+        _ => config::interposer(),
     };
     if let Some(step) = passed {
         // SAFETY: the caller guarantees both are C strings.
