@@ -167,6 +167,50 @@ static void missing_syscall_gives_the_kernels_exdev(void)
     }
 }
 
+/*
+ * A sandbox policy (a seccomp filter answering EPERM, here simulated with
+ * strace's injection of that answer into every call): a data call refused
+ * falls back to the next method and the move succeeds; a refused fsync is
+ * a durability step that cannot be made: EXDEV, and nothing changed.
+ */
+static void policy_refusing_copy_file_range_falls_back(void)
+{
+    if (!have_strace())
+        SKIP("strace is not installed");
+    char *sd, *dd;
+    xdev_dirs("rename", &sd, &dd);
+    char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+    uint64_t h = write_pattern_file(src, 300000, 6);
+    char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", "inject=copy_file_range:error=EPERM",
+                    xt_self, "--child", "rename", src, dst, NULL};
+    int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
+    CHECK(st == 0, "rename with copy_file_range refused (EPERM): child %s; expected success",
+          describe_status(st));
+    off_t size;
+    CHECK(hash_file(dst, &size) == h && size == 300000, "the destination is not the source's data");
+    check_absent(src, "rename with copy_file_range refused");
+}
+
+static void policy_refusing_fsync_gives_the_kernels_exdev(void)
+{
+    if (!have_strace())
+        SKIP("strace is not installed");
+    for (int had_dst = 0; had_dst < 2; had_dst++) {
+        char *sd, *dd;
+        xdev_dirs("rename", &sd, &dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 5000, 7);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", "inject=fsync:error=EPERM",
+                        xt_self, "--child", "rename", src, dst, NULL};
+        char *what = path_of("rename with fsync refused (EPERM)%s", had_dst ? " over an existing file" : "");
+        int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
+        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
+        check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
+    }
+}
+
 /* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */
 static void disable_variable_leaves_kernel_exdev(void)
 {
@@ -197,4 +241,6 @@ XT_MAIN(TEST(enospc_without_destination_changes_nothing),
         TEST(late_source_removal_failure_restores_old_destination),
         TEST(late_source_removal_failure_removes_new_destination),
         TEST(disable_variable_leaves_kernel_exdev),
-        TEST(missing_syscall_gives_the_kernels_exdev))
+        TEST(missing_syscall_gives_the_kernels_exdev),
+        TEST(policy_refusing_copy_file_range_falls_back),
+        TEST(policy_refusing_fsync_gives_the_kernels_exdev))
