@@ -384,6 +384,8 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) 
     // is tried again rather than undoing it.
     let root = tidy(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
     let mut walk = Walk::new([root])?;
+    // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
+    let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
     let mut batch: Vec<(OwnedFd, Statx)> = Vec::new();
     while !walk.is_done() {
         let Some(n) = walk.next_name() else {
@@ -405,7 +407,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) 
                 let fd = tidy(|| copy::open_source(d, &n)).at("open source file")?;
                 let st = tidy(|| fstat(fd.as_fd())).at("stat source file")?;
                 batch.push((fd, st));
-                if batch.len() >= WRITER_BATCH {
+                if batch.len() >= batch_len {
                     writers.check(&batch.iter().map(|(fd, st)| (fd.as_fd(), st)).collect::<Vec<_>>())?;
                     batch.clear();
                 }

@@ -110,12 +110,31 @@ pub struct Frame<const N: usize> {
 #[derive(Debug)]
 pub struct Walk<const N: usize> {
     frames: Vec<Frame<N>>,
+    /// How many of the deepest levels keep their descriptors.
+    window: usize,
+}
+
+/// Descriptors this process may still open (`RLIMIT_NOFILE` less those
+/// open now, counted in `/proc/self/fd`; half the limit if that cannot be
+/// read). Asked once per walk: a program may run with a limit of 20.
+pub fn free_descriptors() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 20);
+    let open = open_dir(rustix::fs::CWD, c"/proc/self/fd")
+        .ok()
+        .and_then(|d| read_names(d.as_fd()).ok())
+        .map_or(limit / 2, |names| names.len());
+    limit.saturating_sub(open)
 }
 
 impl<const N: usize> Walk<N> {
-    /// Starts at the roots; side 0's entries are the ones visited.
+    /// Starts at the roots; side 0's entries are the ones visited. The
+    /// deepest [`WINDOW`] levels keep their descriptors, fewer when the
+    /// process may open few more (a quarter of what is free goes to the
+    /// walk; the rest to the files being copied or probed meanwhile).
     pub fn new(roots: [OwnedFd; N]) -> Result<Walk<N>> {
-        let mut w = Walk { frames: Vec::new() };
+        let window = (free_descriptors() / 4 / N).clamp(1, WINDOW);
+        let mut w = Walk { frames: Vec::new(), window };
         w.push(CString::default(), roots)?;
         Ok(w)
     }
@@ -132,8 +151,8 @@ impl<const N: usize> Walk<N> {
         let names = read_names(fds[0].as_fd())?;
         self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(Some), names });
         let len = self.frames.len();
-        if len > WINDOW + 1 {
-            self.close(len - WINDOW - 1);
+        if len > self.window + 1 {
+            self.close(len - self.window - 1);
         }
         Ok(())
     }
@@ -219,7 +238,7 @@ impl<const N: usize> Walk<N> {
             }
         }
         // Keep only the deepest WINDOW levels open, and the anchors.
-        for k in i + 1..(j + 1).saturating_sub(WINDOW) {
+        for k in i + 1..(j + 1).saturating_sub(self.window) {
             self.close(k);
         }
         Ok(())
