@@ -158,3 +158,18 @@ def loop_fs(mounts, tmp_path: Path, kind: str) -> Path:
     mp = tmp_path / kind
     mounts.mount(["-t", fstype, "-o", "loop", str(image)], mp, f"{kind} (loop)")
     return mp
+
+
+def bindfs_over(mounts, tmpfs: Path, tmp_path: Path) -> Path:
+    """A FUSE bindfs mount of a new directory of `tmpfs` (no O_TMPFILE, no
+    renameat2 flags), unmounted at teardown."""
+    need(shutil.which("bindfs") is not None, "bindfs not installed (apt-get install bindfs)")
+    need(os.path.exists("/dev/fuse"), "/dev/fuse missing")
+    backing = tmpfs / "backing"
+    backing.mkdir()
+    mp = tmp_path / "bindfs"
+    mp.mkdir()
+    proc = subprocess.run(["bindfs", str(backing), str(mp)], capture_output=True, text=True)
+    need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
+    mounts.points.append(mp)
+    return mp

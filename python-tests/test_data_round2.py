@@ -954,16 +954,8 @@ def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_in
 def bindfs_pair(mounts, tmpfs, tmp_path) -> Pair:
     """tmpfs -> a FUSE bindfs mount (over another directory of the tmpfs),
     which has no O_TMPFILE and refuses renameat2 flags."""
-    need(shutil.which("bindfs") is not None, "bindfs not installed (apt-get install bindfs)")
-    need(os.path.exists("/dev/fuse"), "/dev/fuse missing")
-    backing = tmpfs / "backing"
-    backing.mkdir()
-    mp = tmp_path / "bindfs"
-    mp.mkdir()
-    proc = subprocess.run(["bindfs", str(backing), str(mp)], capture_output=True, text=True)
-    need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
-    mounts.points.append(mp)  # unmounted at teardown
-    return cross_pair(tmpfs, mp, "tmpfs-to-bindfs")
+    from conftest import bindfs_over
+    return cross_pair(tmpfs, bindfs_over(mounts, tmpfs, tmp_path), "tmpfs-to-bindfs")
 
 
 def test_directory_onto_a_filesystem_without_noreplace_is_exdev_not_look_then_rename(mounts, tmpfs, tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -161,15 +160,8 @@ def more_dirs(request, mounts, tmp_path, tmpfs):
             need(proc.returncode == 0, f"btrfs subvolume create: {proc.stderr.strip()}")
         src_root, dst_root = fs / "a", fs / "b"
     elif name == "tmpfs-to-bindfs":
-        need(shutil.which("bindfs") is not None, "bindfs missing")
-        backing = tmpfs / "backing"
-        backing.mkdir()
-        mp = tmp_path / "bindfs"
-        mp.mkdir()
-        proc = subprocess.run(["bindfs", str(backing), str(mp)], capture_output=True, text=True)
-        need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
-        mounts.points.append(mp)
-        src_root, dst_root = tmpfs, mp
+        from conftest import bindfs_over
+        src_root, dst_root = tmpfs, bindfs_over(mounts, tmpfs, tmp_path)
     else:
         a, b = name.split("-to-")
         src_root = tmpfs if a == "tmpfs" else loop_fs(mounts, tmp_path, a)
