@@ -147,7 +147,10 @@ static void late_source_removal_failure_removes_new_destination(void)
  * answering ENOSYS to statx): the program gets the kernel's EXDEV back and
  * can do its own fallback; nothing has changed.
  */
-static void missing_syscall_gives_the_kernels_exdev(void)
+/* Under strace's `inject`, `spec` makes the move fail at a step the
+ * kernel's rename never makes: the program gets the kernel's EXDEV and
+ * nothing changes, with or without an old destination. */
+static void injected_failure_gives_the_kernels_exdev(const char *spec, const char *label)
 {
     if (!have_strace())
         SKIP("strace is not installed");
@@ -158,13 +161,18 @@ static void missing_syscall_gives_the_kernels_exdev(void)
         uint64_t h = write_pattern_file(src, 5000, 5);
         if (had_dst)
             write_str(dst, OLD);
-        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", "inject=statx:error=ENOSYS",
+        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", (char *)spec,
                         xt_self, "--child", "rename", src, dst, NULL};
-        char *what = path_of("rename with statx answering ENOSYS%s", had_dst ? " over an existing file" : "");
+        char *what = path_of("rename with %s%s", label, had_dst ? " over an existing file" : "");
         int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
         CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
         check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
     }
+}
+
+static void missing_syscall_gives_the_kernels_exdev(void)
+{
+    injected_failure_gives_the_kernels_exdev("inject=statx:error=ENOSYS", "statx answering ENOSYS");
 }
 
 /*
@@ -193,22 +201,7 @@ static void policy_refusing_copy_file_range_falls_back(void)
 
 static void policy_refusing_fsync_gives_the_kernels_exdev(void)
 {
-    if (!have_strace())
-        SKIP("strace is not installed");
-    for (int had_dst = 0; had_dst < 2; had_dst++) {
-        char *sd, *dd;
-        xdev_dirs("rename", &sd, &dd);
-        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
-        uint64_t h = write_pattern_file(src, 5000, 7);
-        if (had_dst)
-            write_str(dst, OLD);
-        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", "inject=fsync:error=EPERM",
-                        xt_self, "--child", "rename", src, dst, NULL};
-        char *what = path_of("rename with fsync refused (EPERM)%s", had_dst ? " over an existing file" : "");
-        int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
-        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
-        check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
-    }
+    injected_failure_gives_the_kernels_exdev("inject=fsync:error=EPERM", "fsync refused (EPERM)");
 }
 
 /* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */

@@ -38,7 +38,7 @@ use super::install::{Since, Temp, Tree};
 use super::path::Entry;
 use super::seen::{self, Records, Seen, Verdict, same_content};
 use super::walk::{Id, TREE_CHANGED, Walk, id, open_dir, open_dir_noatime};
-use super::writers::Writers;
+use super::writers;
 use super::{Options, Report, copy, meta, node, source};
 
 /// Files whose writers are looked for at once (one probe a batch); their
@@ -375,7 +375,7 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 /// file of it by path any more (but through a working directory or an
 /// open directory inside it): a writer that opened one during the copy is
 /// seen here, before anything is deleted.
-pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) -> Result<()> {
+pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     let name = match taken {
         source::Taken::Aside(name) => name.as_c_str(),
         source::Taken::InPlace => &src.name,
@@ -386,7 +386,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) 
     let mut walk = Walk::new([root])?;
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
-    let mut batch: Vec<(OwnedFd, Statx)> = Vec::new();
+    let mut batch: Vec<OwnedFd> = Vec::new();
     while !walk.is_done() {
         let Some(n) = walk.next_name() else {
             walk.pop()?;
@@ -404,18 +404,18 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, writers: &mut Writers) 
                 walk.push(n, [sub])?;
             }
             FileType::RegularFile => {
-                let fd = tidy(|| copy::open_source(d, &n)).at("open source file")?;
-                let st = tidy(|| fstat(fd.as_fd())).at("stat source file")?;
-                batch.push((fd, st));
+                // Whatever is opened there is probed: anything but a
+                // regular file answers "unknown", so EXDEV.
+                batch.push(tidy(|| copy::open_source(d, &n)).at("open source file")?);
                 if batch.len() >= batch_len {
-                    writers.check(&batch.iter().map(|(fd, st)| (fd.as_fd(), st)).collect::<Vec<_>>())?;
+                    writers::check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
                     batch.clear();
                 }
             }
             _ => {}
         }
     }
-    writers.check(&batch.iter().map(|(fd, st)| (fd.as_fd(), st)).collect::<Vec<_>>())
+    writers::check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

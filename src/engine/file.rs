@@ -28,7 +28,7 @@ use super::install::Temp;
 use super::path::Entry;
 use super::seen::{self, Seen};
 use super::source::{SOURCE_CHANGED, Verify};
-use super::writers::Writers;
+use super::writers;
 use super::{Options, Report, copy, meta};
 
 /// From this size on, writers are also looked for before the copy.
@@ -48,8 +48,6 @@ pub struct Copied<'d> {
 /// whose contents are compared once the source is taken.
 pub struct Check {
     src: OwnedFd,
-    /// The source as it was opened.
-    st: rustix::fs::Statx,
     copy: Option<OwnedFd>,
     times: rustix::fs::Timestamps,
 }
@@ -57,8 +55,8 @@ pub struct Check {
 impl Check {
     /// Refuses the move if the source is open for writing anywhere; made
     /// again once the source has left its name.
-    pub fn writers(&self, writers: &mut Writers) -> Result<()> {
-        writers.check(&[(self.src.as_fd(), &self.st)])
+    pub fn writers(&self) -> Result<()> {
+        writers::check(&[self.src.as_fd()])
     }
 
     /// What [`source::take`](super::source::take) compares.
@@ -75,7 +73,6 @@ pub fn copy_file<'d>(
     dst: &'d Entry,
     opts: &Options,
     report: &mut Report,
-    writers: &mut Writers,
 ) -> Result<Copied<'d>> {
     let fd = match copy::open_source(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
@@ -92,7 +89,7 @@ pub fn copy_file<'d>(
     // The probe that counts is made once the source has left its name
     // (Check::writers); this one only spares copying a big file for nothing.
     if st_now.stx_size >= EARLY_PROBE {
-        writers.check(&[(fd.as_fd(), &st_now)])?;
+        writers::check(&[fd.as_fd()])?;
     }
     let times = meta::timestamps(&st_now);
     if let Some(tmp) = opts.links.as_deref().and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
@@ -101,7 +98,7 @@ pub fn copy_file<'d>(
             true => Some(copy::open_source(dst.dir.as_fd(), tmp.name().expect("named")).at("open copy")?),
             false => None,
         };
-        return Ok(Copied { tmp, seen, check: Check { src: fd, st: st_now, copy, times } });
+        return Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } });
     }
     let tmp = Temp::file(dst.dir.as_fd())?;
     let early = opts.fsync && st_now.stx_size >= copy::EARLY_WRITEBACK;
@@ -119,7 +116,7 @@ pub fn copy_file<'d>(
         false => None,
     };
     report.files += 1;
-    Ok(Copied { tmp, seen, check: Check { src: fd, st: st_now, copy, times } })
+    Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } })
 }
 
 fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd> {

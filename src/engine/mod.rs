@@ -221,7 +221,6 @@ fn move_object(
         // other object needs a hidden temp that could never be renamed away.
         return Err(Error::new(Errno::XDEV, "append-only destination directory"));
     }
-    let mut writers = writers::Writers;
     // An existing destination on overlayfs may come from the lower layer:
     // keeping it for a rollback (exchange, link) would copy it up whole, or
     // fail with EXDEV for a directory. The kernel replaces it in place, and
@@ -229,7 +228,7 @@ fn move_object(
     let replacing = dest == install::Dest::Present && source::on_overlayfs(dst.dir.as_fd());
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
-            let c = file::copy_file(src, st, dst, opts, report, &mut writers)?;
+            let c = file::copy_file(src, st, dst, opts, report)?;
             (c.tmp, c.seen, Some(c.check), None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
@@ -256,11 +255,11 @@ fn move_object(
     // that opened it by name during the copy is seen now, when no one can
     // any more. If there is one, the source goes back (and the install is
     // undone): EXDEV.
-    let mut take = |report: &mut Report| {
+    let take = |report: &mut Report| {
         let taken = source::take(src, &seen, verify, report)?;
         let rechecked = match (&check, &records) {
-            (Some(check), _) => check.writers(&mut writers),
-            (None, Some(_)) => dir::check_writers(src, &taken, &mut writers),
+            (Some(check), _) => check.writers(),
+            (None, Some(_)) => dir::check_writers(src, &taken),
             (None, None) => Ok(()),
         };
         if let Err(e) = rechecked {

@@ -269,16 +269,6 @@ impl Records {
             (true, true) => Verdict::Racy,
         }
     }
-
-    /// Bytes used, for the memory bound in README.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 /// What a source entry is compared with its record.

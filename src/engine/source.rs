@@ -62,7 +62,7 @@ pub type Verify<'a> = Option<(BorrowedFd<'a>, BorrowedFd<'a>, &'a rustix::fs::Ti
 /// put back, and the move starts over too.
 pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -> Result<Taken> {
     let dir = src.dir.as_fd();
-    let is_dir = seen_is_dir(seen);
+    let is_dir = seen.kind() == FileType::Directory;
     match lstat(dir, &src.name) {
         Ok(now) if !seen.same_inode(&now) => return Err(Error::changed("source replaced during the move")),
         Ok(now) if !is_dir && !seen.unchanged(&now) => return Err(Error::changed(SOURCE_CHANGED)),
@@ -144,10 +144,6 @@ fn same_as_copy(verify: Verify<'_>) -> Result<()> {
         return Err(Error::changed(SOURCE_CHANGED));
     }
     Ok(())
-}
-
-fn seen_is_dir(seen: &Seen) -> bool {
-    seen.kind() == FileType::Directory
 }
 
 /// Puts a source set aside back under its name; if that fails (the name

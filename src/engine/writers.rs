@@ -30,7 +30,6 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use rustix::fs::Statx;
 use rustix::io::Errno;
 
 use super::error::{Error, Result};
@@ -40,25 +39,19 @@ pub const OPEN_FOR_WRITING: &str = "open for writing";
 /// The step name when writers could not be looked for.
 pub const UNCHECKABLE: &str = "open for writing: cannot check (no lease)";
 
-/// Looks for writers of the files of one move.
-#[derive(Debug, Default)]
-pub struct Writers;
-
-impl Writers {
-    /// Fails with EXDEV if any of `files` (open read-only descriptors, with
-    /// their stat) is open for writing anywhere, or if that cannot be told.
-    pub fn check(&mut self, files: &[(BorrowedFd<'_>, &Statx)]) -> Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        let fds: Vec<i32> = files.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
-        for answer in super::sys::lease_probe(&fds) {
-            match answer {
-                Some(0) => {}
-                Some(libc::EAGAIN) => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
-                _ => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
-            }
-        }
-        Ok(())
+/// Fails with EXDEV if any of `files` (descriptors open read-only) is open
+/// for writing anywhere, or if that cannot be told.
+pub fn check(files: &[BorrowedFd<'_>]) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
     }
+    let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
+    for answer in super::sys::lease_probe(&fds) {
+        match answer {
+            Some(0) => {}
+            Some(libc::EAGAIN) => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
+            _ => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
+        }
+    }
+    Ok(())
 }
