@@ -204,6 +204,52 @@ static void policy_refusing_fsync_gives_the_kernels_exdev(void)
     injected_failure_gives_the_kernels_exdev("inject=fsync:error=EPERM", "fsync refused (EPERM)");
 }
 
+/*
+ * The same two policies as a real seccomp filter (SECCOMP_RET_ERRNO), which
+ * a preloaded helper installs before the program runs: `refused` is the
+ * comma-separated list of syscalls answered with EPERM.
+ */
+static int under_seccomp_filter(const char *refused, char *src, char *dst)
+{
+    char *helper = path_of("%s/libseccomp_eperm.so", env_path("XT_LIBDIR"));
+    CHECK(exists(helper), "helper library %s was not built", helper);
+    const char *set[] = {path_of("LD_PRELOAD=%s %s", env_path("XT_LIB"), helper),
+                         path_of("XT_SECCOMP_EPERM=%s", refused), NULL};
+    char *argv[] = {xt_self, "--child", "rename", src, dst, NULL};
+    return spawn(argv, set, NULL, NULL, NULL, NULL, NULL);
+}
+
+static void seccomp_filter_refusing_data_calls_falls_back_to_read_write(void)
+{
+    char *sd, *dd;
+    xdev_dirs("rename", &sd, &dd);
+    char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+    uint64_t h = write_pattern_file(src, 3 * MIB + 12345, 8);
+    int st = under_seccomp_filter("copy_file_range,sendfile", src, dst);
+    CHECK(st == 0, "rename under a seccomp filter refusing copy_file_range and sendfile: child %s; "
+          "expected success", describe_status(st));
+    off_t size;
+    CHECK(hash_file(dst, &size) == h && size == 3 * MIB + 12345, "the destination is not the source's data");
+    check_absent(src, "rename under a seccomp filter refusing copy_file_range and sendfile");
+}
+
+static void seccomp_filter_refusing_fsync_gives_the_kernels_exdev(void)
+{
+    for (int had_dst = 0; had_dst < 2; had_dst++) {
+        char *sd, *dd;
+        xdev_dirs("rename", &sd, &dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 5000, 9);
+        if (had_dst)
+            write_str(dst, OLD);
+        char *what = path_of("rename under a seccomp filter refusing fsync and fdatasync%s",
+                             had_dst ? " over an existing file" : "");
+        int st = under_seccomp_filter("fsync,fdatasync", src, dst);
+        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
+        check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
+    }
+}
+
 /* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */
 static void disable_variable_leaves_kernel_exdev(void)
 {
@@ -236,4 +282,6 @@ XT_MAIN(TEST(enospc_without_destination_changes_nothing),
         TEST(disable_variable_leaves_kernel_exdev),
         TEST(missing_syscall_gives_the_kernels_exdev),
         TEST(policy_refusing_copy_file_range_falls_back),
-        TEST(policy_refusing_fsync_gives_the_kernels_exdev))
+        TEST(policy_refusing_fsync_gives_the_kernels_exdev),
+        TEST(seccomp_filter_refusing_data_calls_falls_back_to_read_write),
+        TEST(seccomp_filter_refusing_fsync_gives_the_kernels_exdev))

@@ -36,7 +36,10 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture
-def mounts():
+def mounts(tmp_path):
+    # Depends on tmp_path so that it is torn down first: pytest removes a
+    # passed test's tmp_path in that fixture's teardown, and must never
+    # descend into a mount that is still there (a bind of a real directory).
     m = Mounts()
     yield m
     m.cleanup()
@@ -173,3 +176,45 @@ def bindfs_over(mounts, tmpfs: Path, tmp_path: Path) -> Path:
     need(proc.returncode == 0, f"cannot mount bindfs: {proc.stderr.strip()}")
     mounts.points.append(mp)
     return mp
+
+
+def fuse2fs_fs(mounts, tmp_path: Path) -> Path:
+    """An ext4 image served by fuse2fs (FUSE: no O_TMPFILE, its own xattr
+    and ACL handling), unmounted at teardown."""
+    need(shutil.which("fuse2fs") is not None, "fuse2fs not installed (apt-get install fuse2fs)")
+    need(os.path.exists("/dev/fuse"), "/dev/fuse missing")
+    image = tmp_path / "fuse2fs.img"
+    subprocess.run(["truncate", "-s", "400M", str(image)], check=True)
+    mk = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    need(mk.returncode == 0, f"mkfs.ext4 failed: {mk.stderr.strip()}")
+    mounts.after_umount.append(image)
+    mp = tmp_path / "fuse2fs"
+    mp.mkdir()
+    proc = subprocess.run(["fuse2fs", "-o", "fakeroot", str(image), str(mp)], capture_output=True, text=True)
+    need(proc.returncode == 0, f"cannot mount fuse2fs: {(proc.stderr or proc.stdout).strip()}")
+    mounts.points.append(mp)
+    return mp
+
+
+def chroot_without_proc(mounts, tmp_path: Path) -> Path:
+    """A root directory to chroot into that has the system's /usr (read-only
+    bind), the library's directory at its own path, two fresh tmpfs at /a
+    and /b, and no /proc."""
+    need(PRIVILEGED, "chroot needs real root")
+    need(shutil.which("chroot") is not None, "chroot missing")
+    root = tmp_path / "chroot"
+    root.mkdir()
+    mounts.mount(["--bind", "/usr"], root / "usr", "bind of /usr")
+    mounts.remount(["-o", "remount,bind,ro"], root / "usr", "make the /usr bind read-only")
+    for name in ("bin", "sbin", "lib", "lib64"):
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), root / name)
+    # A copy of the library at its own path (a copy, not a bind: nothing
+    # outside tmp_path is ever writable from the root).
+    inside = root / str(LIBRARY).lstrip("/")
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(LIBRARY, inside)
+    for d in ("a", "b"):
+        mounts.mount(["-t", "tmpfs", "-o", "size=256m,mode=0755", f"xrename-chroot-{d}"], root / d, "tmpfs")
+    assert not (root / "proc").exists()
+    return root

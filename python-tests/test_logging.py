@@ -172,3 +172,20 @@ def test_stderr_pipe_whose_reader_died_never_kills_the_program_with_sigpipe(fs_p
                           env=child_env({"XRENAME_LOG": "stderr"}), timeout=60)
     assert proc.returncode == 0 and proc.stdout == "alive", (proc.returncode, proc.stdout)
     assert dst.read_bytes() == b"data"
+
+
+def test_a_panic_inside_a_move_prints_nothing_and_gives_the_kernels_exdev(fs_pair, tmp_path):
+    """A panic in the library (forced with XRENAME_DEBUG=panic) is caught at
+    the C boundary: the program gets EXDEV, nothing changed, and not one
+    byte reached its fd 2 (a daemon may use it for data); a log file, if
+    any, names it. Panics outside a move still print as usual."""
+    src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
+    src.write_bytes(b"stays\n")
+    log = tmp_path / "panic.log"
+    run = move_with("os.rename", src, dst, env={"XRENAME_DEBUG": "panic", "XRENAME_LOG": str(log)})
+    assert not run.result["ok"] and run.result["errname"] == "EXDEV", run.result
+    assert run.stderr == "", f"the panic printed on the program's stderr: {run.stderr!r}"
+    assert src.read_bytes() == b"stays\n" and not dst.exists()
+    assert entries(fs_pair.dst_dir) == set() and entries(fs_pair.src_dir) == {"a"}
+    (line,) = parse_log_lines(log.read_text())
+    assert line["result"] == "EXDEV" and "panic" in json.dumps(line), line

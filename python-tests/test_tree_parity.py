@@ -10,8 +10,10 @@ with os.rename() under the shim; the two results are compared field by field.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -42,13 +44,15 @@ def test_tree_moved_by_shim_equals_tree_moved_by_gnu_mv(fs_dirs):
     parity(fs_dirs, exact=True)
 
 
-def parity(pair, exact: bool, via_mv: bool = False) -> None:
+def parity(pair, exact: bool, via_mv: bool = False, chroot: Path | None = None) -> None:
     """GNU mv and the shim move the same seeded tree; the results must be
     equal. With `exact`, the shim's result must also be the source, field
     by field (not on a filesystem that cannot hold what the source has,
     such as 1-second timestamps: there mv is the reference). With `via_mv`
     the shim's move is GNU mv run under the shim (where the shim answers
-    EXDEV on purpose, mv's own copy must still give mv's result)."""
+    EXDEV on purpose, mv's own copy must still give mv's result). With
+    `chroot`, both mv runs happen inside that root (no /proc there), the
+    shim's as GNU mv under the shim."""
     # CI runs as root and must cover the root-only parts (device node,
     # foreign owners, foreign-uid ACLs); locally they are left out.
     need(PRIVILEGED or not IN_CI, "full tree needs real root (mknod, lchown, setfacl)")
@@ -69,12 +73,25 @@ def parity(pair, exact: bool, via_mv: bool = False) -> None:
     check_sparse(before_shim, tree_shim.sparse, "source (precondition)")
     assert sum(1 for r in before_shim.values() if r.get("hardlinks")) == 2
 
-    proc = subprocess.run(["mv", os.fsencode(src_mv), os.fsencode(dst_mv)], capture_output=True,
+    def mv(src: Path, dst: Path) -> list:
+        if chroot is None:
+            return ["mv", os.fsencode(src), os.fsencode(dst)]
+        inside = [b"/" + os.fsencode(p.relative_to(chroot)) for p in (src, dst)]
+        return ["chroot", os.fsencode(chroot), "mv", *inside]
+
+    proc = subprocess.run(mv(src_mv, dst_mv), capture_output=True,
                           text=True, env=child_env(preload=False), timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == 0, f"GNU mv failed: {proc.stderr}"
-    if via_mv:
-        proc = subprocess.run(["mv", os.fsencode(src_shim), os.fsencode(dst_shim)], capture_output=True,
-                              text=True, env=child_env(), timeout=CHILD_TIMEOUT_S)
+    if via_mv or chroot is not None:
+        # In the chroot the shim itself must have moved the tree (not mv's
+        # own copy after an EXDEV): its log, written inside the root, says so.
+        log = {"XRENAME_LOG": "/a/shim.log"} if chroot is not None else {}
+        proc = subprocess.run(mv(src_shim, dst_shim), capture_output=True,
+                              text=True, env=child_env(log), timeout=CHILD_TIMEOUT_S)
+        if chroot is not None:
+            lines = [json.loads(x) for x in (chroot / "a" / "shim.log").read_text().splitlines()]
+            assert [(x["type"], x["result"]) for x in lines] == [("dir", "ok")], \
+                f"the shim did not move the tree itself inside the chroot without /proc: {lines}"
         assert proc.returncode == 0, f"GNU mv under the shim failed: {proc.stderr}"
     else:
         assert_ok(move_with("os.rename", src_shim, dst_shim))
@@ -143,9 +160,10 @@ def test_multi_operand_mv_of_hard_linked_files_under_the_shim_keeps_them_linked_
 # The same differential test on more pairs (issue 11: every filesystem these
 # machines can make): to and from 1-second timestamps, xfs, btrfs (between
 # two subvolumes of one btrfs, which the kernel answers with EXDEV), ext2,
-# and a FUSE filesystem (bindfs: no O_TMPFILE, no renameat2 flags).
+# FUSE filesystems (bindfs: no O_TMPFILE, no renameat2 flags; fuse2fs), and
+# two tmpfs inside a chroot that has no /proc.
 MORE_PAIRS = ["tmpfs-to-ext4-128", "ext4-128-to-tmpfs", "tmpfs-to-xfs", "tmpfs-to-ext2", "btrfs-subvolumes",
-              "tmpfs-to-bindfs"]
+              "tmpfs-to-bindfs", "tmpfs-to-fuse2fs", "chroot-without-proc"]
 
 
 @pytest.fixture(params=MORE_PAIRS)
@@ -159,6 +177,13 @@ def more_dirs(request, mounts, tmp_path, tmpfs):
             proc = subprocess.run(["btrfs", "subvolume", "create", str(fs / sub)], capture_output=True, text=True)
             need(proc.returncode == 0, f"btrfs subvolume create: {proc.stderr.strip()}")
         src_root, dst_root = fs / "a", fs / "b"
+    elif name == "tmpfs-to-fuse2fs":
+        from conftest import fuse2fs_fs
+        src_root, dst_root = tmpfs, fuse2fs_fs(mounts, tmp_path)
+    elif name == "chroot-without-proc":
+        from conftest import chroot_without_proc
+        root = chroot_without_proc(mounts, tmp_path)
+        src_root, dst_root = root / "a", root / "b"
     elif name == "tmpfs-to-bindfs":
         from conftest import bindfs_over
         src_root, dst_root = tmpfs, bindfs_over(mounts, tmpfs, tmp_path)
@@ -184,4 +209,6 @@ def test_tree_moved_by_shim_equals_tree_moved_by_gnu_mv_on_more_filesystems(more
     # xattrs (for mv's copy too): there the reference is mv alone. bindfs has
     # no RENAME_NOREPLACE, so a directory gets EXDEV on purpose: mv under the
     # shim then copies it itself.
-    parity(more_dirs, exact=not ("128" in name or "xfs" in name or "bindfs" in name), via_mv="bindfs" in name)
+    chroot = more_dirs.src_dir.parent.parent if name == "chroot-without-proc" else None
+    fuse = "bindfs" in name or "fuse2fs" in name
+    parity(more_dirs, exact=not ("128" in name or "xfs" in name or fuse), via_mv=fuse, chroot=chroot)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine: the tools the
 # C and Python suites call (strace, setfacl, setfattr, mkfs.ext4, unshare,
-# setpriv, cc, bindfs, fakeroot, fakechroot, eatmydata, faketime) and pytest. Does nothing for what is already there.
+# setpriv, cc, bindfs, fuse2fs, fakeroot, fakechroot, eatmydata, faketime) and pytest. Does nothing for what is already there.
 set -euo pipefail
 
 need=()
 for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:util-linux \
             setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3 setcap:libcap2-bin \
-            bindfs:bindfs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime; do
+            bindfs:bindfs fuse2fs:fuse2fs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

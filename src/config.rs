@@ -12,6 +12,7 @@
 //! | `XRENAME_SUMMARY_LOG=/path` | the same lines, for `xrename --summary` |
 //! | `XRENAME_FSYNC=0` | skip every fsync: faster, and unsafe on a crash |
 //! | `XRENAME_DIRS=0` | leave directory moves to the program (EXDEV) |
+//! | `XRENAME_DEBUG=panic` | (for tests) every move panics inside the library: shows that a panic prints nothing and gives EXDEV |
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
@@ -41,6 +42,8 @@ pub struct Config {
     pub logs: Vec<LogTarget>,
     /// Settings passed to the engine.
     pub engine: Options,
+    /// `XRENAME_DEBUG=panic`: each move panics where the engine runs.
+    pub debug_panic: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -125,7 +128,9 @@ impl Config {
         let verdict = if disabled { "pass-through" } else { "the safe choice taken" };
         let note: Option<&'static str> =
             (!notes.is_empty()).then(|| &*Box::leak(format!("{}: {verdict}", notes.join(", ")).into_boxed_str()));
+        let debug_panic = var("XRENAME_DEBUG").is_some_and(|v| v.eq_ignore_ascii_case("panic"));
         Config {
+            debug_panic,
             disabled,
             observe,
             note,

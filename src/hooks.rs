@@ -148,7 +148,12 @@ unsafe fn fallback(
     let result = match (dirfd(olddirfd, old), dirfd(newdirfd, new)) {
         (Some(old_dir), Some(new_dir)) => {
             let req = Request { op, old_dir, old, new_dir, new, flags };
-            let run = || engine::rename(&req, &cfg.engine, &mut report);
+            let run = || {
+                if cfg.debug_panic {
+                    panic!("XRENAME_DEBUG=panic");
+                }
+                engine::rename(&req, &cfg.engine, &mut report)
+            };
             catch_unwind(AssertUnwindSafe(run)).unwrap_or(Err(engine::Error::new(Errno::XDEV, "internal panic")))
         }
         _ => Err(engine::Error::new(Errno::BADF, "dirfd")),
