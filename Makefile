@@ -17,7 +17,7 @@ deps:
 # Every suite runs even when an earlier one fails; the target fails if any did.
 test: deps build
 	@status=0; \
-	echo "== Rust"; cargo test --release || status=1; \
+	echo "== Rust"; cargo test --release --workspace || status=1; \
 	echo "== C"; bash c-tests/run.sh || status=1; \
 	echo "== Python"; bash python-tests/run.sh || status=1; \
 	if [ $$status -ne 0 ]; then echo "make test: a suite failed"; fi; \

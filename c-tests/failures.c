@@ -250,6 +250,31 @@ static void seccomp_filter_refusing_fsync_gives_the_kernels_exdev(void)
     }
 }
 
+/*
+ * A filter refusing the xattr calls (ENOSYS, as for a call the sandbox does
+ * not know; or EPERM) on a file with an ACL that denies its group: the ACL
+ * cannot be copied, and a copy without it would give the group the mask's
+ * rights. The kernel's EXDEV, nothing changed.
+ */
+static void seccomp_filter_refusing_xattr_calls_never_drops_an_acl(void)
+{
+    const char *specs[] = {"flistxattr:38", "fsetxattr:38", "fgetxattr:1", "fsetxattr:1"};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        char *sd, *dd;
+        xdev_dirs("rename", &sd, &dd);
+        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
+        uint64_t h = write_pattern_file(src, 5000, 10);
+        chmod(src, 0660);
+        int rc = system(path_of("setfacl -m g::---,u:65534:rw '%s'", src));
+        if (rc != 0)
+            SKIP("setfacl failed (no ACL support here?)");
+        char *what = path_of("rename of a file with an ACL, %s refused by a seccomp filter", specs[i]);
+        int st = under_seccomp_filter(specs[i], src, dst);
+        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
+        check_untouched(sd, src, h, 5000, dd, dst, 0, what);
+    }
+}
+
 /* XRENAME_DISABLE=1 (read when the library loads): the kernel's EXDEV. */
 static void disable_variable_leaves_kernel_exdev(void)
 {
@@ -284,4 +309,5 @@ XT_MAIN(TEST(enospc_without_destination_changes_nothing),
         TEST(policy_refusing_copy_file_range_falls_back),
         TEST(policy_refusing_fsync_gives_the_kernels_exdev),
         TEST(seccomp_filter_refusing_data_calls_falls_back_to_read_write),
-        TEST(seccomp_filter_refusing_fsync_gives_the_kernels_exdev))
+        TEST(seccomp_filter_refusing_fsync_gives_the_kernels_exdev),
+        TEST(seccomp_filter_refusing_xattr_calls_never_drops_an_acl))

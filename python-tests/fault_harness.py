@@ -64,7 +64,7 @@ INJECTABLE = (
     "mkdirat", "mknodat", "symlinkat", "statx", "getdents64", "lseek", "ftruncate",
 )
 RENAME_FAMILY = ("rename", "renameat", "renameat2")
-# What rename(2) documents (src/engine/mod.rs, RENAME_ERRNOS): the program
+# What rename(2) documents (crates/engine/src/lib.rs, RENAME_ERRNOS): the program
 # never sees another errno; an injected one outside this list gives EXDEV.
 RENAME_ERRNOS = frozenset({
     "EACCES", "EBADF", "EBUSY", "EDQUOT", "EEXIST", "EFAULT", "EINVAL", "EIO", "EISDIR", "ELOOP", "EMLINK",

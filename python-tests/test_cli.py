@@ -701,6 +701,24 @@ def test_clean_remove_deletes_only_dead_leftovers(tmpfs):
 # make install
 # ==========================================================================
 
+def elf_section_names(path) -> set[str]:
+    """The section names of a 64-bit little-endian ELF file."""
+    import struct
+    data = Path(path).read_bytes()
+    assert data[:6] == b"\x7fELF\x02\x01", f"{path}: not a 64-bit little-endian ELF"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    def section(i):
+        return struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+    strtab = section(shstrndx)
+    base = strtab[4]
+    names = set()
+    for i in range(shnum):
+        off = base + section(i)[0]
+        names.add(data[off:data.index(b"\0", off)].decode())
+    return names
+
+
 def test_make_install_gives_a_working_xrename(fs_pair, tmp_path):
     need(shutil.which("make") is not None and shutil.which("cargo") is not None, "make/cargo not installed")
     prefix = tmp_path / "prefix"
@@ -710,6 +728,11 @@ def test_make_install_gives_a_working_xrename(fs_pair, tmp_path):
     assert stat.S_IMODE(os.stat(exe).st_mode) == 0o755
     assert stat.S_IMODE(os.stat(lib).st_mode) == 0o644
     assert not (prefix / "bin" / "libxrename.so").exists()
+    for f in (exe, lib):
+        names = elf_section_names(f)
+        assert ".dynsym" in names, f"{f}: not an ELF with dynamic symbols: {names}"
+        assert ".symtab" not in names and not any(n.startswith(".debug") for n in names), \
+            f"{f} is installed unstripped: {sorted(names)}"
 
     prog = write_py_program(tmp_path)
     src, dst = fs_pair.src_dir / "a", fs_pair.dst_dir / "b"
@@ -792,3 +815,17 @@ def test_a_fifo_given_as_the_command_is_never_read(tmp_path):
     os.chmod(fifo, 0o755)
     proc = subprocess.run([str(XRENAME), str(fifo)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 126, (proc.returncode, proc.stderr)
+
+
+def test_the_preloaded_library_links_nothing_the_command_needs():
+    """libxrename.so's dependency graph holds the engine, rustix and libc,
+    never the command's progress bar or JSON reader (they would be loaded
+    into every preloaded program)."""
+    need(shutil.which("cargo") is not None, "cargo not installed")
+    p = run(["cargo", "tree", "--offline", "-p", "xrename", "-e", "normal", "--prefix", "none"],
+            cwd=REPO_ROOT, timeout=300)
+    assert p.returncode == 0, describe(p)
+    crates = {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
+    assert "xrename-engine" in crates, p.stdout
+    unwanted = crates & {"indicatif", "serde_json", "serde", "console", "unicode-width", "portable-atomic"}
+    assert not unwanted, f"the library depends on the command's crates: {sorted(unwanted)}"

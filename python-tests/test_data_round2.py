@@ -150,16 +150,18 @@ class Mover:
     `traced` is False; `injects` are strace `inject=` specs."""
 
     def __init__(self, child: Path, src: Path, dst: Path, trace_file: Path | None = None,
-                 injects: tuple[str, ...] = (), env_extra: dict[str, str] | None = None):
+                 injects: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
+                 preload: str | None = None):
         self.trace_file = trace_file
+        preload = preload or str(LIBRARY)
         if trace_file is None:
             argv = [str(child), str(src), str(dst)]
-            env = child_env()
+            env = child_env({"LD_PRELOAD": preload})
         else:
             argv = ["strace", "-f", "-qq", "-e", f"trace={TRACE}", "-o", str(trace_file)]
             for spec in injects:
                 argv += ["-e", f"inject={spec}"]
-            argv += ["-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)]
+            argv += ["-E", f"LD_PRELOAD={preload}", "--", str(child), str(src), str(dst)]
             env = child_env(preload=False)
         env.update(env_extra or {})
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -232,8 +234,8 @@ def start(movers: list, *a, **kw) -> Mover:
     return m
 
 
-def run_traced(child, src, dst, trace_file, injects=()) -> fh.Outcome:
-    m = Mover(child, src, dst, trace_file, injects)
+def run_traced(child, src, dst, trace_file, injects=(), **kw) -> fh.Outcome:
+    m = Mover(child, src, dst, trace_file, injects, **kw)
     return m.finish()
 
 
@@ -701,7 +703,7 @@ class Writer:
 
 
 def change_during_stop(child, movers, tmp_path, reset, src: Path, dst: Path, target: fh.Call,
-                       watched: Path, change, what: str, at_stop=None):
+                       watched: Path, change, what: str, at_stop=None, **mover_kw):
     """Runs the move stopped after `target`; makes `change` while it is
     stopped, in the same second as `watched`'s ctime before the move (on a
     coarse clock the change is then invisible to size/mtime/ctime); retried
@@ -709,7 +711,7 @@ def change_during_stop(child, movers, tmp_path, reset, src: Path, dst: Path, tar
     for attempt in range(SAME_SECOND_TRIES):
         reset()
         t0 = ctime_s(watched)
-        m = start(movers, child, src, dst, tmp_path / f"move-{attempt}.trace", (stop_spec(target),))
+        m = start(movers, child, src, dst, tmp_path / f"move-{attempt}.trace", (stop_spec(target),), **mover_kw)
         stop_and(m, target, what)
         if at_stop:
             at_stop()
@@ -729,9 +731,21 @@ def coarse_file_pair(coarse_ext4, tmpfs) -> Pair:
     return cross_pair(coarse_ext4, tmpfs, "coarse-ext4-to-tmpfs")
 
 
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+@pytest.mark.parametrize("clock", ["real", "faketime+1d"])
 @pytest.mark.parametrize("stop", ["after-data-copy", "after-install"])
-def test_coarse_clock_same_size_write_during_file_move_is_kept(child, coarse_ext4, tmpfs, tmp_path, movers, stop):
+def test_coarse_clock_same_size_write_during_file_move_is_kept(child, coarse_ext4, tmpfs, tmp_path, movers, stop,
+                                                               clock):
+    """With "faketime+1d" the mover runs under libfaketime a day ahead: the
+    shim must read the kernel's clock, not libc's, or every file would look
+    a day old and never racy."""
     need_strace()
+    kw = {}
+    if clock != "real":
+        need(os.path.exists(FAKETIME_LIB), "libfaketime not installed (apt-get install faketime)")
+        kw = {"preload": f"{LIBRARY}:{FAKETIME_LIB}", "env_extra": {"FAKETIME": "+1d"}}
     p = coarse_file_pair(coarse_ext4, tmpfs)
     src, dst = p.src_dir / "data.bin", p.dst_dir / "data.bin"
     old, new = random_bytes(300_000, seed=301), random_bytes(300_000, seed=302)
@@ -742,7 +756,7 @@ def test_coarse_clock_same_size_write_during_file_move_is_kept(child, coarse_ext
         src.write_bytes(old)  # mtime = ctime = now (whole seconds)
 
     reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", **kw)
     assert out.kind == "ok", out.describe()
     calls, first, end = window(out)
     install = install_call(calls, first, end, dst.name)
@@ -758,7 +772,7 @@ def test_coarse_clock_same_size_write_during_file_move_is_kept(child, coarse_ext
             os.close(fd)
 
     out = change_during_stop(child, movers, tmp_path, reset, src, dst, target, src, write, stop,
-                             at_stop=installed_check(stop, dst))
+                             at_stop=installed_check(stop, dst), **kw)
     left = hidden(p.src_dir, p.dst_dir)
     if out.kind == "ok":
         assert not os.path.lexists(src), "rename returned 0 but the source is still there"

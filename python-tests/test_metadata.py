@@ -125,3 +125,46 @@ def test_move_preserves_owner_setuid_times_xattrs_and_acl_together(pair, root_on
     before = snapshot(src)
     assert before["mode"] & 0o4000, "precondition: setuid bit set"
     do_move(pair, src, data, before, list(before))
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo", "socket", "chardev"])
+def test_one_metadata_policy_for_every_object_type(pair, root_only, kind):
+    """The same metadata arrives whatever the object is (one policy in
+    meta.rs): a foreign owner, setgid, a trusted.* xattr, an ACL denying
+    the group (not on a symlink, which takes neither ACLs nor a mode), and
+    nanosecond times. A user.* attribute goes wherever the kernel takes one
+    (files and directories)."""
+    import socket
+    import stat as st_
+    src = pair.src_dir / f"obj-{kind}"
+    if kind == "file":
+        src.write_bytes(b"data")
+    elif kind == "dir":
+        src.mkdir()
+    elif kind == "symlink":
+        os.symlink("some/target", src)
+    elif kind == "fifo":
+        os.mkfifo(src)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(src))
+        s.close()
+    else:
+        os.mknod(src, 0o600 | st_.S_IFCHR, os.makedev(1, 3))
+    os.lchown(src, 1234, 5678)
+    if kind != "symlink":
+        os.chmod(src, 0o2750)
+        proc = subprocess.run(["setfacl", "-m", "g::---,u:4321:rw", str(src)], capture_output=True, text=True)
+        need(proc.returncode == 0, f"setfacl failed: {proc.stderr.strip()}")
+    os.setxattr(src, "trusted.xrename", kind.encode(), follow_symlinks=False)
+    if kind in ("file", "dir"):
+        os.setxattr(src, "user.xrename", b"u", follow_symlinks=False)
+    os.utime(src, ns=(PAST_ATIME_NS, PAST_MTIME_NS), follow_symlinks=False)
+    before = snapshot(src)
+    dst = pair.dst_dir / f"moved-{kind}"
+    assert_ok(move_with("os.rename", src, dst))
+    assert not os.path.lexists(src)
+    after = snapshot(dst)
+    assert_metadata_equal(before, after, ["type", "mode", "uid", "gid", "atime_ns", "mtime_ns", "xattrs"])
+    if kind != "symlink":
+        assert "system.posix_acl_access" in after["xattrs"], f"{kind}: the ACL was dropped"

@@ -18,7 +18,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::OnceLock;
 
-use crate::engine::Options;
+use xrename_engine::Options;
 
 /// Where log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Config {
                 dirs,
                 progress: None,
                 // Other names of a multi-link file moved earlier become links.
-                links: Some(std::sync::Arc::new(crate::engine::links::Links::new())),
+                links: Some(std::sync::Arc::new(xrename_engine::links::Links::new())),
             },
         }
     }

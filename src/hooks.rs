@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use rustix::io::Errno;
 
-use crate::engine::{self, Op, Report, Request};
 use crate::{config, log, real};
+use xrename_engine::{self as engine, Op, Report, Request};
 
 /// `rename(3)`.
 ///

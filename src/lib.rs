@@ -12,13 +12,14 @@
 //! - [`hooks`]: the three exported C functions, the only place that knows the C ABI.
 //! - [`real`]: the next definitions of the hooked functions, resolved once.
 //! - [`config`]: the `XRENAME_*` settings, read once at load.
-//! - [`engine`]: the move itself, safe Rust on file descriptors.
 //! - [`log`]: one JSON line per `EXDEV` handled.
+//!
+//! The move itself is the `xrename-engine` crate (safe Rust on file
+//! descriptors), which the `xrename` command uses too.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod engine;
 pub mod hooks;
 pub mod log;
 pub mod real;

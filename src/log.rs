@@ -18,7 +18,7 @@
 
 use std::ffi::CStr;
 use std::fmt::Write as _;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::config::LogTarget;
-use crate::engine::{self, Op, Report};
+use xrename_engine::{self as engine, Op, Report};
 
 /// One handled `EXDEV`.
 #[derive(Debug)]
@@ -77,6 +77,7 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
             }
             match then.2 {
                 FileType::Fifo | FileType::Socket => crate::real::write_pipe_quietly(2, line.as_bytes()),
+                FileType::RegularFile => crate::real::write_file_quietly(2, line.as_bytes()),
                 _ => {
                     let _ = rustix::io::write(rustix::stdio::stderr(), line.as_bytes());
                 }
@@ -96,7 +97,7 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
                 return;
             };
             if rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
-                let _ = rustix::io::write(fd.as_fd(), line.as_bytes());
+                crate::real::write_file_quietly(fd.as_raw_fd(), line.as_bytes());
             }
         }
     }

@@ -154,6 +154,41 @@ pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
     }
 }
 
+/// Appends `bytes` to the regular file `fd` without ever raising SIGXFSZ
+/// in the program (its default action kills): nothing is written if the
+/// line would pass `RLIMIT_FSIZE` (no half line either), and should a
+/// concurrent writer make it pass anyway, the signal is blocked in this
+/// thread for the write and one that the write raised is taken back.
+pub fn write_file_quietly(fd: c_int, bytes: &[u8]) {
+    // SAFETY: rlimit and stat are plain data, filled by the kernel; the
+    // signal sets are used through the libc calls only; `bytes` is valid
+    // for its length.
+    unsafe {
+        let mut lim: libc::rlimit = core::mem::zeroed();
+        let mut st: libc::stat = core::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 || libc::fstat(fd, &mut st) != 0 {
+            return;
+        }
+        if lim.rlim_cur != libc::RLIM_INFINITY && st.st_size as u64 + bytes.len() as u64 > lim.rlim_cur {
+            return;
+        }
+        let mut xfsz: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        let mut pending: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut xfsz);
+        libc::sigaddset(&mut xfsz, libc::SIGXFSZ);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &xfsz, &mut old);
+        libc::sigpending(&mut pending);
+        let was_pending = libc::sigismember(&pending, libc::SIGXFSZ) == 1;
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        if n < 0 && *libc::__errno_location() == libc::EFBIG && !was_pending {
+            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            libc::sigtimedwait(&xfsz, core::ptr::null_mut(), &zero);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    }
+}
+
 /// The filesystem calls the engine makes as raw syscalls, by the names a
 /// library would interpose them under.
 const FS_CALLS: [&core::ffi::CStr; 36] = [

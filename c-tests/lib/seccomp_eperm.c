@@ -1,9 +1,10 @@
 /*
  * A real sandbox policy for the tests: when this library is preloaded, its
- * constructor installs a seccomp filter that answers EPERM to the syscalls
- * named in XT_SECCOMP_EPERM (comma-separated: copy_file_range, sendfile,
- * fsync, fdatasync, syncfs) and allows everything else, as container
- * runtimes and sandboxes do. Built by run.sh into
+ * constructor installs a seccomp filter that answers an error to the
+ * syscalls named in XT_SECCOMP_EPERM (comma-separated `name` for EPERM, or
+ * `name:ERRNO` with a number: copy_file_range, sendfile, fsync, fdatasync,
+ * syncfs, flistxattr, fsetxattr, fgetxattr) and allows everything else, as
+ * container runtimes and sandboxes do. Built by run.sh into
  * target/c-tests/libseccomp_eperm.so.
  */
 #define _GNU_SOURCE
@@ -24,6 +25,7 @@ static long number(const char *name)
     static const struct { const char *name; long nr; } known[] = {
         {"copy_file_range", SYS_copy_file_range}, {"sendfile", SYS_sendfile},
         {"fsync", SYS_fsync}, {"fdatasync", SYS_fdatasync}, {"syncfs", SYS_syncfs},
+        {"flistxattr", SYS_flistxattr}, {"fsetxattr", SYS_fsetxattr}, {"fgetxattr", SYS_fgetxattr},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(known[i].name, name) == 0)
@@ -44,13 +46,19 @@ __attribute__((constructor)) static void install(void)
     f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
     char *copy = strdup(spec), *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        unsigned err = EPERM;
+        char *colon = strchr(tok, ':');
+        if (colon) {
+            *colon = 0;
+            err = (unsigned)atoi(colon + 1);
+        }
         long nr = number(tok);
         if (nr < 0 || n > 60) {
             fprintf(stderr, "seccomp_eperm: unknown syscall %s\n", tok);
             _exit(120);
         }
         f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1);
-        f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+        f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA));
     }
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};

@@ -17,7 +17,7 @@
 //! shares the program's memory and descriptor table (`CLONE_VM |
 //! CLONE_VFORK | CLONE_FILES`, as posix_spawn does), has every signal but
 //! SIGSYS blocked, takes and drops the leases on the descriptors it is
-//! given, and exits ([`sys::lease_probe`](super::sys::lease_probe)). It
+//! given, and exits (`sys::lease_probe`). It
 //! raises no SIGCHLD (exit signal 0) and is reaped with `__WCLONE`, so the
 //! program's ordinary `wait` never sees it.
 //!

@@ -20,16 +20,19 @@ use std::os::fd::BorrowedFd;
 
 use rustix::fs::{FileType, Statx};
 
-use super::check::file_type;
 use super::error::{At, Result, retry};
+use super::stat::file_type;
 
 /// A time as (seconds, nanoseconds) since the epoch.
 pub type Stamp = (i64, u32);
 
-/// The current wall-clock time, as file timestamps are taken.
+/// The current wall-clock time, as file timestamps are taken: the kernel's
+/// own clock (rustix reads the vDSO or makes the syscall itself), never a
+/// libc `clock_gettime` that another preloaded library (libfaketime) may
+/// shift, which would make every entry look older than it is.
 pub fn now() -> Stamp {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    (t.as_secs() as i64, t.subsec_nanos())
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    (t.tv_sec, t.tv_nsec as u32)
 }
 
 /// What an entry was when its copy began.
@@ -341,4 +344,16 @@ mod tests {
         d.stx_mtime.tv_sec = 101;
         assert!(!seen.unchanged_but_ctime(&d));
     }
+}
+
+/// When a tree was installed: its root's ctime, which the rename into place
+/// set, and the wall clock just after. Everything we copied into it is
+/// older than the second; file timestamps come from a clock that may lag
+/// one tick behind, so the first is not always a bound across inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The installed root's ctime.
+    pub ctime: (i64, u32),
+    /// The wall clock after the install.
+    pub wall: (i64, u32),
 }

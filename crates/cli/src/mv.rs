@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::io::Errno;
-use xrename::engine::{self, Op, Options, Report, Request};
+use xrename_engine::{self as engine, Op, Options, Report, Request};
 
 pub const HELP: &str = "\
 xrename mv [OPTIONS] SRC... DST: move files and trees, across filesystems too
@@ -100,7 +100,7 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
         Err(e) => return Err(std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()),
     }
     let counter = Arc::new(AtomicU64::new(0));
-    let links = Some(std::sync::Arc::new(xrename::engine::links::Links::new()));
+    let links = Some(std::sync::Arc::new(xrename_engine::links::Links::new()));
     let opts = Options { fsync, dirs: true, progress: Some(counter.clone()), links };
     let run = move || {
         let req = Request {

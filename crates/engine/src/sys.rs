@@ -24,6 +24,12 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` points at the parent's `Job`, alive and untouched
     // while the parent is suspended (CLONE_VFORK) until we exit.
     let job = unsafe { &*(arg as *const Job) };
+    // A child trapped by a seccomp filter (SIGSYS) would dump the program's
+    // whole memory, shared with it, as a core file: never. Limits are per
+    // process, and this one is ours alone.
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit64 on this process (pid 0) with a valid new limit.
+    unsafe { libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_CORE, &no_core as *const libc::rlimit, 0usize) };
     for i in 0..job.len {
         // SAFETY: `i < len`, the length of both arrays.
         let fd = unsafe { *job.fds.add(i) };
@@ -44,15 +50,31 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
 }
 
 /// Asks for a read lease on each descriptor (see
-/// [`writers`](super::writers)): for each, `Some(0)` if one was granted,
+/// the `writers` module): for each, `Some(0)` if one was granted,
 /// `Some(errno)` if refused, `None` if the probe could not run.
 pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
     let mut out = vec![-1 as c_int; fds.len()];
     let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
-    let mut stack = vec![0u8; STACK];
+    // The child's stack is mapped, not allocated: a mapping refused under a
+    // tight RLIMIT_AS is an answer ("unknown", so EXDEV), where a failed
+    // allocation would abort the program in the middle of its move.
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let stack = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return unknown();
+    }
     // The stack grows down from its 16-byte-aligned top.
-    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    let top = (stack as usize + STACK) & !15;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
     let saved_errno = errno();
     // SAFETY: sigset_t is plain data; filled and used as a mask only.
@@ -75,7 +97,8 @@ pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
         pid
     };
     let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
-    drop(stack);
+    // SAFETY: the mapping made above; the child that used it has exited.
+    unsafe { libc::munmap(stack, STACK) };
     set_errno(saved_errno);
     answers
 }
@@ -176,4 +199,101 @@ pub(crate) fn removexattr_nofollow(
         libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr())
     };
     if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
+
+/// `sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE)`: starts writeback
+/// of the dirty pages in the range without waiting for it, and keeps them
+/// cached.
+pub(crate) fn sync_file_range_write(fd: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (off, len) = (off.min(i64::MAX as u64) as i64, len.min(i64::MAX as u64) as i64);
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_sync_file_range, fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
+
+/// `struct xattr_args` of the `*xattrat` calls (Linux 6.13).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+fn size_result(r: libc::c_long) -> rustix::io::Result<usize> {
+    if r >= 0 { Ok(r as usize) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW, buf)` (Linux 6.13): the
+/// attribute names of `name` itself, without /proc. ENOSYS on older kernels.
+pub(crate) fn listxattr_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &core::ffi::CStr,
+    buf: &mut [u8],
+) -> rustix::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is writable for its length; `name` is a C string.
+    size_result(unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })
+}
+
+/// `getxattrat(dir, name, AT_SYMLINK_NOFOLLOW, attr, buf)` (Linux 6.13).
+pub(crate) fn getxattr_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &core::ffi::CStr,
+    attr: &core::ffi::CStr,
+    buf: &mut [u8],
+) -> rustix::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+    // SAFETY: `args` describes `buf`, writable for its length; the strings
+    // are C strings; the size passed is the struct's.
+    size_result(unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &mut args as *mut XattrArgs,
+            core::mem::size_of::<XattrArgs>(),
+        )
+    })
+}
+
+/// `setxattrat(dir, name, AT_SYMLINK_NOFOLLOW, attr, value)` (Linux 6.13).
+pub(crate) fn setxattr_nofollow(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &core::ffi::CStr,
+    attr: &core::ffi::CStr,
+    value: &[u8],
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: 0 };
+    // SAFETY: `args` describes `value`, readable for its length; the
+    // strings are C strings; the size passed is the struct's.
+    size_result(unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &args as *const XattrArgs,
+            core::mem::size_of::<XattrArgs>(),
+        )
+    })
+    .map(|_| ())
 }

@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
 
-use super::check::fstat;
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
+use super::stat::{Id, fstat, id};
 
 /// How many of the deepest levels keep open descriptors.
 pub const WINDOW: usize = 32;
@@ -29,14 +29,6 @@ pub const ANCHOR: usize = 256;
 
 /// The step name for a tree that changed under the walk.
 pub const TREE_CHANGED: &str = "directory changed during the move";
-
-/// An inode's identity: device major, minor, inode number.
-pub type Id = (u32, u32, u64);
-
-/// The identity in a `statx` result.
-pub fn id(st: &Statx) -> Id {
-    (st.stx_dev_major, st.stx_dev_minor, st.stx_ino)
-}
 
 /// Opens the directory `name` in `dir` without following a symlink.
 pub fn open_dir(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
@@ -221,25 +213,25 @@ impl<const N: usize> Walk<N> {
             return Ok(());
         }
         let i = (0..j).rev().find(|&i| self.frames[i].fds[0].is_some()).expect("the root stays open");
+        // Levels above the window are opened only to reach the next one,
+        // and closed again at once: at most one of them is open at a time.
+        let keep_from = (j + 1).saturating_sub(self.window);
         for k in i + 1..=j {
             for side in 0..N {
                 let parent = self.frames[k - 1].fds[side].as_ref().expect("opened in order").as_fd();
                 let fd = match open_dir(parent, &self.frames[k].name) {
                     Ok(fd) => fd,
-                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
-                        return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
-                    }
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
                     Err(e) => return Err(Error::new(e, "reopen directory")),
                 };
                 if id(&fstat(fd.as_fd()).at("stat directory")?) != self.frames[k].ids[side] {
-                    return Err(Error::new(Errno::AGAIN, TREE_CHANGED));
+                    return Err(Error::changed(TREE_CHANGED));
                 }
                 self.frames[k].fds[side] = Some(fd);
             }
-        }
-        // Keep only the deepest WINDOW levels open, and the anchors.
-        for k in i + 1..(j + 1).saturating_sub(self.window) {
-            self.close(k);
+            if k - 1 > i && k - 1 < keep_from {
+                self.close(k - 1);
+            }
         }
         Ok(())
     }

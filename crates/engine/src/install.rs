@@ -4,7 +4,7 @@
 //! directory, so a crash leaves nothing behind. Where the filesystem has no
 //! `O_TMPFILE`, or `/proc` is missing (linking an unnamed file by
 //! `/proc/thread-self/fd/N` with `AT_SYMLINK_FOLLOW` needs no capability, unlike
-//! `AT_EMPTY_PATH`), a hidden file named [`TEMP_PREFIX`]`<random>` is used
+//! `AT_EMPTY_PATH`), a hidden file ([`names`](super::names)) is used
 //! instead and removed on every failure path by [`Temp`]'s `Drop`.
 //!
 //! Placement (tempfile's `persist_noclobber` idea, extended to replace):
@@ -29,28 +29,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
 use rustix::io::Errno;
 
-use super::check::{file_type, fstat, lstat, same_inode};
+use super::durable::{Durability, Placement};
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
+use super::names::{Role, with_fresh};
 use super::path::Entry;
-
-/// Prefix of every name xrename creates in a user's directory.
-pub const TEMP_PREFIX: &str = ".xrename-";
-
-/// What a hidden name holds, for someone who finds it after a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `.xrename-<pid>-<hex>`: a copy being built (its source is intact) or
-    /// an old empty directory. Never the only copy of anything: safe to remove.
-    Temp,
-    /// `.xrename-old-<pid>-<hex>`: a copy about to replace a destination, or,
-    /// once swapped, the old destination kept for rollback. After a crash the
-    /// old destination may exist only here: to be inspected.
-    Old,
-    /// `.xrename-src-<pid>-<hex>`: a moved source set aside to be deleted. Its
-    /// copy is installed, but entries changed during the move may be only
-    /// here: to be inspected, never removed blindly.
-    Source,
-}
+use super::seen::Since;
+use super::stat::{append_only, file_type, fstat, lstat, same_inode};
 
 /// A new object in the destination directory that no one else can see or
 /// rely on yet: an unnamed file, or a hidden name. Dropping it removes it
@@ -82,15 +66,14 @@ impl<'d> Temp<'d> {
                 Err(e) => return Err(Error::new(e, "create temp file")),
             }
         }
-        if super::check::append_only(dir) {
+        if append_only(dir) {
             // A named temp could never be renamed or removed there.
             return Err(Error::new(Errno::XDEV, "append-only destination directory"));
         }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let (fd, name) = with_fresh_name(Role::Temp, |name| {
-            retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)))
-        })
-        .at("create temp file")?;
+        let (fd, name) =
+            with_fresh(Role::Temp, |name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
+                .at("create temp file")?;
         Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false, made: None })
     }
 
@@ -106,7 +89,7 @@ impl<'d> Temp<'d> {
         mut create: impl FnMut(&CStr) -> rustix::io::Result<()>,
     ) -> Result<Temp<'d>> {
         let role = if is_dir { Role::Temp } else { Role::Old };
-        let ((), name) = with_fresh_name(role, |name| create(name)).at("create temp")?;
+        let ((), name) = with_fresh(role, |name| create(name)).at("create temp")?;
         Ok(Temp { dir, fd: None, name: Some(name), role, is_dir, made: None })
     }
 
@@ -148,14 +131,14 @@ impl<'d> Temp<'d> {
     fn ensure_named(&mut self) -> Result<&CStr> {
         match (&self.name, self.role, self.is_dir) {
             (None, _, _) => {
-                let ((), name) = with_fresh_name(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
+                let ((), name) = with_fresh(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
                 self.name = Some(name);
                 self.role = Role::Old;
             }
             (Some(tmp), Role::Temp, false) => {
                 let tmp = tmp.clone();
                 let dir = self.dir;
-                let ((), name) = with_fresh_name(Role::Old, |name| {
+                let ((), name) = with_fresh(Role::Old, |name| {
                     match retry(|| rustix::fs::renameat_with(dir, &*tmp, dir, name, RenameFlags::NOREPLACE)) {
                         // No RENAME_NOREPLACE: a link never replaces.
                         Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
@@ -222,7 +205,7 @@ impl Drop for Temp<'_> {
 fn remove_ours(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) {
     if is_dir {
         for _ in 0..TIDY_TRIES {
-            if super::dir::remove_tree(dir, name).is_ok() {
+            if super::tree::remove_tree(dir, name).is_ok() {
                 break;
             }
         }
@@ -251,18 +234,6 @@ enum Placed {
     Overwritten,
 }
 
-/// How the placement is made durable.
-#[derive(Debug)]
-enum Sync {
-    /// Not at all (`XRENAME_FSYNC=0`).
-    No,
-    /// `fsync` of the destination directory.
-    Dir,
-    /// The directory cannot be opened for reading, so cannot be fsynced:
-    /// `syncfs` of its filesystem through the new object's descriptor.
-    Filesystem(OwnedFd),
-}
-
 /// A new file at the destination whose placement is undone on drop unless
 /// [`Installed::commit`] is called.
 #[derive(Debug)]
@@ -272,12 +243,12 @@ pub struct Installed<'d> {
     new: Box<Statx>,
     is_dir: bool,
     placed: Placed,
-    sync: Sync,
-    /// For a tree: when it was installed (its ctime then), and the source it
-    /// was copied from. Once installed, the tree is visible and others may
-    /// add to it or change it; a rollback removes only what is ours.
+    sync: Placement,
+    /// For a tree: when it was installed (its ctime then), and how to
+    /// withdraw it. Once installed, the tree is visible and others may add
+    /// to it or change it; a rollback removes only what is ours.
     since: Option<Since>,
-    tree: Option<Tree<'d>>,
+    tree: Option<&'d dyn Rollback>,
 }
 
 /// What the preflight saw at the destination, and what may be done there.
@@ -294,15 +265,14 @@ pub enum Dest {
 /// Puts `tmp` at `dst`'s name in its directory, atomically, replacing what
 /// is there unless `dest` forbids it. Races with the destination appearing
 /// or vanishing after the preflight are handled. With `fsync`, the new name
-/// is made durable before this returns. `tree` is what a tree was copied
-/// from, and what the copy holds
-/// (see [`Installed`]'s rollback).
+/// is made durable before this returns. `tree` withdraws an installed
+/// tree in a rollback (see [`Installed`]).
 pub fn install<'d>(
     mut tmp: Temp<'d>,
     dst: &'d Entry,
     dest: Dest,
-    fsync: bool,
-    tree: Option<Tree<'d>>,
+    durability: Durability,
+    tree: Option<&'d dyn Rollback>,
 ) -> Result<Installed<'d>> {
     let name: &'d CStr = &dst.name;
     let noreplace = dest == Dest::MustNotExist;
@@ -314,12 +284,7 @@ pub fn install<'d>(
         // it (and dropping `tmp` leaves it alone).
         return Err(Error::new(Errno::XDEV, "install: the hidden name was taken over"));
     }
-    let sync = match (fsync, dst.syncable, &tmp.fd) {
-        (false, _, _) | (true, false, None) => Sync::No,
-        (true, true, _) => Sync::Dir,
-        (true, false, Some(fd)) => Sync::Filesystem(rustix::io::fcntl_dupfd_cloexec(fd, 0).at("dup")?),
-    };
-    let mut sync = Some(sync);
+    let mut sync = Some(durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?);
     let mut placed = None;
     for _ in 0..8 {
         if !dst_exists {
@@ -367,39 +332,22 @@ pub fn install<'d>(
 ///
 /// Returns whether the new name is durable: if the flush failed, the caller
 /// keeps the source (it is installed for good, and cannot be undone).
-pub fn replace(mut tmp: Temp<'_>, dst: &Entry, fsync: bool) -> Result<bool> {
+pub fn replace(mut tmp: Temp<'_>, dst: &Entry, durability: Durability) -> Result<bool> {
     let dir = tmp.dir;
+    let placement = durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?;
     let tmp_name = tmp.ensure_named()?.to_owned();
     retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, &*dst.name)).at("install")?;
     tmp.name = None;
-    let synced = match (fsync, dst.syncable, &tmp.fd) {
-        (false, _, _) | (true, false, None) => Ok(()),
-        (true, true, _) => retry(|| rustix::fs::fsync(dir)),
-        (true, false, Some(fd)) => retry(|| rustix::fs::syncfs(fd)),
-    };
-    Ok(synced.is_ok())
+    Ok(Durability::placed(&placement, dir).is_ok())
 }
 
-/// A tree's source, and the record of what was copied from it and made
-/// in the copy, for a rollback that removes only what is ours.
-#[derive(Debug, Clone, Copy)]
-pub struct Tree<'a> {
-    /// The source the tree was copied from (gone if another rename took it).
-    pub original: &'a Entry,
-    /// What was copied, and the identities of the copy's entries.
-    pub records: &'a super::seen::Records,
-}
-
-/// When a tree was installed: its root's ctime, which the rename into place
-/// set, and the wall clock just after. Everything we copied into it is
-/// older than the second; file timestamps come from a clock that may lag
-/// one tick behind, so the first is not always a bound across inodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Since {
-    /// The installed root's ctime.
-    pub ctime: (i64, u32),
-    /// The wall clock after the install.
-    pub wall: (i64, u32),
+/// How a rollback withdraws an installed tree that others could see (and
+/// add to) while it was installed: given by the tree mover, which knows
+/// what the tree holds; the installer only knows it placed a directory.
+pub trait Rollback: core::fmt::Debug {
+    /// Removes what is ours of the installed tree `dir`/`at`, installed at
+    /// `since`; returns whether all of it went.
+    fn withdraw(&self, dir: BorrowedFd<'_>, at: &CStr, since: Since) -> bool;
 }
 
 fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<Since> {
@@ -420,7 +368,7 @@ fn check_replaced(installed: &Installed<'_>) -> Result<()> {
     match (installed.is_dir, old_is_dir) {
         (false, true) => Err(Error::new(Errno::ISDIR, "destination is a directory")),
         (true, false) => Err(Error::new(Errno::NOTDIR, "destination is not a directory")),
-        (true, true) if !super::dir::is_empty(installed.dir, backup)? => {
+        (true, true) if !super::tree::is_empty(installed.dir, backup)? => {
             Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"))
         }
         _ => Ok(()),
@@ -433,7 +381,7 @@ fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
     // Directories cannot be hard-linked: an old (empty) one cannot be kept.
     let backup = match tmp.is_dir {
         true => Err(Errno::PERM),
-        false => with_fresh_name(Role::Old, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
+        false => with_fresh(Role::Old, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
     };
     retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
     tmp.name = None;
@@ -446,16 +394,8 @@ fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
 impl Installed<'_> {
     fn synced(self) -> Result<Self> {
         // Dropping `self` on error undoes the placement.
-        self.sync_now().at("sync destination")?;
+        Durability::placed(&self.sync, self.dir)?;
         Ok(self)
-    }
-
-    fn sync_now(&self) -> rustix::io::Result<()> {
-        match &self.sync {
-            Sync::No => Ok(()),
-            Sync::Dir => retry(|| rustix::fs::fsync(self.dir)),
-            Sync::Filesystem(fd) => retry(|| rustix::fs::syncfs(fd)),
-        }
     }
 
     /// The source is gone: forget the old destination for good.
@@ -510,7 +450,11 @@ impl Installed<'_> {
             }
             Placed::Overwritten => return,
         }
-        let _ = tidy(|| self.sync_now());
+        for _ in 0..TIDY_TRIES {
+            if Durability::placed(&self.sync, self.dir).is_ok() {
+                break;
+            }
+        }
     }
 
     /// Withdraws our object from the destination name: renamed aside first
@@ -518,9 +462,8 @@ impl Installed<'_> {
     /// checked to be ours there, then removed.
     fn withdraw_from_name(&self) {
         let (dir, name) = (self.dir, self.name);
-        let aside = with_fresh_name(Role::Temp, |n| {
-            tidy(|| rustix::fs::renameat_with(dir, name, dir, n, RenameFlags::NOREPLACE))
-        });
+        let aside =
+            with_fresh(Role::Temp, |n| tidy(|| rustix::fs::renameat_with(dir, name, dir, n, RenameFlags::NOREPLACE)));
         match aside {
             Ok(((), aside)) => {
                 let ours = tidy(|| lstat(dir, &aside)).is_ok_and(|st| same_inode(&st, &self.new));
@@ -530,7 +473,7 @@ impl Installed<'_> {
                 if !(ours && self.withdraw(&aside))
                     && tidy(|| rustix::fs::renameat_with(dir, &*aside, dir, name, RenameFlags::NOREPLACE)).is_err()
                 {
-                    let _ = with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &*aside, dir, n)));
+                    let _ = with_fresh(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &*aside, dir, n)));
                 }
             }
             // No RENAME_NOREPLACE (NFS): remove it by name.
@@ -544,7 +487,7 @@ impl Installed<'_> {
     fn withdraw_or_keep(&self, at: &CStr) {
         let dir = self.dir;
         if !self.withdraw(at) && at != self.name {
-            let _ = with_fresh_name(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, at, dir, n)));
+            let _ = with_fresh(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, at, dir, n)));
         }
     }
 
@@ -552,8 +495,8 @@ impl Installed<'_> {
     /// source does not have (added by others while it was installed).
     /// Returns whether everything went.
     fn withdraw(&self, at: &CStr) -> bool {
-        match (self.since, &self.tree) {
-            (Some(since), Some(tree)) if self.is_dir => super::dir::remove_copy(self.dir, at, since, tree),
+        match (self.since, self.tree) {
+            (Some(since), Some(tree)) if self.is_dir => tree.withdraw(self.dir, at, since),
             _ => {
                 remove_ours(self.dir, at, self.is_dir);
                 true
@@ -576,42 +519,6 @@ impl Drop for Installed<'_> {
     fn drop(&mut self) {
         self.rollback();
     }
-}
-
-/// Tries `f` with fresh hidden names until one is free.
-pub(crate) fn with_fresh_name<T>(
-    role: Role,
-    mut f: impl FnMut(&CStr) -> rustix::io::Result<T>,
-) -> rustix::io::Result<(T, CString)> {
-    for _ in 0..64 {
-        let name = fresh_name(role);
-        match f(&name) {
-            Ok(v) => return Ok((v, name)),
-            Err(Errno::EXIST) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Errno::EXIST)
-}
-
-/// `.xrename-[old-|src-]<pid>-<16 random hex digits>`.
-pub fn fresh_name(role: Role) -> CString {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut bytes = [0u8; 8];
-    if rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::NONBLOCK).is_err() {
-        // No entropy yet (early boot): time and a counter are unique enough,
-        // and a taken name is retried anyway.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes = (t.as_nanos() as u64 ^ COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 48).to_le_bytes();
-    }
-    let pid = rustix::process::getpid().as_raw_nonzero();
-    let role = match role {
-        Role::Temp => "",
-        Role::Old => "old-",
-        Role::Source => "src-",
-    };
-    let name = format!("{TEMP_PREFIX}{role}{pid}-{:016x}", u64::from_le_bytes(bytes));
-    CString::new(name).expect("no NUL")
 }
 
 /// `/proc/thread-self/fd/N`: this thread's descriptor table, which is not

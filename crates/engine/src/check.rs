@@ -15,13 +15,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{
-    Access, AtFlags, FileType, Mode, OFlags, RenameFlags, StatVfsMountFlags, Statx, StatxAttributes, StatxFlags,
-};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RenameFlags, StatVfsMountFlags, Statx};
 use rustix::io::Errno;
 
 use super::error::{At, Error, Result, retry};
 use super::path::{Entry, Last};
+use super::stat::{file_type, fstat, id, lstat, mount_root, same_inode};
 
 /// What the preflight found.
 #[derive(Debug)]
@@ -35,26 +34,6 @@ pub enum Verdict {
         /// The target, if one exists.
         dst: Option<Box<Statx>>,
     },
-}
-
-/// `statx` of `name` in `dir`, without following a final symlink.
-pub(crate) fn lstat(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<Statx> {
-    retry(|| rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS))
-}
-
-/// `statx` of an open descriptor.
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> rustix::io::Result<Statx> {
-    retry(|| rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS))
-}
-
-/// The file type of a `statx` result.
-pub(crate) fn file_type(st: &Statx) -> FileType {
-    FileType::from_raw_mode(st.stx_mode.into())
-}
-
-/// Whether two `statx` results describe the same inode.
-pub(crate) fn same_inode(a: &Statx, b: &Statx) -> bool {
-    a.stx_ino == b.stx_ino && a.stx_dev_major == b.stx_dev_major && a.stx_dev_minor == b.stx_dev_minor
 }
 
 /// Runs every check the kernel would make, in its order.
@@ -118,7 +97,7 @@ pub fn preflight(src: &Entry, dst: &Entry, flags: RenameFlags) -> Result<Verdict
     if mount_root(&s) || d.as_ref().is_some_and(mount_root) {
         return Err(Error::new(Errno::BUSY, "mount point"));
     }
-    if src_is_dir && d.is_some() && !super::dir::is_empty(dst.dir.as_fd(), &dst.name)? {
+    if src_is_dir && d.is_some() && !super::tree::is_empty(dst.dir.as_fd(), &dst.name)? {
         return Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"));
     }
     Ok(Verdict::Move { src: Box::new(s), dst: d.map(Box::new) })
@@ -135,12 +114,7 @@ fn inside_through_another_mount(src: &Entry, s: &Statx, dst: &Entry) -> bool {
     }
     // A walk that fails finds nothing; the copy still refuses the
     // destination if it meets it.
-    super::dir::contains_dir(src.dir.as_fd(), &src.name, super::walk::id(&d)).unwrap_or(false)
-}
-
-fn mount_root(st: &Statx) -> bool {
-    st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    super::tree::contains_dir(src.dir.as_fd(), &src.name, id(&d)).unwrap_or(false)
 }
 
 /// Whether the directory `dir` is `ancestor` or lies below it, following
@@ -187,13 +161,11 @@ fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) ->
     may_write_dir(entry.dir.as_fd(), side)?;
     let dir = fstat(entry.dir.as_fd()).at("stat directory")?;
     // Entries of an append-only directory can be added, not removed.
-    if dir.stx_attributes_mask.contains(StatxAttributes::APPEND) && dir.stx_attributes.contains(StatxAttributes::APPEND)
-    {
+    if super::stat::is_append_only(&dir) {
         return Err(Error::new(Errno::PERM, "append-only directory"));
     }
     sticky(&dir, victim)?;
-    let locked = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
-    if victim.stx_attributes.intersects(locked & victim.stx_attributes_mask) {
+    if super::stat::locked(victim) {
         return Err(Error::new(Errno::PERM, "immutable or append-only"));
     }
     let victim_is_dir = file_type(victim) == FileType::Directory;
@@ -212,7 +184,7 @@ fn may_delete(entry: &Entry, victim: &Statx, isdir: bool, side: &'static str) ->
 /// entry; and the capability counts only over an entry whose owner and
 /// group are both mapped in the caller's user namespace
 /// (`capable_wrt_inode_uidgid`).
-pub(crate) fn sticky(dir: &Statx, victim: &Statx) -> Result<()> {
+pub fn sticky(dir: &Statx, victim: &Statx) -> Result<()> {
     if u32::from(dir.stx_mode) & libc::S_ISVTX != 0 {
         let me = super::sys::fsuid();
         if victim.stx_uid != me
@@ -240,16 +212,6 @@ fn id_mapped(map: &std::ffi::CStr, id: u32) -> bool {
         let (inside, _outside, count) = (f.next().unwrap_or(0), f.next(), f.next().unwrap_or(0));
         (inside..inside + count).contains(&u64::from(id))
     })
-}
-
-fn is_append_only(st: &Statx) -> bool {
-    st.stx_attributes_mask.contains(StatxAttributes::APPEND) && st.stx_attributes.contains(StatxAttributes::APPEND)
-}
-
-/// Whether `dir` is an append-only directory: entries can be added, never
-/// removed or renamed away, so no hidden temp may be made there.
-pub(crate) fn append_only(dir: BorrowedFd<'_>) -> bool {
-    fstat(dir).is_ok_and(|st| is_append_only(&st))
 }
 
 fn has_fowner() -> bool {

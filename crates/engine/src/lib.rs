@@ -11,22 +11,42 @@
 //! destination, [`install`] puts it in place atomically, the source is
 //! taken from its name and removed ([`source`]), and only then is the old
 //! destination dropped.
+//!
+//! Each policy has one home: hidden names ([`names`]), metadata for every
+//! object type ([`meta`]), durability ([`durable`]), and what the program
+//! is told ([`program_errno`]). The modules form layers that read from the
+//! bottom up (README, "Code map"; `tests/layers.rs` enforces it).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod check;
-pub mod copy;
-pub mod dir;
+// Layers, from the bottom; a module imports only from layers below it
+// (README, "Code map").
+// 1. leaves
 mod error;
-pub mod file;
-pub mod install;
-pub mod links;
-pub mod meta;
-pub mod node;
-pub mod path;
-pub mod seen;
-pub mod source;
 mod sys;
-pub mod walk;
+// 2. what objects are, and policies
+pub mod copy;
+pub mod durable;
+pub mod meta;
+pub mod names;
+pub mod path;
+pub mod report;
+pub mod seen;
+pub mod special;
+pub mod stat;
 pub mod writers;
+// 3. trees
+pub mod tree;
+pub mod walk;
+// 4. the kernel's checks, placing and taking
+pub mod check;
+pub mod install;
+pub mod source;
+// 5. object movers
+pub mod dir;
+pub mod file;
+pub mod links;
+pub mod node;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -36,9 +56,11 @@ use std::sync::atomic::AtomicU64;
 use rustix::fs::{FileType, RenameFlags, Statx};
 use rustix::io::Errno;
 
-use error::Next;
+use durable::Durability;
 pub use error::{Error, Result};
+use error::{Next, Origin};
 use path::Entry;
+pub use report::Report;
 
 /// Which function the program called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,22 +120,6 @@ impl Default for Options {
     }
 }
 
-/// What a move did, filled in as it goes (so a failed move reports too).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// The source's type, once known.
-    pub kind: Option<FileType>,
-    /// Bytes of data copied.
-    pub bytes: u64,
-    /// Objects created at the destination.
-    pub files: u64,
-    /// A name in the source's directory that still holds some of the
-    /// source after the move: entries kept because they changed during
-    /// the move (under the source's own name), or an old source that could
-    /// not be deleted or put back (`.xrename-src-*`).
-    pub leftover: Option<std::ffi::CString>,
-}
-
 /// Moves `req.old` to `req.new` across devices, or fails with the errno a
 /// same-filesystem rename would have given, leaving everything as it was.
 ///
@@ -123,7 +129,7 @@ pub struct Report {
 /// kernel's EXDEV back, so that it can do its own fallback: a failed move
 /// has changed nothing.
 pub fn rename(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
-    emulate(req, opts, report).map_err(|e| Error::new(program_errno(&e), e.step))
+    emulate(req, opts, report).map_err(|e| Error { errno: program_errno(&e), ..e })
 }
 
 /// The errnos `rename(2)`, `renameat(2)` and `renameat2(2)` document
@@ -152,23 +158,18 @@ pub const RENAME_ERRNOS: [Errno; 20] = [
 ];
 
 /// What the program is told of a failed move. An errno `rename(2)` does
-/// not document becomes EXDEV; so does a refusal (EPERM, EACCES) of a step
-/// the kernel's rename never makes, where it would mean something rename's
-/// own EPERM/EACCES does not (a policy refusing to copy an extended
-/// attribute or to truncate xrename's own temp file).
+/// not document becomes EXDEV. A step the kernel's rename never makes
+/// (metadata, sizing or syncing the copy: [`error::Origin::Copy`]) keeps
+/// only the errnos that mean there what they mean for rename (no space, no
+/// quota, an I/O error, no memory); anything else from it (a policy's EPERM
+/// or EACCES, a filesystem's EINVAL) gives EXDEV.
 pub fn program_errno(e: &Error) -> Errno {
-    const NOT_RENAME_STEPS: [&str; 8] = [
-        "set size",
-        "list xattrs",
-        "read xattr",
-        "write xattr",
-        "remove inherited ACL",
-        "fsync temp file",
-        "syncfs destination",
-        "sync destination",
-    ];
-    let policy = matches!(e.errno, Errno::PERM | Errno::ACCESS) && NOT_RENAME_STEPS.contains(&e.step);
-    if RENAME_ERRNOS.contains(&e.errno) && !policy { e.errno } else { Errno::XDEV }
+    const COPY_ERRNOS: [Errno; 4] = [Errno::NOSPC, Errno::DQUOT, Errno::IO, Errno::NOMEM];
+    let keeps = match e.origin {
+        Origin::Rename => RENAME_ERRNOS.contains(&e.errno),
+        Origin::Copy => COPY_ERRNOS.contains(&e.errno),
+    };
+    if keeps { e.errno } else { Errno::XDEV }
 }
 
 fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()> {
@@ -188,7 +189,7 @@ fn emulate(req: &Request<'_>, opts: &Options, report: &mut Report) -> Result<()>
             check::Verdict::SameFile => return Ok(()),
             check::Verdict::Move { src, dst } => (src, dst),
         };
-        report.kind = Some(check::file_type(&st));
+        report.kind = Some(stat::file_type(&st));
         let dest = match (flags.contains(RenameFlags::NOREPLACE), dst_st.is_some()) {
             (true, _) => install::Dest::MustNotExist,
             (false, true) => install::Dest::Present,
@@ -215,8 +216,8 @@ fn move_object(
     opts: &Options,
     report: &mut Report,
 ) -> Result<()> {
-    let kind = check::file_type(st);
-    if kind != FileType::RegularFile && check::append_only(dst.dir.as_fd()) {
+    let kind = stat::file_type(st);
+    if kind != FileType::RegularFile && stat::append_only(dst.dir.as_fd()) {
         // Only a file can appear there at once (linked from O_TMPFILE); any
         // other object needs a hidden temp that could never be renamed away.
         return Err(Error::new(Errno::XDEV, "append-only destination directory"));
@@ -226,14 +227,16 @@ fn move_object(
     // fail with EXDEV for a directory. The kernel replaces it in place, and
     // so do we, once the source is taken, when nothing else can fail.
     let replacing = dest == install::Dest::Present && source::on_overlayfs(dst.dir.as_fd());
+    let durability = Durability::new(opts.fsync);
+    let progress = opts.progress.as_deref();
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
-            let c = file::copy_file(src, st, dst, opts, report)?;
+            let c = file::copy_file(src, st, dst, durability, progress, opts.links.as_deref(), report)?;
             (c.tmp, c.seen, Some(c.check), None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
-            let c = dir::copy_tree(src, st, dst, opts, report)?;
+            let c = dir::copy_tree(src, st, dst, durability, progress, report)?;
             (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
@@ -246,10 +249,10 @@ fn move_object(
     // more); anything else unlinked, or put back if `undoable`.
     let finish = |taken, undoable, report: &mut Report| match &records {
         Some(records) => {
-            dir::delete_taken(src, taken, &seen, records, dst, opts, report);
+            dir::delete_taken(src, taken, &seen, records, dst, durability, report);
             Ok(())
         }
-        None => source::finish(src, taken, opts.fsync, undoable, report),
+        None => source::finish(src, taken, durability, undoable, report),
     };
     // Takes the source from its name, then looks for writers once more: one
     // that opened it by name during the copy is seen now, when no one can
@@ -272,7 +275,7 @@ fn move_object(
     };
     if replacing {
         let taken = take(report)?;
-        let durable = install::replace(tmp, dst, opts.fsync).inspect_err(|_| {
+        let durable = install::replace(tmp, dst, durability).inspect_err(|_| {
             if let source::Taken::Aside(aside) = &taken {
                 source::give_back(src.dir.as_fd(), aside, &src.name, report);
             }
@@ -287,8 +290,9 @@ fn move_object(
         // Dropped without commit, `installed` puts the old destination back:
         // whatever fails after the install, including losing the claim on the
         // source to another rename, withdraws it.
-        let tree = records.as_ref().map(|records| install::Tree { original: src, records });
-        let installed = install::install(tmp, dst, dest, opts.fsync, tree)?;
+        let withdraw = records.as_ref().map(|records| dir::Withdraw { original: src, records });
+        let rollback = withdraw.as_ref().map(|w| w as &dyn install::Rollback);
+        let installed = install::install(tmp, dst, dest, durability, rollback)?;
         let taken = take(report)?;
         finish(taken, true, report)?;
         installed.commit();

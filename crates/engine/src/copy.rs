@@ -14,24 +14,19 @@
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::num::NonZeroU64;
-
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{Advice, Mode, OFlags, SeekFrom};
+use rustix::fs::{Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
+use super::durable::Durability;
 use super::error::{At, Result, retry};
 
 /// Largest request per call: big enough to amortise the syscall, small
 /// enough to return to user space (signals, progress) now and then.
 const CHUNK: usize = 64 << 20;
 const BUF: usize = 1 << 17;
-
-/// From this size on, a file that will be fsynced has its writeback started
-/// chunk by chunk during the copy.
-pub const EARLY_WRITEBACK: u64 = 256 << 20;
 
 /// From this size on, the kernel is told the source is read sequentially.
 const SEQUENTIAL_HINT: u64 = 1 << 20;
@@ -74,6 +69,12 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(Errno::AGAIN);
     }
+    // The program itself holds the lease: waiting would break its own
+    // lease (SIGIO, whose default action kills) after lease-break-time
+    // (45 s). The kernel's rename ignores leases; a copy cannot: EXDEV.
+    if !lease_held_by_others(st.st_dev, st.st_ino) {
+        return Err(Errno::DEADLK);
+    }
     let proc = std::ffi::CString::new(format!("/proc/thread-self/fd/{}", path.as_raw_fd())).expect("no NUL");
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
     match retry(|| rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())) {
@@ -81,6 +82,35 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
         Err(Errno::NOENT) => Err(Errno::AGAIN), // no /proc: the kernel's EXDEV
         other => other,
     }
+}
+
+/// Whether the leases on the inode `dev`/`ino` are all held by other
+/// processes, as `/proc/locks` shows (`N: LEASE ACTIVE|BREAKING TYPE PID
+/// MAJ:MIN:INO ...`, major and minor in hex). False if this process holds
+/// one, or if that cannot be told.
+fn lease_held_by_others(dev: u64, ino: u64) -> bool {
+    let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
+        return false;
+    };
+    let mut text = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match retry(|| rustix::io::read(&fd, &mut buf)) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    let me = rustix::process::getpid().as_raw_nonzero().get().to_string();
+    let target = format!("{:02x}:{:02x}:{ino}", rustix::fs::major(dev), rustix::fs::minor(dev));
+    !String::from_utf8_lossy(&text).lines().any(|line| {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        // "BREAKER" entries are the openers waiting, not holders.
+        f.get(1) == Some(&"LEASE")
+            && f.get(2) != Some(&"BREAKER")
+            && f.get(4) == Some(&me.as_str())
+            && f.get(5) == Some(&target.as_str())
+    })
 }
 
 /// The largest file this process may write (`RLIMIT_FSIZE`), if limited.
@@ -108,14 +138,15 @@ enum Method {
 /// Copies the first `size` bytes of `src` into the empty file `dst`,
 /// keeping holes. Adds the bytes transferred to `copied`, and to `progress`
 /// as they go. With `early_writeback` (the copy is about to be fsynced, and
-/// is big), each chunk's writeback starts as soon as it is written.
+/// is big: [`Durability::early_writeback`]), each chunk's writeback starts
+/// as soon as it is written.
 pub fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     size: u64,
     copied: &mut u64,
     progress: Option<&AtomicU64>,
-    early_writeback: bool,
+    early_writeback: Option<Durability>,
 ) -> Result<()> {
     if size >= SEQUENTIAL_HINT {
         // Read-ahead for a big file; advice only, so a refusal changes nothing.
@@ -162,10 +193,10 @@ fn set_size(dst: BorrowedFd<'_>, written: u64, size: u64) -> Result<()> {
     match retry(|| rustix::fs::ftruncate(dst, size)) {
         Ok(()) => Ok(()),
         Err(Errno::ACCESS | Errno::PERM) => {
-            let n = retry(|| rustix::io::pwrite(dst, &[0], size - 1)).at("set size")?;
-            if n == 1 { Ok(()) } else { Err(super::Error::new(Errno::NOSPC, "set size")) }
+            let n = retry(|| rustix::io::pwrite(dst, &[0], size - 1)).at_copy("set size")?;
+            if n == 1 { Ok(()) } else { Err(super::Error::copy_step(Errno::NOSPC, "set size")) }
         }
-        Err(e) => Err(super::Error::new(e, "set size")),
+        Err(e) => Err(super::Error::copy_step(e, "set size")),
     }
 }
 
@@ -178,7 +209,7 @@ struct Copier<'a> {
     /// EAGAIN answers so far: retried, but not forever.
     agains: u32,
     /// Start writeback of each chunk as it is copied (the copy will be fsynced).
-    early_writeback: bool,
+    early_writeback: Option<Durability>,
 }
 
 impl Copier<'_> {
@@ -236,11 +267,8 @@ impl Copier<'_> {
             if n == 0 {
                 break;
             }
-            if self.early_writeback {
-                // Start writing this chunk to disk now (POSIX_FADV_DONTNEED
-                // starts writeback of dirty pages without waiting), so the
-                // final fsync overlaps with the copy instead of following it.
-                let _ = rustix::fs::fadvise(self.dst, at, NonZeroU64::new(n as u64), Advice::DontNeed);
+            if let Some(durability) = self.early_writeback {
+                durability.start_writeback(self.dst, at, n as u64);
             }
             done += n as u64;
             *copied += n as u64;

@@ -1,6 +1,7 @@
 //! Errors that keep the errno as data, with the step that failed.
 //!
-//! An engine error becomes `errno` in exactly one place, `hooks::fallback`.
+//! An engine error becomes the program's errno in exactly one place,
+//! [`crate::program_errno`].
 
 use core::fmt;
 
@@ -15,6 +16,21 @@ pub struct Error {
     pub step: &'static str,
     /// Whether the move, undone, is worth another try.
     pub(crate) next: Next,
+    /// Whether the kernel's rename makes this step too.
+    pub(crate) origin: Origin,
+}
+
+/// Whether a step is one the kernel's rename makes (its errno keeps its
+/// meaning), or one only a copy needs: writing metadata, sizing the copy,
+/// making it durable. A policy refusing one of those (EPERM, EACCES from a
+/// seccomp filter, an LSM, a FUSE server) means nothing rename(2) could
+/// say: the program gets EXDEV ([`crate::program_errno`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A check or an effect of the kernel's rename as well.
+    Rename,
+    /// A step of the copy alone.
+    Copy,
 }
 
 /// What the orchestrator does with a failed attempt: an internal verdict,
@@ -31,13 +47,18 @@ pub(crate) enum Next {
 impl Error {
     /// An error at `step`.
     pub fn new(errno: Errno, step: &'static str) -> Error {
-        Error { errno, step, next: Next::Fail }
+        Error { errno, step, next: Next::Fail, origin: Origin::Rename }
+    }
+
+    /// An error at `step`, one the kernel's rename never makes.
+    pub fn copy_step(errno: Errno, step: &'static str) -> Error {
+        Error { errno, step, next: Next::Fail, origin: Origin::Copy }
     }
 
     /// The source changed under the move at `step`: undo, then try again.
     /// If it keeps changing the program gets the kernel's EXDEV.
     pub(crate) fn changed(step: &'static str) -> Error {
-        Error { errno: Errno::XDEV, step, next: Next::Retry }
+        Error { errno: Errno::XDEV, step, next: Next::Retry, origin: Origin::Rename }
     }
 }
 
@@ -54,12 +75,19 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 /// Attaches the step to a syscall's error.
 pub(crate) trait At<T> {
+    /// A step the kernel's rename makes too.
     fn at(self, step: &'static str) -> Result<T>;
+    /// A step of the copy alone (see [`Origin`]).
+    fn at_copy(self, step: &'static str) -> Result<T>;
 }
 
 impl<T> At<T> for rustix::io::Result<T> {
     fn at(self, step: &'static str) -> Result<T> {
         self.map_err(|errno| Error::new(errno, step))
+    }
+
+    fn at_copy(self, step: &'static str) -> Result<T> {
+        self.map_err(|errno| Error::copy_step(errno, step))
     }
 }
 

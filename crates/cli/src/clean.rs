@@ -23,6 +23,8 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxAttributes, StatxFlags};
 
+use xrename_engine::names::{self, Role};
+
 use crate::fail;
 use crate::run::human;
 
@@ -63,39 +65,13 @@ pub fn main(args: &[OsString]) -> i32 {
     status
 }
 
-/// What kind of leftover a name is.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Leftover {
-    /// An unfinished copy.
-    Temp(u32),
-    /// A replacing copy, or an old destination.
-    Old(u32),
-    /// A source set aside.
-    Source(u32),
-}
-
-/// The kind and pid of a leftover's name, if the name is one of ours.
-pub fn leftover(name: &str) -> Option<Leftover> {
-    let rest = name.strip_prefix(".xrename-")?;
-    let (kind, rest): (fn(u32) -> Leftover, &str) = if let Some(r) = rest.strip_prefix("src-") {
-        (Leftover::Source, r)
-    } else if let Some(r) = rest.strip_prefix("old-") {
-        (Leftover::Old, r)
-    } else {
-        (Leftover::Temp, rest)
-    };
-    let (pid, hex) = rest.split_once('-')?;
-    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(())?;
-    Some(kind(pid.parse().ok()?))
-}
-
 fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let dirfd: OwnedFd = rustix::fs::open(dir, flags, Mode::empty())?;
-    let names = xrename::engine::walk::read_names(dirfd.as_fd()).map_err(errno)?;
+    let names = xrename_engine::walk::read_names(dirfd.as_fd()).map_err(errno)?;
     let dir_dev = rustix::fs::fstat(&dirfd)?.st_dev;
     for name in names.iter().rev() {
-        let Some(kind) = name.to_str().ok().and_then(leftover) else { continue };
+        let Some((role, pid)) = names::parse(name.to_bytes()) else { continue };
         let path = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
         let st = match rustix::fs::statx(&dirfd, &**name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
             Ok(st) => st,
@@ -103,14 +79,11 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
         };
         let is_dir = FileType::from_raw_mode(st.stx_mode.into()) == FileType::Directory;
         let what = if is_dir { "directory".to_owned() } else { format!("file, {}", human(st.stx_size)) };
-        let pid = match kind {
-            Leftover::Temp(pid) | Leftover::Old(pid) | Leftover::Source(pid) => pid,
-        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             println!("{}: in use by running process {pid} ({what}), left alone", path.display());
             continue;
         }
-        if let Leftover::Old(_) = kind {
+        if role == Role::Old {
             println!(
                 "{}: a replacing copy or the old destination it replaced, left by process {pid} ({what}); the \
                  old data may be only here: inspect it, then delete it yourself",
@@ -118,7 +91,7 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
             );
             continue;
         }
-        if let Leftover::Source(_) = kind {
+        if role == Role::Source {
             println!(
                 "{}: a moved source set aside by process {pid} ({what}); its copy is in place, but what changed \
                  during the move may be only here: inspect it, then delete it yourself",
@@ -134,7 +107,7 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
             continue;
         }
         let result = if is_dir {
-            xrename::engine::dir::remove_tree(dirfd.as_fd(), name).map_err(errno)
+            xrename_engine::tree::remove_tree(dirfd.as_fd(), name).map_err(errno)
         } else {
             rustix::fs::unlinkat(&dirfd, &**name, AtFlags::empty()).map_err(std::io::Error::from)
         };
@@ -146,21 +119,6 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-fn errno(e: xrename::engine::Error) -> std::io::Error {
+fn errno(e: xrename_engine::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.errno.raw_os_error())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Leftover, leftover};
-
-    #[test]
-    fn recognises_only_our_names() {
-        assert_eq!(leftover(".xrename-123-00112233445566ff"), Some(Leftover::Temp(123)));
-        assert_eq!(leftover(".xrename-src-7-00112233445566ff"), Some(Leftover::Source(7)));
-        assert_eq!(leftover(".xrename-old-8-00112233445566ff"), Some(Leftover::Old(8)));
-        assert_eq!(leftover(".xrename-123-0011"), None);
-        assert_eq!(leftover("xrename-123-00112233445566ff"), None);
-        assert_eq!(leftover(".xrename-abc-00112233445566ff"), None);
-    }
 }

@@ -22,12 +22,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::fs::{AtFlags, FileType, RenameFlags};
 use rustix::io::Errno;
 
-use super::Report;
-use super::check::lstat;
+use super::durable::Durability;
 use super::error::{Error, Result, retry, tidy};
-use super::install::{Role, with_fresh_name};
+use super::names::{Role, with_fresh};
 use super::path::Entry;
+use super::report::Report;
 use super::seen::{Seen, same_content};
+use super::stat::{fstat, lstat};
 
 const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
@@ -84,7 +85,7 @@ pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -
         same_as_copy(verify)?;
         return Ok(Taken::InPlace);
     }
-    let aside = match with_fresh_name(Role::Source, |n| {
+    let aside = match with_fresh(Role::Source, |n| {
         retry(|| rustix::fs::renameat_with(dir, &*src.name, dir, n, RenameFlags::NOREPLACE))
     }) {
         Ok(((), name)) => name,
@@ -102,7 +103,7 @@ pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -
         }
         // No RENAME_NOREPLACE (NFS): a fresh random name is free.
         Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
-            match with_fresh_name(Role::Source, |n| match lstat(dir, n) {
+            match with_fresh(Role::Source, |n| match lstat(dir, n) {
                 Ok(_) => Err(Errno::EXIST),
                 Err(Errno::NOENT) => retry(|| rustix::fs::renameat(dir, &*src.name, dir, n)),
                 Err(e) => Err(e),
@@ -135,8 +136,8 @@ pub fn take(src: &Entry, seen: &Seen, verify: Verify<'_>, report: &mut Report) -
 /// For a racy file, whether the source still holds what was copied.
 fn same_as_copy(verify: Verify<'_>) -> Result<()> {
     let Some((src, copy, times)) = verify else { return Ok(()) };
-    let size = super::check::fstat(src).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat source"))?;
-    let copy_size = super::check::fstat(copy).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat copy"))?;
+    let size = fstat(src).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat source"))?;
+    let copy_size = fstat(copy).map(|st| st.stx_size).map_err(|e| Error::new(e, "stat copy"))?;
     let same = size == copy_size && same_content(src, copy, size)?;
     // Reading the copy may have set its atime (relatime): as copied again.
     retry(|| rustix::fs::futimens(copy, times)).map_err(|e| Error::new(e, "set times"))?;
@@ -159,7 +160,7 @@ pub fn give_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr, report: &mut Re
 /// the move can still be `undoable`, the source goes back to its name and
 /// the error is returned (the caller undoes the install); otherwise the
 /// move stands and what remains is named in the report.
-pub fn finish(src: &Entry, taken: Taken, fsync: bool, undoable: bool, report: &mut Report) -> Result<()> {
+pub fn finish(src: &Entry, taken: Taken, durability: Durability, undoable: bool, report: &mut Report) -> Result<()> {
     let dir = src.dir.as_fd();
     let name = match taken {
         Taken::InPlace => src.name.clone(),
@@ -175,10 +176,8 @@ pub fn finish(src: &Entry, taken: Taken, fsync: bool, undoable: bool, report: &m
         // by `xrename clean`).
         report.leftover = Some(name);
     }
-    if fsync && src.syncable {
-        // The source is gone: a failed fsync here must not undo the move.
-        let _ = retry(|| rustix::fs::fsync(dir));
-    }
+    // The source is gone: a failed fsync here must not undo the move.
+    durability.source_removed(src);
     Ok(())
 }
 
@@ -199,6 +198,7 @@ pub fn put_back(dir: BorrowedFd<'_>, aside: &CStr, name: &CStr) -> bool {
     }
 }
 
-pub(crate) fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {
+/// Whether `dir` is on overlayfs.
+pub fn on_overlayfs(dir: BorrowedFd<'_>) -> bool {
     retry(|| rustix::fs::fstatfs(dir)).is_ok_and(|s| s.f_type as u64 == OVERLAYFS_SUPER_MAGIC)
 }

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::CWD;
 use rustix::io::Errno;
-use xrename::engine::path::Entry;
-use xrename::engine::{self, Op, Options, Report, Request, install};
+use xrename_engine::durable::Durability;
+use xrename_engine::names;
+use xrename_engine::path::Entry;
+use xrename_engine::{self as engine, Op, Options, Report, Request, install};
 
 /// A private directory, removed on drop.
 struct TempDir(PathBuf);
@@ -269,7 +271,7 @@ fn ten_thousand_deep_chain_moves() {
     // TempDir's remove_dir_all recurses natively; remove the chain with the engine's own walker.
     drop((f, fd));
     let dir = dir_fd(&t);
-    xrename::engine::dir::remove_tree(dir.as_fd(), c"dst").unwrap();
+    xrename_engine::tree::remove_tree(dir.as_fd(), c"dst").unwrap();
 }
 
 #[test]
@@ -302,7 +304,8 @@ fn replace_keeps_old_destination_until_committed() {
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
     let installed =
-        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap();
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, Durability::new(true), None)
+            .unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     // The old file is still there, under a hidden name, until commit or drop.
     assert_eq!(t.names().len(), 2);
@@ -317,7 +320,8 @@ fn rollback_of_a_fresh_install_removes_it() {
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
     let installed =
-        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true, None).unwrap();
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, Durability::new(true), None)
+            .unwrap();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     drop(installed);
     assert!(t.names().is_empty());
@@ -330,7 +334,8 @@ fn install_replaces_a_destination_that_appeared_after_the_check() {
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
     let installed =
-        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, true, None).unwrap();
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Absent, Durability::new(true), None)
+            .unwrap();
     installed.commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
@@ -341,7 +346,9 @@ fn install_creates_a_destination_that_vanished_after_the_check() {
     let t = TempDir::new("race-vanished");
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
-    install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap().commit();
+    install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, Durability::new(true), None)
+        .unwrap()
+        .commit();
     assert_eq!(fs::read(t.path("b")).unwrap(), b"new");
     assert_eq!(t.names(), ["b"]);
 }
@@ -353,7 +360,8 @@ fn install_refuses_a_directory_that_appeared_after_the_check() {
     let dir = dir_fd(&t);
     let dst = Entry::open(dir.as_fd(), c"b").unwrap();
     let err =
-        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, true, None).unwrap_err();
+        install::install(temp_with(dst.dir.as_fd(), b"new"), &dst, install::Dest::Present, Durability::new(true), None)
+            .unwrap_err();
     assert_eq!(err.errno, Errno::ISDIR);
     assert!(fs::metadata(t.path("b")).unwrap().is_dir());
     assert_eq!(t.names(), ["b"]);
@@ -369,11 +377,11 @@ fn dropped_temp_file_leaves_nothing() {
 
 #[test]
 fn temp_names_are_hidden_and_distinct() {
-    let a = install::fresh_name(install::Role::Temp);
-    let b = install::fresh_name(install::Role::Temp);
-    assert!(a.to_str().unwrap().starts_with(install::TEMP_PREFIX));
+    let a = names::fresh(names::Role::Temp);
+    let b = names::fresh(names::Role::Temp);
+    assert!(a.to_str().unwrap().starts_with(names::PREFIX));
     assert_ne!(a, b);
-    let src = install::fresh_name(install::Role::Source);
+    let src = names::fresh(names::Role::Source);
     assert!(src.to_str().unwrap().starts_with(".xrename-src-"));
 }
 
@@ -385,9 +393,10 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
     let st = rustix::fs::statx(dir.as_fd(), c"src", flags, rustix::fs::StatxFlags::BASIC_STATS).unwrap();
     let mut report = Report::default();
-    let copied = engine::dir::copy_tree(&src, &st, &dst, &Options::default(), &mut report).unwrap();
-    let tree = install::Tree { original: &src, records: &copied.records };
-    body(install::install(copied.tmp, &dst, install::Dest::Absent, true, Some(tree)).unwrap());
+    let durable = Durability::new(true);
+    let copied = engine::dir::copy_tree(&src, &st, &dst, durable, None, &mut report).unwrap();
+    let withdraw = engine::dir::Withdraw { original: &src, records: &copied.records };
+    body(install::install(copied.tmp, &dst, install::Dest::Absent, durable, Some(&withdraw)).unwrap());
     assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");
 }
 
@@ -442,8 +451,13 @@ fn program_sees_only_errnos_rename_documents() {
     for e in [Errno::NOSPC, Errno::DQUOT, Errno::IO, Errno::ACCESS, Errno::PERM, Errno::NOENT, Errno::EXIST] {
         assert_eq!(program_errno(&Error::new(e, "install")), e, "{e:?}");
     }
-    // A policy refusing a step rename never makes is not rename's EPERM.
-    assert_eq!(program_errno(&Error::new(Errno::PERM, "write xattr")), Errno::XDEV);
-    assert_eq!(program_errno(&Error::new(Errno::ACCESS, "set size")), Errno::XDEV);
-    assert_eq!(program_errno(&Error::new(Errno::NOSPC, "set size")), Errno::NOSPC);
+    // A policy refusing a step rename never makes is not rename's EPERM;
+    // nor is a filesystem's EINVAL there rename's EINVAL.
+    assert_eq!(program_errno(&Error::copy_step(Errno::PERM, "write xattr")), Errno::XDEV);
+    assert_eq!(program_errno(&Error::copy_step(Errno::ACCESS, "set size")), Errno::XDEV);
+    assert_eq!(program_errno(&Error::copy_step(Errno::INVAL, "write xattr")), Errno::XDEV);
+    assert_eq!(program_errno(&Error::copy_step(Errno::AGAIN, "fsync temp file")), Errno::XDEV);
+    for e in [Errno::NOSPC, Errno::DQUOT, Errno::IO] {
+        assert_eq!(program_errno(&Error::copy_step(e, "set size")), e, "{e:?}");
+    }
 }

@@ -27,12 +27,11 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Statx};
 
-use super::check::{fstat, lstat};
 use super::error::retry;
 use super::install::Temp;
 use super::path::Entry;
 use super::seen::{Seen, same_content};
-use super::walk::{Id, id};
+use super::stat::{Id, fstat, id, lstat};
 
 /// How many moved multi-link sources are remembered.
 pub const CAPACITY: usize = 64;

@@ -22,14 +22,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
-use super::check::{fstat, same_inode};
-use super::error::{At, Error, Result, retry};
+use std::sync::atomic::AtomicU64;
+
+use super::durable::Durability;
+use super::error::{At, Error, Result};
 use super::install::Temp;
+use super::links::Links;
+use super::meta::{self, Obj};
 use super::path::Entry;
+use super::report::Report;
 use super::seen::{self, Seen};
 use super::source::{SOURCE_CHANGED, Verify};
-use super::writers;
-use super::{Options, Report, copy, meta};
+use super::stat::{fstat, same_inode};
+use super::{copy, writers};
 
 /// From this size on, writers are also looked for before the copy.
 const EARLY_PROBE: u64 = 1 << 20;
@@ -66,12 +71,16 @@ impl Check {
 }
 
 /// Copies the regular file `src` (seen as `st`) into a temp file in `dst`'s
-/// directory, durable and ready to install.
+/// directory, durable and ready to install (or, for another name of a
+/// file moved earlier, a hard link to that copy, from `links`). `progress`
+/// counts the bytes copied, for a display in another thread.
 pub fn copy_file<'d>(
     src: &Entry,
     st: &rustix::fs::Statx,
     dst: &'d Entry,
-    opts: &Options,
+    durability: Durability,
+    progress: Option<&AtomicU64>,
+    links: Option<&Links>,
     report: &mut Report,
 ) -> Result<Copied<'d>> {
     let fd = match copy::open_source(src.dir.as_fd(), &src.name) {
@@ -92,7 +101,7 @@ pub fn copy_file<'d>(
         writers::check(&[fd.as_fd()])?;
     }
     let times = meta::timestamps(&st_now);
-    if let Some(tmp) = opts.links.as_deref().and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
+    if let Some(tmp) = links.and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
         // Another name of it moved earlier: a hard link to that copy.
         let copy = match seen.racy() {
             true => Some(copy::open_source(dst.dir.as_fd(), tmp.name().expect("named")).at("open copy")?),
@@ -101,16 +110,14 @@ pub fn copy_file<'d>(
         return Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } });
     }
     let tmp = Temp::file(dst.dir.as_fd())?;
-    let early = opts.fsync && st_now.stx_size >= copy::EARLY_WRITEBACK;
-    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, opts.progress.as_deref(), early)?;
-    meta::apply(fd.as_fd(), tmp.fd(), &st_now)?;
+    let early = durability.early_writeback(st_now.stx_size).then_some(durability);
+    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, progress, early)?;
+    meta::apply(Obj::Fd(fd.as_fd()), Obj::Fd(tmp.fd()), &st_now)?;
     // Changed while it was copied: the copy may be torn. Start over.
     if !seen.unchanged(&fstat(fd.as_fd()).at("stat source")?) {
         return Err(Error::changed(SOURCE_CHANGED));
     }
-    if opts.fsync {
-        retry(|| rustix::fs::fsync(tmp.fd())).at("fsync temp file")?;
-    }
+    durability.file(tmp.fd())?;
     let copy = match seen.racy() {
         true => Some(dup(tmp.fd())?),
         false => None,

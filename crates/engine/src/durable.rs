@@ -1,0 +1,116 @@
+//! Durability: every fsync, syncfs and early writeback of a move is
+//! decided here, and nowhere else.
+//!
+//! The order a move needs (ext4's `auto_da_alloc` is not a guarantee; see
+//! "Durability and crashes" in README):
+//! 1. the copy's data and metadata are on disk before any name points at
+//!    it: `fsync` of a file ([`Durability::file`]), one `syncfs` of the
+//!    destination filesystem for a whole tree ([`Durability::tree`]);
+//! 2. the new name is on disk before the source is removed: `fsync` of the
+//!    destination directory, or `syncfs` through the new object where the
+//!    directory cannot be opened for reading ([`Durability::placement`]);
+//! 3. the source's removal is flushed last, best effort: the move has
+//!    happened, and a crash before it leaves two complete copies, never
+//!    none ([`Durability::source_removed`]).
+//!
+//! A big file's writeback is started chunk by chunk while it is copied
+//! (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing without
+//! waiting, and leaves the pages cached, unlike `fadvise(DONTNEED)`), so the
+//! final fsync overlaps with the copy instead of following it.
+//!
+//! With `XRENAME_FSYNC=0` none of this happens: faster, and unsafe on a crash.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::error::{At, Result, retry};
+use super::path::Entry;
+
+/// From this size on, a copy's writeback starts while it is copied.
+pub const EARLY_WRITEBACK: u64 = 256 << 20;
+
+/// Whether, and how, a move is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    on: bool,
+}
+
+/// How a new name is made durable, decided before it is placed.
+#[derive(Debug)]
+pub enum Placement {
+    /// Not at all (`XRENAME_FSYNC=0`, or nothing to sync through).
+    No,
+    /// `fsync` of the destination directory.
+    Dir,
+    /// The directory cannot be opened for reading, so cannot be fsynced:
+    /// `syncfs` of its filesystem through the new object's descriptor.
+    Filesystem(OwnedFd),
+}
+
+impl Durability {
+    /// Durable moves (`true`), or none at all.
+    pub fn new(on: bool) -> Durability {
+        Durability { on }
+    }
+
+    /// Whether anything is synced at all.
+    pub fn is_on(self) -> bool {
+        self.on
+    }
+
+    /// Whether a copy of `size` bytes has its writeback started as it goes.
+    pub fn early_writeback(self, size: u64) -> bool {
+        self.on && size >= EARLY_WRITEBACK
+    }
+
+    /// Starts writing `len` bytes of `fd` at `off` to disk, without waiting
+    /// (advice: a refusal changes nothing).
+    pub fn start_writeback(self, fd: BorrowedFd<'_>, off: u64, len: u64) {
+        if self.on {
+            let _ = super::sys::sync_file_range_write(fd, off, len);
+        }
+    }
+
+    /// A copied file's data and metadata, before it gets a name.
+    pub fn file(self, fd: BorrowedFd<'_>) -> Result<()> {
+        if self.on {
+            retry(|| rustix::fs::fsync(fd)).at_copy("fsync temp file")?;
+        }
+        Ok(())
+    }
+
+    /// A copied tree, before it gets a name: one barrier for the whole
+    /// filesystem instead of one fsync per file.
+    pub fn tree(self, fd: BorrowedFd<'_>) -> Result<()> {
+        if self.on {
+            retry(|| rustix::fs::syncfs(fd)).at_copy("syncfs destination")?;
+        }
+        Ok(())
+    }
+
+    /// How a new name in `dst`'s directory will be made durable; `object`
+    /// is a descriptor of what is placed, if there is one.
+    pub fn placement(self, dst: &Entry, object: Option<BorrowedFd<'_>>) -> Result<Placement> {
+        Ok(match (self.on, dst.syncable, object) {
+            (false, _, _) | (true, false, None) => Placement::No,
+            (true, true, _) => Placement::Dir,
+            (true, false, Some(fd)) => Placement::Filesystem(rustix::io::fcntl_dupfd_cloexec(fd, 0).at("dup")?),
+        })
+    }
+
+    /// Makes a placement (or its undoing) in `dir` durable.
+    pub fn placed(placement: &Placement, dir: BorrowedFd<'_>) -> Result<()> {
+        match placement {
+            Placement::No => Ok(()),
+            Placement::Dir => retry(|| rustix::fs::fsync(dir)).at_copy("sync destination"),
+            Placement::Filesystem(fd) => retry(|| rustix::fs::syncfs(fd.as_fd())).at_copy("sync destination"),
+        }
+    }
+
+    /// The source's directory once the source is gone (or before a tree's
+    /// entry-by-entry deletion): best effort, the move has happened.
+    pub fn source_removed(self, src: &Entry) {
+        if self.on && src.syncable {
+            let _ = retry(|| rustix::fs::fsync(src.dir.as_fd()));
+        }
+    }
+}

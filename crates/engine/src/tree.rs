@@ -1,0 +1,444 @@
+//! Operations on whole trees, below both the tree mover and the installer:
+//! emptiness, containment, removing a tree xrename made, and pruning a tree
+//! entry by entry where a [`Rule`] allows it.
+//!
+//! Pruning is how a tree leaves its old place without losing anything that
+//! changed during the move: the old source is deleted only where an entry
+//! is provably what was copied ([`delete_copied`]), and a rolled-back copy
+//! loses only what is ours ([`remove_copy`]). Everything is `*at` relative
+//! to open directories ([`Walk`]), never following a symlink, never
+//! crossing into another mount.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, Statx};
+use rustix::io::Errno;
+
+use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
+use super::path::Entry;
+use super::seen::{Records, Seen, Since, Verdict, same_content};
+use super::stat::{Id, file_type, fstat, id, lstat, same_inode};
+use super::walk::{Walk, open_dir, open_dir_noatime};
+
+/// Whether the directory tree `dir`/`name` contains the directory `target`
+/// (directories only are visited, nothing is changed). Used when source and
+/// destination are one filesystem seen through two mounts, where the
+/// destination may be inside the source without `..` ever leading there.
+pub fn contains_dir(dir: BorrowedFd<'_>, name: &CStr, target: Id) -> Result<bool> {
+    // The copy has not seen these directories yet: keep their atimes.
+    let root = open_dir_noatime(dir, name).at("open source directory")?;
+    let mut walk = Walk::new([root])?;
+    if walk.top().ids[0] == target {
+        return Ok(true);
+    }
+    while !walk.is_done() {
+        let Some(n) = walk.next_name() else {
+            walk.pop()?;
+            continue;
+        };
+        let d = walk.fd(0)?;
+        let Ok(st) = lstat(d, &n) else { continue };
+        if file_type(&st) != FileType::Directory {
+            continue;
+        }
+        if id(&st) == target {
+            return Ok(true);
+        }
+        if let Ok(sub) = open_dir_noatime(d, &n) {
+            walk.push(n, [sub])?;
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the directory `name` in `dir` is empty.
+pub fn is_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
+    let fd = open_dir(dir, name).at("open directory")?;
+    Ok(super::walk::read_names(fd.as_fd())?.is_empty())
+}
+
+/// Removes a tree xrename made itself (a temp or a rolled-back copy).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let root = open_dir(dir, name).at("open temp directory")?;
+    let _ = rustix::fs::fchmod(root.as_fd(), Mode::from_raw_mode(0o700));
+    let dev = fstat(root.as_fd()).map(|st| (st.stx_dev_major, st.stx_dev_minor)).at("stat temp directory")?;
+    let mut walk = Walk::new([root])?;
+    loop {
+        match walk.next_name() {
+            Some(n) => {
+                let d = walk.fd(0)?;
+                match retry(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())) {
+                    Err(Errno::ISDIR) => {
+                        let sub = open_dir(d, &n).at("open temp subdirectory")?;
+                        // Something mounted in it is not ours: never descend.
+                        let st = fstat(sub.as_fd()).at("stat temp subdirectory")?;
+                        if (st.stx_dev_major, st.stx_dev_minor) != dev {
+                            return Err(Error::new(Errno::BUSY, "mount point in temp directory"));
+                        }
+                        // Ours, so we may open it up to empty it.
+                        let _ = rustix::fs::fchmod(sub.as_fd(), Mode::from_raw_mode(0o700));
+                        walk.push(n, [sub])?;
+                    }
+                    r => r.at("remove temp entry")?,
+                }
+            }
+            None => {
+                let Some((frame, _)) = walk.pop()? else { break };
+                if walk.is_done() {
+                    break;
+                }
+                let d = walk.fd(0)?;
+                retry(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)).at("remove temp dir")?;
+            }
+        }
+    }
+    retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
+}
+
+/// Removes the installed copy `dir`/`name` of `original` (whose copied
+/// entries are `records`) during a rollback,
+/// entry by entry, and only entries that are ours: made by xrename in the
+/// copy, and untouched since the install (an older ctime) or the same as
+/// the original's entry. Whatever others added to the visible tree, or
+/// changed in it, stays. When the original is gone (another rename took
+/// it first), the copy is judged alone. Returns whether the whole copy went.
+pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: Since, original: &Entry, records: &Records) -> bool {
+    let alone = matches!(lstat(original.dir.as_fd(), &original.name), Err(Errno::NOENT));
+    let rule = Withdraw { since, alone, records };
+    let pruned = prune(dir, name, original, &rule, &mut PruneState::default());
+    if pruned.kept || pruned.errors {
+        return false;
+    }
+    // Everything in it was ours; if removing the root fails (a directory we
+    // gave its final read-only mode, say), remove the rest as ours.
+    tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).is_ok() || remove_tree(dir, name).is_ok()
+}
+
+/// Deletes `dir`/`name`, an old source tree, entry by entry where the
+/// entry is provably what was copied into `dst`. A step that fails is tried
+/// again in a later pass, a few times.
+pub fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry, seen: &Seen, records: &Records) -> Pruned {
+    let rule = Delete { records };
+    let mut pruned = Pruned::default();
+    let mut state = PruneState::default();
+    for _ in 0..TIDY_PASSES {
+        pruned = prune(dir, name, dst, &rule, &mut state);
+        if !pruned.errors {
+            break;
+        }
+    }
+    // The root: rename changed its ctime; its mode and owner must be as copied.
+    let root_unchanged = tidy(|| lstat(dir, name)).is_ok_and(|now| seen.same_mode_and_owner(&now));
+    if !root_unchanged {
+        pruned.kept = true;
+        return pruned;
+    }
+    match tidy(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)) {
+        Ok(()) => {}
+        Err(Errno::NOTEMPTY | Errno::EXIST) if pruned.kept || pruned.errors => {}
+        Err(_) => pruned.errors = true,
+    }
+    pruned
+}
+
+/// Passes over an old source tree whose deletion failed somewhere.
+const TIDY_PASSES: usize = 3;
+
+/// How pruning a tree went.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Entries were kept because they are not to be deleted.
+    pub kept: bool,
+    /// Some step failed even when tried again.
+    pub errors: bool,
+}
+
+/// What earlier passes of [`prune`] over the same tree did, which changed
+/// what later passes see.
+#[derive(Debug, Default)]
+struct PruneState {
+    /// Names of multi-link inodes deleted, by inode: each changed the
+    /// inode's ctime and link count.
+    unlinked: HashMap<Id, u32>,
+    /// Directories judged removable before their entries were touched
+    /// (deleting entries changed their times).
+    approved: std::collections::HashSet<Id>,
+}
+
+/// What [`prune`] may delete.
+trait Rule {
+    /// Whether the non-directory `name` in `d` (seen as `st`) may be
+    /// deleted, given `other`, the entry of that name in the reference
+    /// directory `r`, and how many other names of its inode were deleted.
+    fn delete(
+        &self,
+        d: BorrowedFd<'_>,
+        r: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Statx,
+        other: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool;
+    /// Whether the directory seen as `st` may be removed once emptied
+    /// (judged before any of its entries is touched).
+    fn remove_dir(&self, st: &Statx) -> bool;
+    /// Whether the tree may be judged alone when the reference is gone.
+    fn alone(&self) -> bool {
+        false
+    }
+}
+
+/// Withdrawing our installed copy: what is ours goes.
+struct Withdraw<'a> {
+    since: Since,
+    alone: bool,
+    records: &'a Records,
+}
+
+impl Rule for Withdraw<'_> {
+    fn delete(
+        &self,
+        _: BorrowedFd<'_>,
+        _: BorrowedFd<'_>,
+        _: &CStr,
+        st: &Statx,
+        orig: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool {
+        let ctime = (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec);
+        self.records.is_copy(st)
+            // Another name of an inode already deleted here: removing the
+            // first name changed its ctime, not what it is.
+            && (unlinked > 0
+                || ctime < self.since.ctime
+                || orig.is_some_and(|o| same_shape(st, o))
+                // Walked alone (the original was taken by another rename):
+                // untouched since the install, by the wall clock.
+                || (self.alone && ctime <= self.since.wall))
+    }
+
+    fn remove_dir(&self, _: &Statx) -> bool {
+        true
+    }
+
+    fn alone(&self) -> bool {
+        true
+    }
+}
+
+/// Deleting the old source: what is provably what was copied goes.
+struct Delete<'a> {
+    records: &'a Records,
+}
+
+impl Rule for Delete<'_> {
+    fn delete(
+        &self,
+        d: BorrowedFd<'_>,
+        r: BorrowedFd<'_>,
+        name: &CStr,
+        st: &Statx,
+        copy: Option<&Statx>,
+        unlinked: u32,
+    ) -> bool {
+        let Some(copy) = copy.filter(|c| file_type(c) == file_type(st)) else {
+            return false; // not in the copy: it appeared during the move
+        };
+        match self.records.judge(st, unlinked) {
+            Verdict::Unchanged => true,
+            Verdict::Racy => same_as_copy(d, r, name, st, copy),
+            Verdict::Changed | Verdict::Unknown => false,
+        }
+    }
+
+    fn remove_dir(&self, st: &Statx) -> bool {
+        matches!(self.records.judge(st, 0), Verdict::Unchanged | Verdict::Racy)
+    }
+}
+
+/// For a racy entry: whether the source entry holds what its copy holds.
+/// Reading the copy may change its atime: it gets back its times.
+fn same_as_copy(d: BorrowedFd<'_>, r: BorrowedFd<'_>, name: &CStr, st: &Statx, copy: &Statx) -> bool {
+    let same = same_data(d, r, name, st, copy);
+    if matches!(file_type(st), FileType::RegularFile | FileType::Symlink) {
+        let flags = AtFlags::SYMLINK_NOFOLLOW;
+        let _ = retry(|| rustix::fs::utimensat(r, name, &super::meta::timestamps(copy), flags));
+    }
+    same
+}
+
+fn same_data(d: BorrowedFd<'_>, r: BorrowedFd<'_>, name: &CStr, st: &Statx, copy: &Statx) -> bool {
+    match file_type(st) {
+        FileType::RegularFile => {
+            if st.stx_size != copy.stx_size {
+                return false;
+            }
+            let (Ok(a), Ok(b)) =
+                (tidy(|| super::copy::open_source(d, name)), tidy(|| super::copy::open_source(r, name)))
+            else {
+                return false;
+            };
+            matches!(same_content(a.as_fd(), b.as_fd(), st.stx_size), Ok(true))
+        }
+        FileType::Symlink => {
+            let target = |dir| tidy(|| rustix::fs::readlinkat(dir, name, Vec::new()));
+            matches!((target(d), target(r)), (Ok(a), Ok(b)) if a == b)
+        }
+        // Nothing but the metadata compared already.
+        _ => true,
+    }
+}
+
+/// Deletes the entries of the tree `dir`/`name` (not its root) that `rule`
+/// accepts, given the entry and the one of the same name in `reference` (a
+/// tree with the same layout), and the directories that end up empty. A
+/// directory is entered only if `reference` has one of that name and it is
+/// on the root's device. Each step is a cleanup step ([`tidy`]).
+/// `state` carries what earlier passes did.
+fn prune(dir: BorrowedFd<'_>, name: &CStr, reference: &Entry, rule: &dyn Rule, state: &mut PruneState) -> Pruned {
+    let mut out = Pruned::default();
+    // Without a reference (the original of a copy being withdrawn was taken
+    // by another rename), the tree is walked alone and judged by itself.
+    let other = tidy(|| open_dir(reference.dir.as_fd(), &reference.name));
+    let has_ref = !matches!(other, Err(Errno::NOENT) if rule.alone());
+    let walk = match (tidy(|| open_dir(dir, name)), other) {
+        (Ok(root), Ok(other)) => tidy_walk(root, other),
+        (Ok(root), Err(_)) if !has_ref => {
+            rustix::io::fcntl_dupfd_cloexec(&root, 0).ok().and_then(|d| tidy_walk(root, d))
+        }
+        _ => None,
+    };
+    let Some(mut walk) = walk else {
+        out.errors = true;
+        return out;
+    };
+    let dev = (walk.top().st.stx_dev_major, walk.top().st.stx_dev_minor);
+    // Directories on the current path that must stay (changed meanwhile).
+    let mut keep_dirs: Vec<bool> = vec![true];
+    loop {
+        if let Some(n) = walk.next_name() {
+            let Ok([d, r]) = walk.fds() else {
+                out.errors = true;
+                break;
+            };
+            let st = match tidy(|| lstat(d, &n)) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue,
+                Err(_) => {
+                    out.errors = true;
+                    continue;
+                }
+            };
+            let other = match has_ref.then(|| tidy(|| lstat(r, &n))) {
+                None | Some(Err(Errno::NOENT)) => None,
+                Some(Ok(o)) => Some(o),
+                Some(Err(_)) => {
+                    out.errors = true;
+                    continue;
+                }
+            };
+            if file_type(&st) == FileType::Directory {
+                if has_ref && !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
+                    out.kept = true;
+                    continue;
+                }
+                let Ok(a) = tidy(|| open_dir(d, &n)) else {
+                    out.errors = true;
+                    continue;
+                };
+                let b = match has_ref {
+                    true => tidy(|| open_dir(r, &n)),
+                    false => rustix::io::fcntl_dupfd_cloexec(&a, 0),
+                };
+                let Ok(b) = b else {
+                    out.errors = true;
+                    continue;
+                };
+                match tidy(|| fstat(a.as_fd())) {
+                    // Replaced meanwhile, or something mounted there: keep.
+                    Ok(now) if !same_inode(&now, &st) || (now.stx_dev_major, now.stx_dev_minor) != dev => {
+                        out.kept = true
+                    }
+                    Ok(now) => {
+                        let keep = !(state.approved.contains(&id(&now)) || rule.remove_dir(&now));
+                        if !keep {
+                            state.approved.insert(id(&now));
+                        }
+                        match walk.push(n, [a, b]) {
+                            Ok(()) => keep_dirs.push(keep),
+                            Err(_) => out.errors = true,
+                        }
+                    }
+                    Err(_) => out.errors = true,
+                }
+            } else {
+                let count = state.unlinked.get(&id(&st)).copied().unwrap_or(0);
+                if rule.delete(d, r, &n, &st, other.as_ref(), count) {
+                    let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
+                    if gone && st.stx_nlink > 1 {
+                        *state.unlinked.entry(id(&st)).or_insert(0) += 1;
+                    }
+                    out.errors |= !gone;
+                } else {
+                    out.kept = true;
+                }
+            }
+            continue;
+        }
+        match walk.pop() {
+            Ok(Some((frame, _))) if !walk.is_done() => {
+                if keep_dirs.pop() == Some(true) {
+                    out.kept = true;
+                    continue;
+                }
+                match walk.fd(0) {
+                    Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
+                        Ok(()) => {}
+                        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+                        Err(_) => out.errors = true,
+                    },
+                    Err(_) => out.errors = true,
+                }
+            }
+            Ok(_) => break,
+            Err(_) => {
+                out.errors = true;
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Starts a walk of two roots, trying again on a transient failure.
+fn tidy_walk(root: OwnedFd, other: OwnedFd) -> Option<Walk<2>> {
+    for _ in 0..TIDY_TRIES {
+        // Descriptors of one open file share its offset: list from the start.
+        let _ = rustix::fs::seek(&root, rustix::fs::SeekFrom::Start(0));
+        let (Ok(a), Ok(b)) = (rustix::io::fcntl_dupfd_cloexec(&root, 0), rustix::io::fcntl_dupfd_cloexec(&other, 0))
+        else {
+            continue;
+        };
+        if let Ok(w) = Walk::new([a, b]) {
+            return Some(w);
+        }
+    }
+    None
+}
+
+/// Whether a source entry and its copy look the same: same type, and for
+/// files and symlinks the same size and mtime.
+fn same_shape(s: &Statx, c: &Statx) -> bool {
+    let kind = file_type(s);
+    kind == file_type(c)
+        && match kind {
+            FileType::RegularFile | FileType::Symlink => {
+                s.stx_size == c.stx_size
+                    && s.stx_mtime.tv_sec == c.stx_mtime.tv_sec
+                    && s.stx_mtime.tv_nsec == c.stx_mtime.tv_nsec
+            }
+            _ => true,
+        }
+}

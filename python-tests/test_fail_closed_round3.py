@@ -1,0 +1,142 @@
+"""Fail closed, round 3: what a hostile review of issue 11 found.
+
+Each test names the finding it covers; each failed on the main it was
+written against.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+from conftest import chroot_without_proc
+from tree_harness import diff_listings, listing
+from xrename_harness import (
+    CHILD_TIMEOUT_S, LIBRARY, PRIVILEGED, child_env, entries, need, run_child,
+)
+
+
+def acl_text(path) -> str:
+    proc = subprocess.run(["getfacl", "-c", "-p", "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def need_acl_tools():
+    need(shutil.which("setfacl") is not None and shutil.which("getfacl") is not None, "acl tools missing")
+
+
+# --------------------------------------------------------------------------
+# A log write past RLIMIT_FSIZE never kills the program (SIGXFSZ)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["file", "stderr"])
+def test_a_log_past_the_file_size_limit_is_skipped_and_never_kills_the_program(fs_pair, tmp_path, target):
+    """`mv` (which, unlike Python, does not ignore SIGXFSZ) under a file size
+    limit of 2 KiB, logging to a 5000-byte file (or to stderr redirected
+    there): the move is done, mv exits 0, and the log is left as it was
+    rather than written past the limit."""
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"small file\n")
+    log = tmp_path / "big.log"
+    log.write_bytes(b"x" * 5000)
+    env = child_env({"XRENAME_LOG": str(log) if target == "file" else "stderr"})
+    with open(log, "ab") as err:
+        proc = subprocess.run(["sh", "-c", 'ulimit -f 4 && exec mv "$0" "$1"', str(src), str(dst)],
+                              stderr=err if target == "stderr" else subprocess.PIPE, env=env,
+                              timeout=CHILD_TIMEOUT_S)
+    assert proc.returncode == 0, f"mv died or failed: status {proc.returncode} (153 = SIGXFSZ)"
+    assert dst.read_bytes() == b"small file\n" and not src.exists()
+    assert log.stat().st_size == 5000, "the log was written past RLIMIT_FSIZE"
+
+
+# --------------------------------------------------------------------------
+# A program that holds a write lease on its own source is never made to wait
+# for itself
+# --------------------------------------------------------------------------
+
+def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waiting_for_itself(fs_pair):
+    """The program holds F_SETLEASE(F_WRLCK) on the file it renames across
+    devices. Opening it to copy starts a break of the program's own lease;
+    waiting for it would last lease-break-time (45 s) and then break it.
+    The kernel's rename ignores leases; a copy cannot: EXDEV at once,
+    nothing changed, and the program keeps running."""
+    p = fs_pair
+    src, dst = p.src_dir / "leased", p.dst_dir / "leased"
+    src.write_bytes(b"leased by the program itself\n")
+    body = """
+import fcntl, signal
+signal.signal(signal.SIGIO, lambda *a: None)  # a lease holder handles its break signal
+fd = os.open(ARGS["src"], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+"""
+    run = run_child(body, {"src": str(src), "dst": str(dst)})
+    # Waiting for itself, the move would end after lease-break-time with
+    # the lease broken, and succeed: EXDEV is what shows it did not wait.
+    assert not run.result["ok"] and run.result["errname"] == "EXDEV", run.result
+    assert src.read_bytes() == b"leased by the program itself\n" and not dst.exists()
+    assert entries(p.dst_dir) == set()
+
+
+# --------------------------------------------------------------------------
+# ACLs are never dropped: nodes without /proc, and xattr calls a policy refuses
+# --------------------------------------------------------------------------
+
+def test_a_fifo_with_an_acl_moved_in_a_chroot_without_proc_keeps_its_acl(mounts, tmp_path):
+    """A FIFO with an ACL that denies its owning group (`group::---`, a
+    named user with rw-) is moved by Python in a chroot that has no /proc.
+    Its attributes are read and written by directory and name
+    (listxattrat/getxattrat/setxattrat), never through /proc: the ACL
+    arrives whole (dropping it would give the group the mask's rw-), or
+    the move is refused."""
+    need_acl_tools()
+    root = chroot_without_proc(mounts, tmp_path)
+    fifo = root / "a" / "fifo"
+    os.mkfifo(fifo, 0o660)
+    proc = subprocess.run(["setfacl", "-m", "g::---,u:65534:rw", str(fifo)], capture_output=True, text=True)
+    need(proc.returncode == 0, f"setfacl: {proc.stderr.strip()}")
+    before = acl_text(fifo)
+    assert "user:65534:rw-" in before and "group::---" in before
+    code = "import os\ntry:\n    os.rename('/a/fifo', '/b/fifo'); print('ok')\nexcept OSError as e:\n    print(e.errno)"
+    run = subprocess.run(["chroot", str(root), "python3", "-c", code], capture_output=True, text=True,
+                         env=child_env(), timeout=CHILD_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr
+    if run.stdout.strip() == "ok":
+        dst = root / "b" / "fifo"
+        assert stat.S_ISFIFO(os.lstat(dst).st_mode) and not os.path.lexists(fifo)
+        assert acl_text(dst) == before, f"the FIFO's ACL changed:\n{before}\n->\n{acl_text(dst)}"
+    else:
+        assert run.stdout.strip() == "18", run.stdout  # EXDEV, nothing changed
+        assert acl_text(fifo) == before and not os.path.lexists(root / "b" / "fifo")
+
+
+@pytest.mark.parametrize("deep", [6, 60])
+def test_a_deep_tree_moves_under_a_descriptor_limit_of_20(fs_pair, deep):
+    """RLIMIT_NOFILE 20 in the moving process and a tree 6 or 60 levels
+    deep with files at every level: the walk reopens closed levels one at
+    a time (never all of them at once), so the move succeeds."""
+    p = fs_pair
+    tree = p.src_dir / "tree"
+    d = tree
+    for i in range(deep):
+        d = d / f"l{i}"
+        d.mkdir(parents=True)
+        for j in range(5 if deep > 10 else 40):
+            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+    before = listing(tree)
+    body = """
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (20, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+"""
+    run = run_child(body, {"src": str(tree), "dst": str(p.dst_dir / "tree")})
+    assert run.result["ok"], run.result
+    assert not os.path.lexists(tree) and entries(p.src_dir) == set()
+    assert not diff_listings(before, listing(p.dst_dir / "tree"), ignore=("atime_ns",))
+    assert entries(p.dst_dir) == {"tree"}
