@@ -92,7 +92,9 @@ FAULT_CLASSES = ("errors", "eintr", "eagain", "kill")
 def faults_for(fault_class: str, syscall: str) -> list[str]:
     """The faults of `fault_class` that apply to `syscall`."""
     if fault_class == "errors":
-        return ["ENOSPC", "EIO"] + (["EDQUOT"] if syscall in WRITE_LIKE else [])
+        # ENOSYS: a call the kernel or a sandbox does not offer; rename(2)
+        # never returns it, so the program must get EXDEV, nothing changed.
+        return ["ENOSPC", "EIO", "ENOSYS"] + (["EDQUOT"] if syscall in WRITE_LIKE else [])
     if fault_class == "eintr":
         return ["EINTR"]
     if fault_class == "eagain":

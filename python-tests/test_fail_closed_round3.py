@@ -71,15 +71,22 @@ def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waitin
     src.write_bytes(b"leased by the program itself\n")
     body = """
 import fcntl, signal
-signal.signal(signal.SIGIO, lambda *a: None)  # a lease holder handles its break signal
+breaks = []
+signal.signal(signal.SIGIO, lambda *a: breaks.append(1))  # a lease holder handles its break signal
 fd = os.open(ARGS["src"], os.O_RDONLY)
 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
 RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcntl.F_GETLEASE)})
 """
     run = run_child(body, {"src": str(src), "dst": str(dst)})
+    moved, after = run.results
     # Waiting for itself, the move would end after lease-break-time with
     # the lease broken, and succeed: EXDEV is what shows it did not wait.
-    assert not run.result["ok"] and run.result["errname"] == "EXDEV", run.result
+    assert not moved["ok"] and moved["errname"] == "EXDEV", moved
+    # And the file was never opened: no break started, the lease intact.
+    import fcntl
+    assert after["breaks"] == 0, "the move started a break of the program's own lease (SIGIO)"
+    assert after["lease"] == fcntl.F_WRLCK, f"the program's lease is now {after['lease']}, not F_WRLCK"
     assert src.read_bytes() == b"leased by the program itself\n" and not dst.exists()
     assert entries(p.dst_dir) == set()
 

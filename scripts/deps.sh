@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine: the tools the
 # C and Python suites call (strace, setfacl, setfattr, mkfs.ext4, unshare,
-# setpriv, cc, bindfs, fuse2fs, fakeroot, fakechroot, eatmydata, faketime) and pytest. Does nothing for what is already there.
+# setpriv, cc, bindfs, fuse2fs, fakeroot, fakechroot, eatmydata, faketime; go and
+# musl-gcc to build the programs the supervisor tests run) and pytest. Does nothing for what is already there.
 set -euo pipefail
 
 need=()
 for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:util-linux \
             setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3 setcap:libcap2-bin \
-            bindfs:bindfs fuse2fs:fuse2fs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime; do
+            bindfs:bindfs fuse2fs:fuse2fs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime \
+            go:golang-go musl-gcc:musl-tools; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# Static glibc (cc -static) for the supervisor's test programs.
+[ -e "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if ((${#need[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "deps: missing packages ${need[*]}; install them as root" >&2

@@ -12,6 +12,7 @@
 //! | `XRENAME_SUMMARY_LOG=/path` | the same lines, for `xrename --summary` |
 //! | `XRENAME_FSYNC=0` | skip every fsync: faster, and unsafe on a crash |
 //! | `XRENAME_DIRS=0` | leave directory moves to the program (EXDEV) |
+//! | `XRENAME_SUPERVISOR=PID` | set by `xrename --trace`: the supervisor handles every EXDEV, the library stands aside |
 //! | `XRENAME_DEBUG=panic` | (for tests) every move panics inside the library: shows that a panic prints nothing and gives EXDEV |
 
 use std::ffi::{CString, OsString};
@@ -44,6 +45,11 @@ pub struct Config {
     pub engine: Options,
     /// `XRENAME_DEBUG=panic`: each move panics where the engine runs.
     pub debug_panic: bool,
+    /// `XRENAME_SUPERVISOR`: the process runs under `xrename --trace`,
+    /// whose supervisor has already handled (or deliberately left) every
+    /// EXDEV this library could see: it stands aside, so that no call is
+    /// ever handled twice.
+    pub supervised: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -129,8 +135,10 @@ impl Config {
         let note: Option<&'static str> =
             (!notes.is_empty()).then(|| &*Box::leak(format!("{}: {verdict}", notes.join(", ")).into_boxed_str()));
         let debug_panic = var("XRENAME_DEBUG").is_some_and(|v| v.eq_ignore_ascii_case("panic"));
+        let supervised = var("XRENAME_SUPERVISOR").is_some_and(|v| !v.is_empty());
         Config {
             debug_panic,
+            supervised,
             disabled,
             observe,
             note,

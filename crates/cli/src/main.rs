@@ -13,7 +13,9 @@ mod clean;
 mod explain;
 mod mountinfo;
 mod mv;
+mod ptrace;
 mod run;
+mod trace;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ xrename: make rename(2) work across filesystems
 
 Usage:
   xrename [OPTIONS] [--] CMD [ARGS...]   run CMD with libxrename.so preloaded
+  xrename --trace [OPTIONS] -- CMD ...    run CMD under the supervisor (Go, static, musl, raw syscalls)
   xrename explain SRC DST                 say whether rename(SRC, DST) fails with EXDEV, and why
   xrename mv [OPTIONS] SRC... DST         move with xrename's guarantees (atomic, durable)
   xrename clean [--remove] DIR...         find leftovers of interrupted moves (.xrename-*)
@@ -36,6 +39,8 @@ Options for running a command:
   --observe        do not emulate: log every EXDEV and return it as the kernel did
   --no-fsync       skip fsync: faster, UNSAFE (a crash may lose moved data)
   --no-dirs        leave directory moves to the program (it gets EXDEV)
+  --trace          trace CMD and every process it starts (ptrace + seccomp) and handle
+                   each EXDEV there: reaches programs LD_PRELOAD cannot
 
 Examples:
   xrename python3 app.py                      # os.rename across filesystems just works

@@ -24,6 +24,7 @@ struct Opts {
     observe: bool,
     no_fsync: bool,
     no_dirs: bool,
+    trace: bool,
 }
 
 pub fn main(args: &[OsString]) -> i32 {
@@ -45,6 +46,7 @@ pub fn main(args: &[OsString]) -> i32 {
             Some("--observe") => opts.observe = true,
             Some("--no-fsync") => opts.no_fsync = true,
             Some("--no-dirs") => opts.no_dirs = true,
+            Some("--trace") => opts.trace = true,
             Some(a) if a.starts_with('-') && a.len() > 1 => {
                 return fail(format_args!("unknown option {a} (see xrename --help)"));
             }
@@ -53,6 +55,27 @@ pub fn main(args: &[OsString]) -> i32 {
         i += 1;
     }
     let Some(cmd) = args.get(i) else { return fail("no command given (see xrename --help)") };
+    if std::env::var_os("XRENAME_SUPERVISOR").is_some_and(|v| !v.is_empty()) {
+        // Inside `xrename --trace` already: its supervisor serves this
+        // command too; just run it.
+        let err = Command::new(cmd).args(&args[i + 1..]).exec();
+        return exec_failed(cmd, &err);
+    }
+    if opts.trace {
+        if opts.log.is_some() || opts.summary {
+            return fail("--log and --summary do not work with --trace yet");
+        }
+        let Some(path) = resolve(cmd) else {
+            eprintln!("xrename: {}: command not found", cmd.to_string_lossy());
+            return 127;
+        };
+        let settings = crate::trace::Settings { observe: opts.observe, fsync: !opts.no_fsync, dirs: !opts.no_dirs };
+        let mut env: Vec<(OsString, OsString)> =
+            std::env::vars_os().filter(|(k, _)| k != "XRENAME_SUPERVISOR").collect();
+        // A copy of the library preloaded anyway stands aside (see config.rs).
+        env.push(("XRENAME_SUPERVISOR".into(), std::process::id().to_string().into()));
+        return crate::trace::run(&args[i..], &path, env, settings);
+    }
     let lib = match find_library() {
         Ok(lib) => lib,
         Err(tried) => {
@@ -117,7 +140,7 @@ pub fn main(args: &[OsString]) -> i32 {
 
 /// Signals while `xrename --summary` waits for its command.
 #[allow(unsafe_code)]
-mod signals {
+pub(crate) mod signals {
     use std::sync::atomic::{AtomicI32, Ordering};
 
     static CHILD: AtomicI32 = AtomicI32::new(0);

@@ -69,12 +69,6 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(Errno::AGAIN);
     }
-    // The program itself holds the lease: waiting would break its own
-    // lease (SIGIO, whose default action kills) after lease-break-time
-    // (45 s). The kernel's rename ignores leases; a copy cannot: EXDEV.
-    if !lease_held_by_others(st.st_dev, st.st_ino) {
-        return Err(Errno::DEADLK);
-    }
     let proc = std::ffi::CString::new(format!("/proc/thread-self/fd/{}", path.as_raw_fd())).expect("no NUL");
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
     match retry(|| rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())) {
@@ -84,33 +78,61 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
     }
 }
 
-/// Whether the leases on the inode `dev`/`ino` are all held by other
-/// processes, as `/proc/locks` shows (`N: LEASE ACTIVE|BREAKING TYPE PID
-/// MAJ:MIN:INO ...`, major and minor in hex). False if this process holds
-/// one, or if that cannot be told.
-fn lease_held_by_others(dev: u64, ino: u64) -> bool {
-    let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
-        return false;
-    };
-    let mut text = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match retry(|| rustix::io::read(&fd, &mut buf)) {
-            Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(_) => return false,
+/// What a mover needs besides the objects: how durable to make the copy,
+/// where to count its progress, and which files never to open.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// fsync, syncfs and early writeback, or none.
+    pub durability: Durability,
+    /// Bytes copied so far, for a display in another thread.
+    pub progress: Option<&'a AtomicU64>,
+    /// Files the program holds a lease on.
+    pub leases: &'a OwnLeases,
+}
+
+/// The inodes this process holds a lease on, as `/proc/locks` lists them
+/// (`N: LEASE ACTIVE|BREAKING TYPE PID MAJ:MIN:INO ...`), read once per
+/// move. Opening such a file, even to read it and even non-blocking, starts
+/// a break of the program's own lease (SIGIO to it, its lease downgraded),
+/// which the kernel's rename never does: such a file is not opened at all
+/// (EXDEV). Matched by inode number alone (btrfs and overlayfs show another
+/// device there than `stat` does): a false match only gives EXDEV. The pid
+/// is the one `/proc/self` names, in that `/proc`'s pid namespace.
+#[derive(Debug, Default)]
+pub struct OwnLeases(Vec<u64>);
+
+impl OwnLeases {
+    /// Reads `/proc/locks`; none if it cannot be read.
+    pub fn read() -> OwnLeases {
+        let Ok(me) = rustix::fs::readlinkat(rustix::fs::CWD, c"/proc/self", Vec::new()) else {
+            return OwnLeases::default();
+        };
+        let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
+            return OwnLeases::default();
+        };
+        let mut text = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = retry(|| rustix::io::read(&fd, &mut buf)) {
+            text.extend_from_slice(&buf[..n]);
         }
+        let me = me.to_bytes();
+        let inodes = text
+            .split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
+                // "BREAKER" entries are openers waiting, not holders; "->" lines are waiters.
+                let holder = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
+                if holder && f.get(4) == Some(&me) { f.get(5).copied() } else { None }
+            })
+            .filter_map(|dev_ino| std::str::from_utf8(dev_ino.rsplit(|&b| b == b':').next()?).ok()?.parse().ok())
+            .collect();
+        OwnLeases(inodes)
     }
-    let me = rustix::process::getpid().as_raw_nonzero().get().to_string();
-    let target = format!("{:02x}:{:02x}:{ino}", rustix::fs::major(dev), rustix::fs::minor(dev));
-    !String::from_utf8_lossy(&text).lines().any(|line| {
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        // "BREAKER" entries are the openers waiting, not holders.
-        f.get(1) == Some(&"LEASE")
-            && f.get(2) != Some(&"BREAKER")
-            && f.get(4) == Some(&me.as_str())
-            && f.get(5) == Some(&target.as_str())
-    })
+
+    /// Whether the program may hold a lease on the inode `ino`.
+    pub fn holds(&self, ino: u64) -> bool {
+        self.0.contains(&ino)
+    }
 }
 
 /// The largest file this process may write (`RLIMIT_FSIZE`), if limited.

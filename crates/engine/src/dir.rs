@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicU64;
 
 use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Statx};
 use rustix::io::Errno;
@@ -74,10 +73,10 @@ pub fn copy_tree<'d>(
     src: &Entry,
     st: &Statx,
     dst: &'d Entry,
-    durability: Durability,
-    progress: Option<&AtomicU64>,
+    job: copy::Job<'_>,
     report: &mut Report,
 ) -> Result<CopiedTree<'d>> {
+    let copy::Job { durability, progress, leases } = job;
     let src_root = match open_dir(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
@@ -109,6 +108,7 @@ pub fn copy_tree<'d>(
         progress,
         records: Records::default(),
         size_limit,
+        leases,
     };
     cx.check_dir(dst_parent)?;
     loop {
@@ -147,6 +147,8 @@ struct Copy<'r> {
     records: Records,
     /// The process's file size limit.
     size_limit: Option<u64>,
+    /// Files the program holds a lease on: never opened.
+    leases: &'r copy::OwnLeases,
 }
 
 impl Copy<'_> {
@@ -245,6 +247,9 @@ impl Copy<'_> {
                 }
                 return Ok(());
             }
+        }
+        if self.leases.holds(st.stx_ino) {
+            return Err(Error::new(Errno::XDEV, super::file::OWN_LEASE));
         }
         let sdir = self.walk.fd(0)?;
         let s = match copy::open_source(sdir, &name) {

@@ -22,9 +22,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
-use std::sync::atomic::AtomicU64;
-
-use super::durable::Durability;
 use super::error::{At, Error, Result};
 use super::install::Temp;
 use super::links::Links;
@@ -35,6 +32,9 @@ use super::seen::{self, Seen};
 use super::source::{SOURCE_CHANGED, Verify};
 use super::stat::{fstat, same_inode};
 use super::{copy, writers};
+
+/// The step name when the program holds a lease on a file to be moved.
+pub const OWN_LEASE: &str = "the program holds a lease on the source";
 
 /// From this size on, writers are also looked for before the copy.
 const EARLY_PROBE: u64 = 1 << 20;
@@ -78,11 +78,14 @@ pub fn copy_file<'d>(
     src: &Entry,
     st: &rustix::fs::Statx,
     dst: &'d Entry,
-    durability: Durability,
-    progress: Option<&AtomicU64>,
+    job: copy::Job<'_>,
     links: Option<&Links>,
     report: &mut Report,
 ) -> Result<Copied<'d>> {
+    let copy::Job { durability, progress, leases } = job;
+    if leases.holds(st.stx_ino) {
+        return Err(Error::new(Errno::XDEV, OWN_LEASE));
+    }
     let fd = match copy::open_source(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
         Err(Errno::LOOP | Errno::NOENT | Errno::NXIO) => return Err(Error::changed(SOURCE_CHANGED)),

@@ -229,14 +229,20 @@ fn move_object(
     let replacing = dest == install::Dest::Present && source::on_overlayfs(dst.dir.as_fd());
     let durability = Durability::new(opts.fsync);
     let progress = opts.progress.as_deref();
+    // Read once per move: files the program holds a lease on are never opened.
+    let leases = match kind {
+        FileType::RegularFile | FileType::Directory => copy::OwnLeases::read(),
+        _ => copy::OwnLeases::default(),
+    };
+    let job = copy::Job { durability, progress, leases: &leases };
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
-            let c = file::copy_file(src, st, dst, durability, progress, opts.links.as_deref(), report)?;
+            let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;
             (c.tmp, c.seen, Some(c.check), None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
-            let c = dir::copy_tree(src, st, dst, durability, progress, report)?;
+            let c = dir::copy_tree(src, st, dst, job, report)?;
             (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {

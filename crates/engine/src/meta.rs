@@ -149,8 +149,9 @@ pub fn skip_write(errno: Errno, name: &[u8], kind: FileType) -> bool {
         return false;
     }
     match errno {
-        // The destination filesystem has no such attributes.
-        Errno::OPNOTSUPP => true,
+        // The destination filesystem has no such attributes, or none that
+        // big (E2BIG: a value over its limit).
+        Errno::OPNOTSUPP | Errno::TOOBIG => true,
         // A privileged namespace the caller may read but not write.
         Errno::PERM | Errno::ACCESS if name.starts_with(b"security.") || name.starts_with(b"trusted.") => true,
         // The kernel takes `user.*` on regular files and directories only.
@@ -159,8 +160,9 @@ pub fn skip_write(errno: Errno, name: &[u8], kind: FileType) -> bool {
     }
 }
 
+/// ACLs, in every form a filesystem exposes them as an attribute.
 fn is_acl(name: &[u8]) -> bool {
-    name.starts_with(b"system.posix_acl_")
+    name.starts_with(b"system.posix_acl_") || name == b"system.nfs4_acl" || name == b"system.richacl"
 }
 
 /// Copies every extended attribute `src` has that `dst`'s filesystem takes,
@@ -191,8 +193,9 @@ fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType) -> Result<()> {
         match retry(|| remove(dst, acl)) {
             // Absent, or a filesystem that has no such thing: nothing was inherited.
             Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
-            // Not removable by name, but nothing could be inherited there.
-            Err(_) if matches!(dst, Obj::At(dir, _) if !has_default_acl(dir)) => {}
+            // The removal is refused (a filesystem that keeps xattrs
+            // read-only), but the copy has no such ACL: nothing to remove.
+            Err(_) if !present(dst, acl) => {}
             Err(e) => return Err(Error::copy_step(e, "remove inherited ACL")),
         }
     }
@@ -206,8 +209,10 @@ fn proc_path(dir: BorrowedFd<'_>, name: &CStr) -> CString {
     CString::new(p).expect("no NUL")
 }
 
-/// A `l*xattr` call on a /proc path, where the `*xattrat` call is missing:
-/// without /proc (ENOENT there) the attributes cannot be reached: EXDEV.
+/// A `l*xattr` call on a /proc path, where the `*xattrat` call is missing
+/// (ENOSYS) or refused by a sandbox that does not know it yet (EPERM, as
+/// older container profiles answer unknown calls): without /proc (ENOENT
+/// there) the attributes cannot be reached: EXDEV.
 fn no_proc<T>(r: rustix::io::Result<T>) -> rustix::io::Result<T> {
     match r {
         Err(Errno::NOENT) => Err(Errno::XDEV),
@@ -219,7 +224,7 @@ fn list(obj: Obj<'_>, buf: &mut [u8]) -> rustix::io::Result<usize> {
     match obj {
         Obj::Fd(fd) => rustix::fs::flistxattr(fd, buf),
         Obj::At(dir, name) => match super::sys::listxattr_nofollow(dir, name, buf) {
-            Err(Errno::NOSYS) => no_proc(rustix::fs::llistxattr(&*proc_path(dir, name), buf)),
+            Err(Errno::NOSYS | Errno::PERM) => no_proc(rustix::fs::llistxattr(&*proc_path(dir, name), buf)),
             other => other,
         },
     }
@@ -229,7 +234,7 @@ fn get(obj: Obj<'_>, attr: &CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
     match obj {
         Obj::Fd(fd) => rustix::fs::fgetxattr(fd, attr, buf),
         Obj::At(dir, name) => match super::sys::getxattr_nofollow(dir, name, attr, buf) {
-            Err(Errno::NOSYS) => no_proc(rustix::fs::lgetxattr(&*proc_path(dir, name), attr, buf)),
+            Err(Errno::NOSYS | Errno::PERM) => no_proc(rustix::fs::lgetxattr(&*proc_path(dir, name), attr, buf)),
             other => other,
         },
     }
@@ -239,7 +244,7 @@ fn set(obj: Obj<'_>, attr: &CStr, value: &[u8]) -> rustix::io::Result<()> {
     match obj {
         Obj::Fd(fd) => rustix::fs::fsetxattr(fd, attr, value, XattrFlags::empty()),
         Obj::At(dir, name) => match super::sys::setxattr_nofollow(dir, name, attr, value) {
-            Err(Errno::NOSYS) => {
+            Err(Errno::NOSYS | Errno::PERM) => {
                 no_proc(rustix::fs::lsetxattr(&*proc_path(dir, name), attr, value, XattrFlags::empty()))
             }
             other => other,
@@ -251,7 +256,7 @@ fn remove(obj: Obj<'_>, attr: &CStr) -> rustix::io::Result<()> {
     match obj {
         Obj::Fd(fd) => rustix::fs::fremovexattr(fd, attr),
         Obj::At(dir, name) => match super::sys::removexattr_nofollow(dir, name, attr) {
-            Err(Errno::NOSYS) => no_proc(rustix::fs::lremovexattr(&*proc_path(dir, name), attr)),
+            Err(Errno::NOSYS | Errno::PERM) => no_proc(rustix::fs::lremovexattr(&*proc_path(dir, name), attr)),
             other => other,
         },
     }
@@ -266,12 +271,9 @@ fn inherited_acls(source_names: &[u8]) -> impl Iterator<Item = &'static CStr> + 
         .filter(move |acl| !source_names.split(|&b| b == 0).any(|n| n == acl.to_bytes()))
 }
 
-/// Whether the directory `dir` has a default ACL (that new entries inherit).
-fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
-    !matches!(
-        retry(|| rustix::fs::fgetxattr(dir, c"system.posix_acl_default", &mut [0u8; 0][..])),
-        Err(Errno::NODATA | Errno::OPNOTSUPP)
-    )
+/// Whether `obj` has the attribute `attr`; when that cannot be told, yes.
+fn present(obj: Obj<'_>, attr: &CStr) -> bool {
+    !matches!(retry(|| get(obj, attr, &mut [0u8; 0][..])), Err(Errno::NODATA | Errno::OPNOTSUPP))
 }
 
 /// Calls an xattr read function with a growing buffer until it fits.

@@ -66,7 +66,9 @@ pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
             Err(e) => last = e,
         }
     }
-    Err(Error::new(last, "read directory"))
+    // Listing is a step of the copy alone: a policy refusing it (EPERM,
+    // EACCES on a directory already open) is not rename's EPERM.
+    Err(Error::copy_step(last, "read directory"))
 }
 
 fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<CString>> {

@@ -394,7 +394,9 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let st = rustix::fs::statx(dir.as_fd(), c"src", flags, rustix::fs::StatxFlags::BASIC_STATS).unwrap();
     let mut report = Report::default();
     let durable = Durability::new(true);
-    let copied = engine::dir::copy_tree(&src, &st, &dst, durable, None, &mut report).unwrap();
+    let leases = engine::copy::OwnLeases::default();
+    let job = engine::copy::Job { durability: durable, progress: None, leases: &leases };
+    let copied = engine::dir::copy_tree(&src, &st, &dst, job, &mut report).unwrap();
     let withdraw = engine::dir::Withdraw { original: &src, records: &copied.records };
     body(install::install(copied.tmp, &dst, install::Dest::Absent, durable, Some(&withdraw)).unwrap());
     assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");

@@ -17,28 +17,99 @@ fn layer(module: &str) -> usize {
     LAYERS.iter().position(|l| l.contains(&module)).unwrap_or_else(|| panic!("module {module} is in no layer"))
 }
 
-/// The engine modules a source file uses (`super::m` or `crate::m`),
-/// comments left out.
-fn uses(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        for prefix in ["super::", "crate::"] {
-            for (i, _) in code.match_indices(prefix) {
-                let rest = &code[i + prefix.len()..];
-                let mut names: Vec<&str> = Vec::new();
-                if let Some(list) = rest.strip_prefix('{') {
-                    // `use super::{a, b::C, c};`
-                    let list = &list[..list.find('}').unwrap_or(list.len())];
-                    names.extend(list.split(',').map(|p| p.trim().split("::").next().unwrap_or("")));
-                } else {
-                    names.push(rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or(""));
-                }
-                out.extend(names.into_iter().filter(|n| modules.contains(*n)).map(str::to_owned));
+/// The source with comments and string literals blanked out.
+fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
             }
+        } else if b[i..].starts_with(b"/*") {
+            i += 2;
+            while i < b.len() && !b[i..].starts_with(b"*/") {
+                i += 1;
+            }
+            i += 2;
+        } else if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else {
+            out.push(b[i] as char);
+            i += 1;
         }
     }
     out
+}
+
+/// The first path segments of a `use` tree body (`a, b::C, c::{d, e}`),
+/// nested braces included.
+fn heads(tree: &str, out: &mut Vec<String>) {
+    let mut depth = 0;
+    let mut start = 0;
+    let bytes = tree.as_bytes();
+    for (i, &c) in bytes.iter().enumerate() {
+        match c {
+            b'{' => depth += 1,
+            b'}' => depth -= 1,
+            b',' if depth == 0 => {
+                out.push(first_segment(&tree[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(first_segment(&tree[start..]));
+}
+
+fn first_segment(item: &str) -> String {
+    item.trim().split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("").to_owned()
+}
+
+/// The engine modules a source file uses: every `super::m`, `crate::m` and
+/// `xrename_engine::m` path, in `use` lists (over several lines, nested)
+/// and in expressions.
+fn uses(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let code = code_only(text);
+    let mut names = Vec::new();
+    for prefix in ["super::", "crate::", "xrename_engine::"] {
+        for (i, _) in code.match_indices(prefix) {
+            let rest = code[i + prefix.len()..].trim_start();
+            if let Some(list) = rest.strip_prefix('{') {
+                let mut depth = 1;
+                let end = list
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' => 1,
+                            '}' => -1,
+                            _ => 0,
+                        };
+                        depth == 0
+                    })
+                    .map_or(list.len(), |(j, _)| j);
+                heads(&list[..end], &mut names);
+            } else {
+                names.push(first_segment(rest));
+            }
+        }
+    }
+    names.into_iter().filter(|n| modules.contains(n)).collect()
+}
+
+#[test]
+fn the_import_scanner_sees_multi_line_and_nested_lists() {
+    let modules: BTreeSet<String> = ["dir", "file", "report", "stat"].iter().map(|s| s.to_string()).collect();
+    let text = "use super::{\n    dir,\n};\nuse super::{report::{self}, file};\n// use super::stat;\nfn f() { crate::stat::x() }";
+    let found = uses(text, &modules);
+    assert_eq!(found, ["dir", "file", "report", "stat"].iter().map(|s| s.to_string()).collect());
+    assert!(uses("let s = \"super::dir\";", &modules).is_empty(), "a string is not an import");
 }
 
 #[test]

@@ -1,0 +1,413 @@
+//! `xrename --trace -- CMD`: the supervisor, for programs `LD_PRELOAD`
+//! cannot reach (Go, static and musl binaries, raw `rename` syscalls).
+//!
+//! CMD starts with a seccomp filter that stops it (`SECCOMP_RET_TRACE`) at
+//! `rename`, `renameat` and `renameat2` only (x86_64, x32 and the i386
+//! numbers of `int 0x80`); every other call is allowed at the cost of the
+//! filter alone. The supervisor is its tracer (`PTRACE_SEIZE`, following
+//! every fork, vfork, clone and exec; `PTRACE_O_EXITKILL`: if it dies, they
+//! die, never running on unhandled). At such a stop it lets the call run:
+//! **the kernel makes the rename inside the program**, with its own
+//! credentials, namespaces and sandbox. At the call's exit only an answer
+//! of `-EXDEV` is acted on: a helper process takes the thread's
+//! credentials (uids and gids, the filesystem ones, groups, capabilities),
+//! its mount and user namespaces and its root and working directory, runs
+//! the engine, and exits with the errno the program is to see (0 for
+//! success), which becomes the call's return value. The tracer meanwhile
+//! goes on serving the other threads and processes.
+//!
+//! Safety rules (README, "Programs LD_PRELOAD cannot reach"):
+//! - the move never runs with more than the target's rights (a root
+//!   supervisor, a target uid 65534: EACCES, nothing moved);
+//! - a target that restricted itself (Landlock, its own seccomp filter) is
+//!   sandboxed: its EXDEV stands, logged as `sandboxed`;
+//! - a child made with `CLONE_UNTRACED` is traced all the same (the flag is
+//!   cleared), and `clone3` answers ENOSYS so that libc uses `clone`.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsString};
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use libc::{c_int, pid_t};
+use rustix::fs::{Mode, OFlags};
+use xrename_engine::{self as engine, Op, Options, Report, Request};
+
+use crate::ptrace::{self, ARCH_I386, ARCH_X86_64, CLONE_UNTRACED, Creds, Insn, X32_BIT, event};
+
+/// What the supervisor does at an EXDEV.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Log only, never move.
+    pub observe: bool,
+    /// fsync (off: `--no-fsync`).
+    pub fsync: bool,
+    /// Move directories.
+    pub dirs: bool,
+}
+
+/// Syscall numbers that stop at our filter, by architecture.
+mod nr {
+    pub const RENAME: u64 = 82;
+    pub const RENAMEAT: u64 = 264;
+    pub const RENAMEAT2: u64 = 316;
+    pub const CLONE: u64 = 56;
+    pub const CLONE3: u64 = 435;
+    pub const LANDLOCK_RESTRICT_SELF: u64 = 446;
+    pub const SECCOMP: u64 = 317;
+    pub const I386_RENAME: u64 = 38;
+    pub const I386_RENAMEAT: u64 = 302;
+    pub const I386_RENAMEAT2: u64 = 353;
+    pub const I386_CLONE: u64 = 120;
+    pub const I386_SECCOMP: u64 = 354;
+}
+
+fn stmt(code: u32, k: u32) -> Insn {
+    Insn { code: code as u16, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> Insn {
+    Insn { code: code as u16, jt, jf, k }
+}
+
+/// The filter: for each architecture, the numbers to trace, to refuse with
+/// ENOSYS (`clone3`), and `clone` traced only with `CLONE_UNTRACED`.
+pub fn filter() -> Vec<Insn> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_TRACE: u32 = 0x7ff0_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let ld = |off: u32| stmt(BPF_LD | BPF_W | BPF_ABS, off);
+    let ret = |k: u32| stmt(BPF_RET | BPF_K, k);
+    // One block per (arch, numbers): "if nr == n: trace".
+    let block = |traced: &[u64], clone: u64, clone3: u64| {
+        let mut b = vec![ld(0)]; // seccomp_data.nr
+        for &n in traced {
+            b.push(jump(BPF_JMP | BPF_JEQ | BPF_K, n as u32, 0, 1));
+            b.push(ret(RET_TRACE));
+        }
+        b.push(jump(BPF_JMP | BPF_JEQ | BPF_K, clone3 as u32, 0, 1));
+        b.push(ret(RET_ERRNO | libc::ENOSYS as u32));
+        b.push(jump(BPF_JMP | BPF_JEQ | BPF_K, clone as u32, 0, 3));
+        b.push(ld(16)); // args[0], low half: the flags
+        b.push(jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_UNTRACED as u32, 0, 1));
+        b.push(ret(RET_TRACE));
+        b.push(ret(RET_ALLOW));
+        b
+    };
+    let x86_64 = [nr::RENAME, nr::RENAMEAT, nr::RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF, nr::SECCOMP];
+    let mut x32: Vec<u64> = x86_64.iter().map(|n| n | X32_BIT).collect();
+    x32.extend_from_slice(&x86_64); // a x32 number is only ever seen with the bit
+    let i386 = [nr::I386_RENAME, nr::I386_RENAMEAT, nr::I386_RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF, nr::I386_SECCOMP];
+    let b64 = block(&x86_64, nr::CLONE, nr::CLONE3);
+    let bx32 = block(&x32[..5], nr::CLONE | X32_BIT, nr::CLONE3 | X32_BIT);
+    let b32 = block(&i386, nr::I386_CLONE, nr::CLONE3);
+    let mut p = vec![ld(4)]; // seccomp_data.arch
+    // x86_64: then x32 (the number has the x32 bit) or native.
+    p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, ARCH_X86_64, 0, (2 + b64.len() + bx32.len()) as u8));
+    p.push(ld(0));
+    p.push(jump(BPF_JMP | BPF_JSET | BPF_K, X32_BIT as u32, b64.len() as u8, 0));
+    p.extend(b64);
+    p.extend(bx32);
+    p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, ARCH_I386, 0, b32.len() as u8));
+    p.extend(b32);
+    p.push(ret(RET_ALLOW));
+    p
+}
+
+/// Which rename a call is, from its number and architecture.
+fn rename_op(arch: u32, n: u64) -> Option<Op> {
+    match (arch, n & !X32_BIT) {
+        (ARCH_X86_64, nr::RENAME) | (ARCH_I386, nr::I386_RENAME) => Some(Op::Rename),
+        (ARCH_X86_64, nr::RENAMEAT) | (ARCH_I386, nr::I386_RENAMEAT) => Some(Op::Renameat),
+        (ARCH_X86_64, nr::RENAMEAT2) | (ARCH_I386, nr::I386_RENAMEAT2) => Some(Op::Renameat2),
+        _ => None,
+    }
+}
+
+/// A rename call in flight: what the thread asked for.
+#[derive(Debug, Clone)]
+struct Call {
+    op: Op,
+    args: [u64; 6],
+}
+
+/// Runs `argv` traced; returns the exit status to give (the program's,
+/// 128 + signal when killed), or 125 with a message when it cannot be traced.
+pub fn run(argv: &[OsString], path: &std::path::Path, env: Vec<(OsString, OsString)>, s: Settings) -> i32 {
+    let cargv: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
+    let cenv: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| {
+            let mut b = k.as_bytes().to_vec();
+            b.push(b'=');
+            b.extend_from_slice(v.as_bytes());
+            CString::new(b).unwrap_or_default()
+        })
+        .collect();
+    let cpath = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+    let (pid, go, report) = match ptrace::spawn_waiting(&cpath, &cargv, &cenv, &filter()) {
+        Ok(v) => v,
+        Err(e) => return crate::fail(format!("cannot start {}: {e}", path.display())),
+    };
+    if let Err(e) = ptrace::seize(pid) {
+        ptrace::kill(pid, libc::SIGKILL);
+        let _ = ptrace::wait_any();
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => "not permitted (already traced, Yama ptrace_scope, or a seccomp policy)",
+            _ => "failed",
+        };
+        return crate::fail(format!("--trace: cannot trace {}: ptrace {why}: {e}", path.display()));
+    }
+    let _ = rustix::io::write(&go, b"g");
+    drop(go);
+    let mut code = [0u8; 4];
+    let started = match std::fs::File::from(report).read(&mut code) {
+        Ok(4) => Err(i32::from_ne_bytes(code)),
+        _ => Ok(()),
+    };
+    // Ctrl-C reaches the whole foreground group (the program gets it
+    // itself); SIGTERM and SIGHUP sent to xrename alone are passed on.
+    crate::run::signals::pass_on_to(pid);
+    let mut sup = Supervisor { main: pid, settings: Some(s), ..Supervisor::default() };
+    sup.known.insert(pid);
+    let status = sup.serve();
+    match started {
+        Err(e) if e == libc::ENOENT => 127,
+        Err(e) => {
+            eprintln!("xrename: cannot run {}: {}", path.display(), std::io::Error::from_raw_os_error(e));
+            126
+        }
+        Ok(()) => status,
+    }
+}
+
+#[derive(Default)]
+struct Supervisor {
+    main: pid_t,
+    settings: Option<Settings>,
+    /// Tracees seen (a first stop of an unknown one is its attach stop).
+    known: HashSet<pid_t>,
+    /// Threads between a rename's seccomp stop and its exit.
+    calls: HashMap<pid_t, Call>,
+    /// Helpers moving for a stopped thread: helper pid -> thread.
+    helpers: HashMap<pid_t, pid_t>,
+    /// Threads that restricted themselves (Landlock, a seccomp filter of
+    /// their own), and their descendants.
+    sandboxed: HashSet<pid_t>,
+    /// The program's exit status, once it has ended.
+    status: Option<i32>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { observe: false, fsync: true, dirs: true }
+    }
+}
+
+impl Supervisor {
+    /// Serves every stop until no tracee and no helper is left.
+    fn serve(&mut self) -> i32 {
+        // Until no child is left (ECHILD).
+        while let Ok((pid, st)) = ptrace::wait_any() {
+            if let Some(tid) = self.helpers.remove(&pid) {
+                self.helper_done(tid, st);
+                continue;
+            }
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                self.known.remove(&pid);
+                self.calls.remove(&pid);
+                if pid == self.main {
+                    self.status =
+                        Some(if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) });
+                }
+                continue;
+            }
+            if !libc::WIFSTOPPED(st) {
+                continue;
+            }
+            self.stopped(pid, st);
+        }
+        self.status.unwrap_or(125)
+    }
+
+    fn stopped(&mut self, tid: pid_t, st: c_int) {
+        let sig = libc::WSTOPSIG(st);
+        let ev = st >> 16;
+        if self.known.insert(tid) && ev == event::STOP {
+            // The first stop of a new tracee (auto-attached): let it run.
+            let _ = ptrace::cont(tid, 0);
+            return;
+        }
+        match ev {
+            event::SECCOMP => self.at_seccomp(tid),
+            event::FORK | event::VFORK | event::CLONE => {
+                if let Ok(child) = ptrace::event_msg(tid) {
+                    if self.sandboxed.contains(&tid) {
+                        self.sandboxed.insert(child as pid_t);
+                    }
+                }
+                let _ = ptrace::cont(tid, 0);
+            }
+            event::STOP if ptrace::is_group_stop(tid) => {
+                let _ = ptrace::listen(tid);
+            }
+            0 if sig == (libc::SIGTRAP | 0x80) => self.at_syscall_exit(tid),
+            0 => {
+                let _ = ptrace::cont(tid, sig); // a signal for the program
+            }
+            _ => {
+                let _ = ptrace::cont(tid, 0); // exec, ...
+            }
+        }
+    }
+
+    fn at_seccomp(&mut self, tid: pid_t) {
+        let Ok(info) = ptrace::syscall_info(tid) else {
+            let _ = ptrace::cont(tid, 0);
+            return;
+        };
+        if let Some(op) = rename_op(info.arch, info.nr) {
+            self.calls.insert(tid, Call { op, args: info.args });
+            if ptrace::to_syscall_exit(tid).is_err() {
+                self.calls.remove(&tid);
+            }
+            return;
+        }
+        let n = info.nr & !X32_BIT;
+        let is_clone = (info.arch == ARCH_X86_64 && n == nr::CLONE) || (info.arch == ARCH_I386 && n == nr::I386_CLONE);
+        if is_clone {
+            // A child the tracer would not see would get ENOSYS for its
+            // renames (the filter is inherited, the tracer is not).
+            let _ = ptrace::set_first_arg(tid, info.arch, info.args[0] & !CLONE_UNTRACED);
+        } else {
+            // landlock_restrict_self, seccomp: this thread restricts itself.
+            self.sandboxed.insert(tid);
+        }
+        let _ = ptrace::cont(tid, 0);
+    }
+
+    fn at_syscall_exit(&mut self, tid: pid_t) {
+        let Some(call) = self.calls.remove(&tid) else {
+            let _ = ptrace::cont(tid, 0);
+            return;
+        };
+        let exdev = ptrace::syscall_info(tid).is_ok_and(|i| i.op == 2 && i.rval == -(libc::EXDEV as i64));
+        let s = self.settings.unwrap_or_default();
+        if !exdev || s.observe || self.sandboxed.contains(&tid) {
+            let _ = ptrace::cont(tid, 0);
+            return;
+        }
+        match start_move(tid, &call, s) {
+            Ok(helper) => {
+                self.helpers.insert(helper, tid);
+            }
+            Err(_) => {
+                let _ = ptrace::cont(tid, 0); // the kernel's EXDEV stands
+            }
+        }
+    }
+
+    fn helper_done(&mut self, tid: pid_t, st: c_int) {
+        let errno = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { libc::EXDEV };
+        let value = if errno == 0 { 0 } else { -(errno as i64) };
+        let _ = ptrace::set_return(tid, value);
+        let _ = ptrace::cont(tid, 0);
+    }
+}
+
+/// Reads what the thread asked for and starts a helper that moves it with
+/// the thread's rights; returns the helper's pid.
+fn start_move(tid: pid_t, call: &Call, s: Settings) -> std::io::Result<pid_t> {
+    let a = &call.args;
+    // (olddirfd, old, newdirfd, new, flags)
+    let (od, op, nd, np, flags) = match call.op {
+        Op::Rename => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
+        Op::Renameat => (a[0], a[1], a[2], a[3], 0),
+        Op::Renameat2 => (a[0], a[1], a[2], a[3], a[4] as u32),
+    };
+    // A descriptor is an int: its low 32 bits, on either architecture.
+    let (od, nd) = (od as i32, nd as i32);
+    let old = ptrace::read_path(tid, op)?;
+    let new = ptrace::read_path(tid, np)?;
+    let creds = read_creds(tid)?;
+    let proc = |p: String| -> std::io::Result<OwnedFd> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        rustix::fs::open(p.as_str(), flags, Mode::empty()).map_err(std::io::Error::from)
+    };
+    // Opened now, through the target's /proc entries, before the helper
+    // leaves our root for the target's.
+    let root = proc(format!("/proc/{tid}/root"))?;
+    let cwd = proc(format!("/proc/{tid}/cwd"))?;
+    let dir = |fd: i32| -> std::io::Result<Option<OwnedFd>> {
+        if fd == libc::AT_FDCWD { Ok(None) } else { proc(format!("/proc/{tid}/fd/{fd}")).map(Some) }
+    };
+    let (odir, ndir) = (dir(od)?, dir(nd)?);
+    let namespaces = differing_namespaces(tid);
+    let other_root = !same_file(&root, "/");
+    let op = call.op;
+    ptrace::fork_helper(move || {
+        if ptrace::enter_namespaces(tid, namespaces).is_err()
+            || (other_root && ptrace::chroot_to(&root).is_err())
+            || ptrace::chdir_to(&cwd).is_err()
+            || ptrace::take_creds(&creds).is_err()
+        {
+            return libc::EXDEV; // cannot act as the target: its EXDEV stands
+        }
+        let cwd_fd = rustix::fs::CWD;
+        let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
+        let new_dir = ndir.as_ref().map_or(cwd_fd, |d| d.as_fd());
+        let req = Request { op, old_dir, old: &old, new_dir, new: &new, flags };
+        let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None };
+        let mut report = Report::default();
+        match engine::rename(&req, &opts, &mut report) {
+            Ok(()) => 0,
+            Err(e) => e.errno.raw_os_error(),
+        }
+    })
+}
+
+/// Whether the open directory `fd` is the directory `path`.
+fn same_file(fd: &OwnedFd, path: &str) -> bool {
+    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+        _ => false,
+    }
+}
+
+/// The namespaces (`CLONE_NEWNS`, `CLONE_NEWUSER`) the target is in and we
+/// are not.
+fn differing_namespaces(tid: pid_t) -> c_int {
+    let mut kinds = 0;
+    for (name, flag) in [("user", libc::CLONE_NEWUSER), ("mnt", libc::CLONE_NEWNS)] {
+        let theirs = std::fs::read_link(format!("/proc/{tid}/ns/{name}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if theirs != ours {
+            kinds |= flag;
+        }
+    }
+    kinds
+}
+
+/// The thread's credentials from `/proc/TID/status`.
+fn read_creds(tid: pid_t) -> std::io::Result<Creds> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+    let mut c = Creds::default();
+    let nums = |v: &str| -> Vec<u32> { v.split_ascii_whitespace().filter_map(|x| x.parse().ok()).collect() };
+    let hex = |v: &str| u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+    let bad = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        match k {
+            "Uid" => c.uid = nums(v).try_into().map_err(|_| bad())?,
+            "Gid" => c.gid = nums(v).try_into().map_err(|_| bad())?,
+            "Groups" => c.groups = nums(v),
+            "CapInh" => c.caps[0] = hex(v),
+            "CapPrm" => c.caps[1] = hex(v),
+            "CapEff" => c.caps[2] = hex(v),
+            _ => {}
+        }
+    }
+    Ok(c)
+}
