@@ -21,6 +21,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "target", "release", "libxrename.so")
+XRENAME = os.path.join(ROOT, "target", "release", "xrename")
 BIN = os.path.join(ROOT, "target", "bench")
 
 
@@ -86,6 +87,7 @@ def movers(src, dst):
     return base | {
         "xrename": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload()),
         "xrename-nofsync": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload({"XRENAME_FSYNC": "0"})),
+        "xrename --trace": lambda: run([XRENAME, "--trace", "--", os.path.join(BIN, "rename1"), src, dst]),
         "mv+sync": lambda: (lambda a, b: (a[0] + b[0], max(a[1], b[1])))(run(["mv", src, dst]), run(["sync", "-f", sync_dir])),
         "mv": lambda: run(["mv", src, dst]),
         "shutil.move": lambda: run([sys.executable, "-c", "import shutil,sys; shutil.move(sys.argv[1], sys.argv[2])", src, dst]),
@@ -134,6 +136,32 @@ def bench_fastpath(tmpfs, calls, rounds):
                 times[n].append(float(out) / 1e9)
         report(f"fast path: {calls:,} same-filesystem {fn}() calls on tmpfs, time per call", times, "bare",
                unit=1e9, fmt="{:.0f} ns")
+
+
+def bench_trace(tmpfs, rounds):
+    """What the supervisor costs a program: per rename (every rename stops,
+    not only the cross-device ones), per call that is not a rename (the
+    seccomp filter alone), and per fork+exec (each new process is
+    followed)."""
+    d = os.path.join(tmpfs, "trace")
+    os.mkdir(d)
+    fast = os.path.join(BIN, "fastpath")
+    for label, n, fn in (("same-filesystem rename() calls", 20_000, "rename"),
+                         ("getppid() calls (not renames)", 1_000_000, "getppid")):
+        times = {"bare": [], "traced": []}
+        for _ in range(rounds):
+            for name, prefix in (("bare", []), ("traced", [XRENAME, "--trace", "--"])):
+                out = subprocess.run(prefix + [fast, d, str(n), fn], check=True, capture_output=True, text=True).stdout
+                times[name].append(float(out.split()[-1]) / 1e9)
+        report(f"--trace: {n:,} {label} on tmpfs, time per call", times, "bare", unit=1e9, fmt="{:.0f} ns")
+    times = {"bare": [], "traced": []}
+    loop = ["sh", "-c", "i=0; while [ $i -lt 500 ]; do /bin/true; i=$((i+1)); done"]
+    for _ in range(rounds):
+        for name, prefix in (("bare", []), ("traced", [XRENAME, "--trace", "--"])):
+            t0 = time.perf_counter()
+            subprocess.run(prefix + loop, check=True)
+            times[name].append(time.perf_counter() - t0)
+    report("--trace: 500 fork+exec of /bin/true from sh", times, "bare")
 
 
 def write_file(path, size, sparse_data=None):
@@ -190,12 +218,12 @@ def bench_tree(a, b, dirs, per_dir, size_of, rounds, label):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds")
-    ap.add_argument("--only", choices=["fastpath", "file", "sparse", "tree"], action="append")
+    ap.add_argument("--only", choices=["fastpath", "trace", "file", "sparse", "tree"], action="append")
     args = ap.parse_args()
     reexec_in_namespace()
     build()
     q = args.quick
-    only = set(args.only or ["fastpath", "file", "sparse", "tree"])
+    only = set(args.only or ["fastpath", "trace", "file", "sparse", "tree"])
     work = tempfile.mkdtemp(prefix="xrename-bench.", dir="/var/tmp")
     try:
         tmpfs, ext4, kind = mounts(work, (3 << 30) if not q else (1 << 30))
@@ -203,6 +231,8 @@ def main():
               f"filesystems: tmpfs and {kind}")
         if "fastpath" in only:
             bench_fastpath(tmpfs, 100_000 if q else 1_000_000, 3 if q else 5)
+        if "trace" in only:
+            bench_trace(tmpfs, 3)
         size = (64 << 20) if q else (1 << 30)
         rounds = 2 if q else 3
         if "file" in only:

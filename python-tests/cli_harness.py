@@ -67,8 +67,17 @@ def run(argv: list, env: dict[str, str] | None = None, cwd: Path | None = None,
                           env=env if env is not None else xrename_env(), cwd=cwd, timeout=timeout)
 
 
+# Words that are not a command to run.
+NOT_A_COMMAND = {"explain", "mv", "clean", "help", "-h", "--help", "-V", "--version", "--trace", "--preload"}
+
+
 def xrename(*args, env: dict[str, str] | None = None, cwd: Path | None = None,
             exe: Path = XRENAME) -> subprocess.CompletedProcess:
+    """The command as test_cli.py tests it: running a program with the
+    preload (`--preload`, the way in those tests are about). The default,
+    tracing, is tested in test_trace.py."""
+    if not args or str(args[0]) not in NOT_A_COMMAND:
+        args = ("--preload", *args)
     return run([exe, *args], env=env, cwd=cwd)
 
 

@@ -200,17 +200,21 @@ class Batch:
 
 def run_ops(ops: list[dict], preload: bool, uid: int | None = None,
             landlock: list[tuple[bytes | str | Path, int]] | None = None,
-            env: dict[str, str] | None = None) -> Batch:
+            env: dict[str, str] | None = None, trace: bool = False) -> Batch:
     """Make `ops` in one child, with or without the shim, as `uid` (None:
-    unchanged identity).  Asserts the child exited 0, printed exactly one
-    JSON line, and that the shim was (or was not) mapped."""
+    unchanged identity); with `trace`, unpreloaded under `xrename --trace`
+    (the supervisor alone handles every EXDEV).  Asserts the child exited
+    0, printed exactly one JSON line, and that the shim was (or was not)
+    mapped."""
     spec = {"ops": ops,
             "landlock": None if landlock is None else {"rules": [[hx(d), r] for d, r in landlock]}}
     kw = {}
     if uid is not None and uid != os.geteuid():
         kw = {"user": uid, "group": uid, "extra_groups": []}
     exe = python_for(uid if uid is not None else os.geteuid())
-    proc = subprocess.run([exe, "-c", ORACLE_CHILD], input=json.dumps(spec), capture_output=True,
+    from xrename_harness import REPO_ROOT
+    prefix = [str(REPO_ROOT / "target" / "release" / "xrename"), "--trace", "--"] if trace else []
+    proc = subprocess.run([*prefix, exe, "-c", ORACLE_CHILD], input=json.dumps(spec), capture_output=True,
                           text=True, env=child_env(env, preload=preload), cwd="/",
                           timeout=CHILD_TIMEOUT_S, **kw)
     assert proc.returncode == 0, (

@@ -119,7 +119,7 @@ def test_exit_status_of_the_command_is_passed_through(mode):
 @SUMMARY_MODES
 def test_command_killed_by_sigkill_gives_status_137(mode):
     # Seen from a shell, as a user sees it: $? is 128 + 9.
-    wrapper = ["sh", "-c", '"$@"; echo "status=$?"', "sh", XRENAME, *mode, "sh", "-c", "kill -9 $$"]
+    wrapper = ["sh", "-c", '"$@"; echo "status=$?"', "sh", XRENAME, "--preload", *mode, "sh", "-c", "kill -9 $$"]
     proc = run(wrapper)
     assert proc.stdout.splitlines()[-1:] == ["status=137"], describe(proc)
     # Seen by the parent directly: without --summary xrename *is* the command
@@ -791,7 +791,7 @@ def test_summary_survives_ctrl_c_prints_what_ran_and_cleans_up(tmp_path):
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp))
-    proc = subprocess.Popen([str(XRENAME), "--summary", "sh", "-c", "echo started; exec sleep 60"],
+    proc = subprocess.Popen([str(XRENAME), "--preload", "--summary", "sh", "-c", "echo started; exec sleep 60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:

@@ -203,7 +203,7 @@ def make_sides(tmpfs: Path, ext4: Path, direction: str) -> tuple[Side, Side]:
 COLUMNS = ["call", "source", "sname", "destination", "dname", "expected", "got", "problem"]
 
 
-def compare(cases: list[Case], same: Side, cross: Side, table: Table) -> None:
+def compare(cases: list[Case], same: Side, cross: Side, table: Table, trace: bool = False) -> None:
     """Build every case on both sides, make the calls (2 children for the
     whole list), compare; mismatches become rows of `table`."""
     pre_same, pre_cross = [], []
@@ -228,7 +228,7 @@ def compare(cases: list[Case], same: Side, cross: Side, table: Table) -> None:
         assert not raw[i]["ok"], f"unshimmed cross-device EXCHANGE succeeded for {cases[i]}"
         assert cross.snap(i) == pre_cross[i], f"unshimmed failing EXCHANGE changed {cases[i]}"
     # xrename across devices.
-    got = run_ops(ops_cross, preload=True).results
+    got = run_ops(ops_cross, preload=not trace, trace=trace).results
 
     for i, c in enumerate(cases):
         table.compared += 1
@@ -272,22 +272,24 @@ def full_table(call: str, snames_for: Callable[[str], list[str]]) -> list[Case]:
             for dlabel, dname, _ in DESTINATIONS]
 
 
+@pytest.mark.parametrize("way", ["preload", "trace"])
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("direction", ["tmpfs-to-ext4", "ext4-to-tmpfs"])
 def test_every_source_and_destination_kind_gives_the_same_fs_kernel_result(
-        tmpfs, ext4, direction, call):
+        tmpfs, ext4, direction, call, way):
     """source {file, symlink, symlink->dir, dir+content, empty dir, missing}
     x destination {absent, file, symlink, symlink->dir, empty dir, non-empty
     dir, trailing slashes, under a file, in a missing dir}; tmpfs -> ext4
-    also with a trailing slash on the source (and 'nodir/a' when missing)."""
+    also with a trailing slash on the source (and 'nodir/a' when missing).
+    Through both ways in: the preload, and the supervisor of --trace."""
     same, cross = make_sides(tmpfs, ext4, direction)
     if direction == "tmpfs-to-ext4":
         snames = lambda src: ["a", "a/", "nodir/a"] if src == "missing" else ["a", "a/"]
     else:
         snames = lambda src: ["a"]
     table = Table(COLUMNS)
-    compare(full_table(call, snames), same, cross, table)
-    table.check(f"{call} {direction}")
+    compare(full_table(call, snames), same, cross, table, trace=way == "trace")
+    table.check(f"{call} {direction} ({way})")
 
 
 @pytest.mark.parametrize("call", list(CALLS))

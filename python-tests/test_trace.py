@@ -133,6 +133,46 @@ int main(int argc, char **argv) {
 }
 '''
 
+# Renames argv[3] files f0..f{N-1} from argv[1] to argv[2] while a timer
+# sends SIGUSR1 every 20 us (argv[4] "restart": with SA_RESTART). Prints the
+# number moved and the number of calls that failed, with EINTR counted apart.
+STORM_PROG = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+static volatile long hits;
+static void on_usr1(int s) { (void)s; hits++; }
+int main(int argc, char **argv) {
+    int n = atoi(argv[3]);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = strcmp(argv[4], "restart") == 0 ? SA_RESTART : 0;
+    sigaction(SIGUSR1, &sa, 0);
+    timer_t t;
+    struct sigevent ev = {0};
+    ev.sigev_notify = SIGEV_SIGNAL;
+    ev.sigev_signo = SIGUSR1;
+    timer_create(CLOCK_MONOTONIC, &ev, &t);
+    struct itimerspec its = {{0, 20000}, {0, 20000}};
+    timer_settime(t, 0, &its, 0);
+    int moved = 0, eintr = 0, other = 0;
+    for (int i = 0; i < n; i++) {
+        char a[4096], b[4096];
+        snprintf(a, sizeof a, "%s/f%d", argv[1], i);
+        snprintf(b, sizeof b, "%s/f%d", argv[2], i);
+        if (rename(a, b) == 0) moved++;
+        else if (errno == EINTR) eintr++;
+        else { other++; fprintf(stderr, "f%d: %s\n", i, strerror(errno)); }
+    }
+    printf("%d %d %d %ld\n", moved, eintr, other, hits);
+    return 0;
+}
+'''
+
 GO_PROG = r'''
 package main
 
@@ -178,6 +218,7 @@ def progs(tmp_path_factory) -> dict[str, Path]:
         "int80": build_c(d, "int80", INT80_PROG, ["cc"]),
         "family": build_c(d, "family", FAMILY_PROG, ["cc", "-static"]),
         "landlock": build_c(d, "landlock", LANDLOCK_PROG, ["cc", "-static"]),
+        "storm": build_c(d, "storm", STORM_PROG, ["cc", "-static"]),
     }
     if shutil.which("musl-gcc"):
         out["musl"] = build_c(d, "musl", C_PROG, ["musl-gcc", "-static"])
@@ -393,3 +434,205 @@ def test_a_supervisor_running_as_an_ordinary_user(fs_pair, progs):
     assert proc.returncode == 0, describe(proc)
     assert dst.read_bytes() == b"an ordinary user's file" and not src.exists()
     assert os.lstat(dst).st_uid == 65534
+
+
+@pytest.mark.parametrize("restart", ["restart", "no-restart"])
+def test_a_signal_storm_during_300_traced_moves_loses_none_and_shows_no_eintr(fs_pair, progs, restart):
+    """SIGUSR1 every 20 us, with and without SA_RESTART, while a static
+    program makes 300 cross-device renames under the supervisor: all 300
+    moved, and not one call returned EINTR (the move is made at the call's
+    exit, which a signal does not interrupt)."""
+    p = fs_pair
+    for i in range(300):
+        (p.src_dir / f"f{i}").write_bytes(b"%d" % i)
+    proc = traced(progs["storm"], p.src_dir, p.dst_dir, "300", restart)
+    assert proc.returncode == 0, describe(proc)
+    moved, eintr, other, hits = map(int, proc.stdout.split())
+    assert (moved, eintr, other) == (300, 0, 0), describe(proc)
+    assert hits > 0, "the timer never fired: the test proves nothing"
+    assert entries(p.src_dir) == set() and len(entries(p.dst_dir)) == 300
+
+
+def test_killing_the_supervisor_kills_the_traced_programs(tmp_path):
+    """If the supervisor dies, the programs it traces die with it
+    (PTRACE_O_EXITKILL): none runs on with renames no one handles."""
+    pidfile = tmp_path / "pid"
+    sup = subprocess.Popen([str(XRENAME), "--trace", "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 600"],
+                           env=xrename_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(3000):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            sup.poll()
+            assert sup.returncode is None, "the supervisor ended early"
+            import time
+            time.sleep(0.01)
+        pid = int(pidfile.read_text())
+        os.kill(sup.pid, 9)
+        sup.wait(timeout=30)
+        # The traced sleep is killed with it; it is not our child, so wait
+        # for it through /proc.
+        import time
+        for _ in range(3000):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            except FileNotFoundError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the traced program outlived its supervisor")
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+def test_job_control_stop_and_continue_behave_as_without_xrename(tmp_path, progs):
+    """SIGSTOP then SIGCONT to the traced program: it stops (a group-stop the
+    supervisor leaves in place, PTRACE_LISTEN) and goes on when continued,
+    and ends normally."""
+    import time
+    pidfile = tmp_path / "pid"
+    sup = subprocess.Popen([str(XRENAME), "--trace", "--", "sh", "-c",
+                            f"echo $$ > {pidfile}; read line; echo got $line"],
+                           env=xrename_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3000):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.01)
+        pid = int(pidfile.read_text())
+        os.kill(pid, 19)  # SIGSTOP
+        for _ in range(3000):
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] in ("T", "t"):
+                break
+            time.sleep(0.01)
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert state in ("T", "t"), f"the program did not stop: state {state}"
+        os.kill(pid, 18)  # SIGCONT
+        out, _ = sup.communicate("hello\n", timeout=60)
+        assert sup.returncode == 0 and out.strip() == "got hello", out
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+def test_log_and_summary_work_with_trace_and_name_the_way_in(fs_pair, progs, tmp_path):
+    """--log writes the preload's JSON line for each EXDEV the supervisor
+    handled, with the traced process's pid and comm and `"via":"trace"`;
+    --summary counts the moves; --observe leaves the EXDEV and logs it."""
+    import json
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"12345")
+    log = tmp_path / "trace.log"
+    proc = run([XRENAME, "--trace", "--log", log, "--summary", "--", progs["static"], src, dst])
+    assert proc.returncode == 0, describe(proc)
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["via"] == "trace" and line["result"] == "ok" and line["program"] == "static", line
+    assert line["src"] == str(src) and line["dst"] == str(dst) and line["bytes"] == 5, line
+    assert isinstance(line["pid"], int) and line["pid"] != 0
+    assert "1 EXDEV met in 1 process(es): 1 moved, 0 failed" in proc.stderr, describe(proc)
+    # Observe: nothing moves, the line says so.
+    shutil.move(dst, src)
+    log.unlink()
+    proc = run([XRENAME, "--trace", "--observe", "--log", log, "--", progs["static"], src, dst])
+    assert proc.returncode == 18, describe(proc)
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["result"] == "EXDEV" and line["step"] == "observe" and line["via"] == "trace", line
+    assert src.exists() and not dst.exists()
+
+
+# --------------------------------------------------------------------------
+# The default: `xrename -- CMD` traces
+# --------------------------------------------------------------------------
+
+def test_the_default_mode_serves_a_static_program_started_by_a_dynamic_one(fs_pair, progs):
+    """The case met in practice (git running git-lfs): a dynamic program
+    (sh) runs one the preload cannot reach (a static binary). `xrename --
+    CMD`, without options, traces the whole tree: the static program's
+    rename is moved, and the summary counts it."""
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"via the default")
+    proc = run([XRENAME, "--summary", "--", "sh", "-c", f'"{progs["static"]}" "$0" "$1"', src, dst])
+    assert proc.returncode == 0, describe(proc)
+    assert dst.read_bytes() == b"via the default" and not src.exists()
+    assert "1 moved" in proc.stderr, describe(proc)
+
+
+def test_the_default_falls_back_to_the_preload_with_a_warning_where_it_cannot_trace(fs_pair, tmp_path):
+    """Under strace the program is already traced: `xrename -- CMD` says it
+    cannot trace, and runs it with the preload (a dynamic program's rename
+    is still moved); `--trace` instead fails with 125."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import sys
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"by the preload")
+    code = "import os,sys; os.rename(sys.argv[1], sys.argv[2])"
+    proc = run(["strace", "-f", "-qq", "-o", "/dev/null", XRENAME, "--", sys.executable, "-c", code, src, dst])
+    assert proc.returncode == 0, describe(proc)
+    assert "cannot trace" in proc.stderr and "LD_PRELOAD only" in proc.stderr, describe(proc)
+    assert dst.read_bytes() == b"by the preload" and not src.exists()
+
+
+def test_a_preloaded_library_stands_aside_under_the_supervisor(fs_pair, progs, tmp_path):
+    """LD_PRELOAD=libxrename.so set by the user, and `xrename --trace
+    --observe`: the supervisor leaves the EXDEV (observe), and the library,
+    which sees it next, must not move the file (no call handled twice)."""
+    import sys
+    from xrename_harness import LIBRARY
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"stays")
+    code = "import os,sys\ntry:\n    os.rename(sys.argv[1], sys.argv[2]); print('ok')\nexcept OSError as e:\n    print(e.errno)"
+    env = xrename_env({"LD_PRELOAD": str(LIBRARY)})
+    proc = run([XRENAME, "--trace", "--observe", "--", sys.executable, "-c", code, src, dst], env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "18", describe(proc)
+    assert src.exists() and not dst.exists()
+
+
+def test_a_nested_xrename_just_runs_its_command(fs_pair, progs):
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"nested")
+    proc = run([XRENAME, "--", XRENAME, "--trace", "--", progs["static"], src, dst])
+    assert proc.returncode == 0, describe(proc)
+    assert dst.read_bytes() == b"nested"
+
+
+def test_in_a_chroot_an_absolute_symlink_resolves_as_the_program_sees_it(mounts, tmp_path, progs):
+    """The program runs in a chroot (no /proc there) and renames through
+    an absolute symlink inside it (/link -> /a): the helper resolves the
+    path from the program's root, as the kernel did for the program, and
+    moves /a/f to /b/f of the chroot, not of the host."""
+    from conftest import chroot_without_proc
+    root = chroot_without_proc(mounts, tmp_path)
+    shutil.copy2(progs["static"], root / "prog")
+    os.symlink("/a", root / "link")
+    (root / "a" / "f").write_bytes(b"inside the chroot")
+    proc = traced("chroot", root, "/prog", "/link/f", "/b/f")
+    assert proc.returncode == 0, describe(proc)
+    assert (root / "b" / "f").read_bytes() == b"inside the chroot" and not (root / "a" / "f").exists()
+
+
+def test_in_a_private_mount_namespace_the_move_uses_the_programs_mounts(tmp_path, progs):
+    """The program unshares its mount namespace and mounts a tmpfs only it
+    sees, then renames into it across devices: the helper enters that
+    namespace (setns on a pidfd), so the file lands in the program's tmpfs,
+    which the supervisor's namespace does not even have."""
+    need(PRIVILEGED, "mounting needs root")
+    need(shutil.which("unshare") is not None, "unshare missing")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"into a private mount")
+    mp = tmp_path / "private"
+    mp.mkdir()
+    script = (f'mount -t tmpfs xrename-private "{mp}" && "{progs["static"]}" "{src}/f" "{mp}/f" && '
+              f'cat "{mp}/f"')
+    proc = traced("unshare", "-m", "--propagation", "private", "sh", "-c", script)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.strip().endswith("into a private mount"), describe(proc)
+    assert not (src / "f").exists() and not (mp / "f").exists(), "the file landed outside the program's namespace"

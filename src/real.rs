@@ -134,22 +134,32 @@ pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
     if pipe < 0 {
         return;
     }
-    // SAFETY: sigset_t is plain data, used through the libc calls only.
+    write_without(libc::SIGPIPE, libc::EPIPE, pipe, bytes);
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(pipe) };
+}
+
+/// Writes `bytes` to `fd` with `sig` blocked in this thread; if the write
+/// fails with `err` (the failure that raises `sig`), the signal it raised
+/// is taken back, unless one was pending already. The program never
+/// receives a signal our write caused.
+fn write_without(sig: c_int, err: c_int, fd: c_int, bytes: &[u8]) {
+    // SAFETY: sigset_t is plain data, used through the libc calls only;
+    // `bytes` is valid for its length.
     unsafe {
-        let mut sigpipe: libc::sigset_t = core::mem::zeroed();
+        let mut set: libc::sigset_t = core::mem::zeroed();
         let mut old: libc::sigset_t = core::mem::zeroed();
         let mut pending: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut sigpipe);
-        libc::sigaddset(&mut sigpipe, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &sigpipe, &mut old);
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
         libc::sigpending(&mut pending);
-        let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
-        let n = libc::write(pipe, bytes.as_ptr().cast(), bytes.len());
-        if n < 0 && *libc::__errno_location() == libc::EPIPE && !was_pending {
+        let was_pending = libc::sigismember(&pending, sig) == 1;
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        if n < 0 && *libc::__errno_location() == err && !was_pending {
             let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            libc::sigtimedwait(&sigpipe, core::ptr::null_mut(), &zero);
+            libc::sigtimedwait(&set, core::ptr::null_mut(), &zero);
         }
-        libc::close(pipe);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
 }
@@ -160,33 +170,19 @@ pub fn write_pipe_quietly(fd: c_int, bytes: &[u8]) {
 /// concurrent writer make it pass anyway, the signal is blocked in this
 /// thread for the write and one that the write raised is taken back.
 pub fn write_file_quietly(fd: c_int, bytes: &[u8]) {
-    // SAFETY: rlimit and stat are plain data, filled by the kernel; the
-    // signal sets are used through the libc calls only; `bytes` is valid
-    // for its length.
-    unsafe {
+    // SAFETY: rlimit and stat are plain data, filled by the kernel.
+    let (lim, size) = unsafe {
         let mut lim: libc::rlimit = core::mem::zeroed();
         let mut st: libc::stat = core::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) != 0 || libc::fstat(fd, &mut st) != 0 {
             return;
         }
-        if lim.rlim_cur != libc::RLIM_INFINITY && st.st_size as u64 + bytes.len() as u64 > lim.rlim_cur {
-            return;
-        }
-        let mut xfsz: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        let mut pending: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut xfsz);
-        libc::sigaddset(&mut xfsz, libc::SIGXFSZ);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &xfsz, &mut old);
-        libc::sigpending(&mut pending);
-        let was_pending = libc::sigismember(&pending, libc::SIGXFSZ) == 1;
-        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-        if n < 0 && *libc::__errno_location() == libc::EFBIG && !was_pending {
-            let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            libc::sigtimedwait(&xfsz, core::ptr::null_mut(), &zero);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        (lim.rlim_cur, st.st_size as u64)
+    };
+    if lim != libc::RLIM_INFINITY && size + bytes.len() as u64 > lim {
+        return;
     }
+    write_without(libc::SIGXFSZ, libc::EFBIG, fd, bytes);
 }
 
 /// The filesystem calls the engine makes as raw syscalls, by the names a

@@ -26,8 +26,8 @@ const HELP: &str = "\
 xrename: make rename(2) work across filesystems
 
 Usage:
-  xrename [OPTIONS] [--] CMD [ARGS...]   run CMD with libxrename.so preloaded
-  xrename --trace [OPTIONS] -- CMD ...    run CMD under the supervisor (Go, static, musl, raw syscalls)
+  xrename [OPTIONS] [--] CMD [ARGS...]   run CMD and all it starts with every EXDEV handled
+                                          (traced; LD_PRELOAD only where tracing is impossible)
   xrename explain SRC DST                 say whether rename(SRC, DST) fails with EXDEV, and why
   xrename mv [OPTIONS] SRC... DST         move with xrename's guarantees (atomic, durable)
   xrename clean [--remove] DIR...         find leftovers of interrupted moves (.xrename-*)
@@ -39,8 +39,10 @@ Options for running a command:
   --observe        do not emulate: log every EXDEV and return it as the kernel did
   --no-fsync       skip fsync: faster, UNSAFE (a crash may lose moved data)
   --no-dirs        leave directory moves to the program (it gets EXDEV)
-  --trace          trace CMD and every process it starts (ptrace + seccomp) and handle
-                   each EXDEV there: reaches programs LD_PRELOAD cannot
+  --trace          trace, or fail (exit 125) where tracing is impossible
+  --preload        LD_PRELOAD only, no tracing: cheaper for rename-heavy dynamic programs,
+                   and usable under a debugger or strace; misses static, Go and raw-syscall
+                   programs
 
 Examples:
   xrename python3 app.py                      # os.rename across filesystems just works

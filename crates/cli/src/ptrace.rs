@@ -14,7 +14,6 @@ use libc::{c_int, c_long, c_void, pid_t};
 const PTRACE_SEIZE: c_long = 0x4206;
 const PTRACE_LISTEN: c_long = 0x4208;
 const PTRACE_GETEVENTMSG: c_long = 0x4201;
-const PTRACE_GETSIGINFO: c_long = 0x4202;
 const PTRACE_GET_SYSCALL_INFO: c_long = 0x420e;
 
 /// `PTRACE_O_*` options set at the seize (inherited by every new tracee).
@@ -115,12 +114,6 @@ pub fn event_msg(tid: pid_t) -> io::Result<u64> {
     Ok(msg)
 }
 
-/// Whether a `PTRACE_EVENT_STOP` is a group-stop (no signal info there).
-pub fn is_group_stop(tid: pid_t) -> bool {
-    let mut si = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
-    matches!(ptrace(PTRACE_GETSIGINFO, tid, 0, si.as_mut_ptr() as usize), Err(e) if e.raw_os_error() == Some(libc::EINVAL))
-}
-
 /// The system call a stopped tracee is in.
 pub fn syscall_info(tid: pid_t) -> io::Result<SyscallInfo> {
     let mut raw = RawInfo::default();
@@ -201,8 +194,9 @@ pub type Insn = libc::sock_filter;
 /// anything else, for a byte on a pipe (the supervisor attaches meanwhile),
 /// then installs `filter` (with `no_new_privs` if the caller may not
 /// install one without it) and executes the program. Returns its pid, the
-/// pipe's writing end, and a pipe that reports an errno if it could not
-/// start (EOF when the exec succeeded).
+/// pipe's writing end, and a pipe that reports `[stage, errno]` if it
+/// could not start (stage 1: the filter, 2: the exec; EOF when the exec
+/// succeeded).
 pub fn spawn_waiting(
     path: &CStr,
     argv: &[CString],
@@ -233,12 +227,20 @@ pub fn spawn_waiting(
     if pid == 0 {
         // SAFETY: the child side, see above.
         unsafe {
-            let fail = |e: c_int| -> ! {
-                libc::write(report[1], &e as *const c_int as *const c_void, 4);
+            // Tells the supervisor what failed: [stage, errno], stage 1 the
+            // filter (tracing is impossible), 2 the exec.
+            let fail = |stage: c_int, e: c_int| -> ! {
+                let msg = [stage, e];
+                libc::write(report[1], msg.as_ptr() as *const c_void, 8);
                 libc::_exit(127)
             };
             libc::close(go[1]);
             libc::close(report[0]);
+            // The supervisor holds some signals until it handles them: the
+            // program starts with none blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             let mut b = 0u8;
             if libc::read(go[0], &mut b as *mut u8 as *mut c_void, 1) != 1 {
                 libc::_exit(125); // the supervisor is gone
@@ -251,10 +253,10 @@ pub fn spawn_waiting(
                     || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                     || install() != 0)
             {
-                fail(*libc::__errno_location());
+                fail(1, *libc::__errno_location());
             }
             libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
-            fail(*libc::__errno_location());
+            fail(2, *libc::__errno_location());
         }
     }
     // SAFETY: the parent's ends, ours alone from now on.

@@ -25,6 +25,7 @@ struct Opts {
     no_fsync: bool,
     no_dirs: bool,
     trace: bool,
+    preload: bool,
 }
 
 pub fn main(args: &[OsString]) -> i32 {
@@ -47,6 +48,7 @@ pub fn main(args: &[OsString]) -> i32 {
             Some("--no-fsync") => opts.no_fsync = true,
             Some("--no-dirs") => opts.no_dirs = true,
             Some("--trace") => opts.trace = true,
+            Some("--preload") => opts.preload = true,
             Some(a) if a.starts_with('-') && a.len() > 1 => {
                 return fail(format_args!("unknown option {a} (see xrename --help)"));
             }
@@ -61,20 +63,26 @@ pub fn main(args: &[OsString]) -> i32 {
         let err = Command::new(cmd).args(&args[i + 1..]).exec();
         return exec_failed(cmd, &err);
     }
-    if opts.trace {
-        if opts.log.is_some() || opts.summary {
-            return fail("--log and --summary do not work with --trace yet");
+    if opts.trace && opts.preload {
+        return fail("--trace and --preload exclude each other");
+    }
+    if !opts.preload {
+        // The default: the supervisor serves the whole tree, dynamic or not;
+        // the preload alone where tracing is impossible (with a warning), or
+        // with --preload.
+        match traced(&opts, &args[i..]) {
+            Ok(status) => return status,
+            Err(why) if opts.trace => {
+                return fail(format_args!("--trace: cannot trace {}: {why}", cmd.to_string_lossy()));
+            }
+            Err(why) => {
+                eprintln!(
+                    "xrename: warning: cannot trace {} ({why}); running it with LD_PRELOAD only: static, Go and \
+                 raw-syscall programs are not handled",
+                    cmd.to_string_lossy()
+                )
+            }
         }
-        let Some(path) = resolve(cmd) else {
-            eprintln!("xrename: {}: command not found", cmd.to_string_lossy());
-            return 127;
-        };
-        let settings = crate::trace::Settings { observe: opts.observe, fsync: !opts.no_fsync, dirs: !opts.no_dirs };
-        let mut env: Vec<(OsString, OsString)> =
-            std::env::vars_os().filter(|(k, _)| k != "XRENAME_SUPERVISOR").collect();
-        // A copy of the library preloaded anyway stands aside (see config.rs).
-        env.push(("XRENAME_SUPERVISOR".into(), std::process::id().to_string().into()));
-        return crate::trace::run(&args[i..], &path, env, settings);
     }
     let lib = match find_library() {
         Ok(lib) => lib,
@@ -87,7 +95,10 @@ pub fn main(args: &[OsString]) -> i32 {
         }
     };
     if let Some(why) = unreachable_by_preload(cmd) {
-        eprintln!("xrename: warning: {}: {why}", cmd.to_string_lossy());
+        eprintln!(
+            "xrename: warning: {}: {why} (without --preload, xrename traces it and handles them)",
+            cmd.to_string_lossy()
+        );
     }
 
     let mut command = Command::new(cmd);
@@ -123,6 +134,7 @@ pub fn main(args: &[OsString]) -> i32 {
         Err(e) => return fail(format_args!("cannot create the summary log: {e}")),
     };
     command.env("XRENAME_SUMMARY_LOG", &summary.path);
+    signals::prepare();
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return exec_failed(cmd, &e),
@@ -136,6 +148,48 @@ pub fn main(args: &[OsString]) -> i32 {
         Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(e) => fail(format_args!("waiting for {}: {e}", cmd.to_string_lossy())),
     }
+}
+
+/// `xrename --trace`: the supervisor, with the same options.
+fn traced(opts: &Opts, argv: &[OsString]) -> Result<i32, String> {
+    let cmd = &argv[0];
+    let Some(path) = resolve(cmd) else {
+        eprintln!("xrename: {}: command not found", cmd.to_string_lossy());
+        return Ok(127);
+    };
+    // Log targets are opened here, once, as the user who runs xrename: the
+    // helpers that move write to them whatever rights they take.
+    let mut logs = Vec::new();
+    match &opts.log {
+        Some(l) if l == "-" => match rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stderr(), 3) {
+            Ok(fd) => logs.push(fd),
+            Err(e) => return Ok(fail(format_args!("--log -: {e}"))),
+        },
+        Some(l) => match std::fs::OpenOptions::new().append(true).create(true).open(l) {
+            Ok(f) => logs.push(f.into()),
+            Err(e) => return Ok(fail(format_args!("--log {}: {e}", l.to_string_lossy()))),
+        },
+        None => {}
+    }
+    let summary = match opts.summary.then(SummaryLog::create).transpose() {
+        Ok(s) => s,
+        Err(e) => return Ok(fail(format_args!("cannot create the summary log: {e}"))),
+    };
+    if let Some(s) = &summary {
+        match std::fs::OpenOptions::new().append(true).open(&s.path) {
+            Ok(f) => logs.push(f.into()),
+            Err(e) => return Ok(fail(format_args!("cannot open the summary log: {e}"))),
+        }
+    }
+    let settings = crate::trace::Settings { observe: opts.observe, fsync: !opts.no_fsync, dirs: !opts.no_dirs };
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != "XRENAME_SUPERVISOR").collect();
+    // A copy of the library preloaded anyway stands aside (see config.rs).
+    env.push(("XRENAME_SUPERVISOR".into(), std::process::id().to_string().into()));
+    let status = crate::trace::run(argv, &path, env, settings, &logs)?;
+    if let Some(s) = summary {
+        eprintln!("xrename: {}", s.read().describe(opts.observe));
+    }
+    Ok(status)
 }
 
 /// Signals while `xrename --summary` waits for its command.
@@ -153,18 +207,26 @@ pub(crate) mod signals {
         }
     }
 
-    /// Ctrl-C and Ctrl-\ reach the whole foreground process group, the
-    /// command included: xrename then waits for it to end and prints the
-    /// summary. SIGTERM and SIGHUP sent to xrename alone are passed on.
-    pub fn pass_on_to(pid: i32) {
-        CHILD.store(pid, Ordering::Relaxed);
-        // SAFETY: plain signal dispositions; `forward` is async-signal-safe.
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// Installs the handlers before the command starts, so that a Ctrl-C
+    /// meanwhile cannot kill xrename first. Handlers, unlike an ignored
+    /// disposition, are reset by exec: the command gets the defaults.
+    pub fn prepare() {
+        // SAFETY: plain signal dispositions; the handlers are async-signal-safe.
         unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_IGN);
-            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            libc::signal(libc::SIGINT, ignore as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGQUIT, ignore as *const () as libc::sighandler_t);
             libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
             libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
         }
+    }
+
+    /// Ctrl-C and Ctrl-\\ reach the whole foreground process group, the
+    /// command included: xrename then waits for it to end (and prints the
+    /// summary). SIGTERM and SIGHUP sent to xrename alone are passed on.
+    pub fn pass_on_to(pid: i32) {
+        CHILD.store(pid, Ordering::Relaxed);
     }
 }
 

@@ -27,11 +27,14 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use libc::{c_int, pid_t};
 use rustix::fs::{Mode, OFlags};
+use std::time::{Duration, Instant};
+
+use xrename_engine::logline;
 use xrename_engine::{self as engine, Op, Options, Report, Request};
 
 use crate::ptrace::{self, ARCH_I386, ARCH_X86_64, CLONE_UNTRACED, Creds, Insn, X32_BIT, event};
@@ -134,8 +137,15 @@ struct Call {
 }
 
 /// Runs `argv` traced; returns the exit status to give (the program's,
-/// 128 + signal when killed), or 125 with a message when it cannot be traced.
-pub fn run(argv: &[OsString], path: &std::path::Path, env: Vec<(OsString, OsString)>, s: Settings) -> i32 {
+/// 128 + signal when killed; 126 or 127 when it cannot be executed), or,
+/// before the program has run at all, why it cannot be traced.
+pub fn run(
+    argv: &[OsString],
+    path: &std::path::Path,
+    env: Vec<(OsString, OsString)>,
+    s: Settings,
+    logs: &[OwnedFd],
+) -> Result<i32, String> {
     let cargv: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let cenv: Vec<CString> = env
         .iter()
@@ -147,45 +157,56 @@ pub fn run(argv: &[OsString], path: &std::path::Path, env: Vec<(OsString, OsStri
         })
         .collect();
     let cpath = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
-    let (pid, go, report) = match ptrace::spawn_waiting(&cpath, &cargv, &cenv, &filter()) {
-        Ok(v) => v,
-        Err(e) => return crate::fail(format!("cannot start {}: {e}", path.display())),
-    };
+    crate::run::signals::prepare();
+    let (pid, go, report) =
+        ptrace::spawn_waiting(&cpath, &cargv, &cenv, &filter()).map_err(|e| format!("cannot start it: {e}"))?;
     if let Err(e) = ptrace::seize(pid) {
         ptrace::kill(pid, libc::SIGKILL);
         let _ = ptrace::wait_any();
-        let why = match e.raw_os_error() {
-            Some(libc::EPERM) => "not permitted (already traced, Yama ptrace_scope, or a seccomp policy)",
-            _ => "failed",
-        };
-        return crate::fail(format!("--trace: cannot trace {}: ptrace {why}: {e}", path.display()));
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => {
+                format!("ptrace is not permitted (already traced, Yama ptrace_scope, or a seccomp policy): {e}")
+            }
+            _ => format!("ptrace failed: {e}"),
+        });
     }
     let _ = rustix::io::write(&go, b"g");
     drop(go);
-    let mut code = [0u8; 4];
-    let started = match std::fs::File::from(report).read(&mut code) {
-        Ok(4) => Err(i32::from_ne_bytes(code)),
-        _ => Ok(()),
+    let mut msg = [0u8; 8];
+    let failed = match std::fs::File::from(report).read(&mut msg) {
+        Ok(8) => Some((
+            i32::from_ne_bytes(msg[..4].try_into().expect("4")),
+            i32::from_ne_bytes(msg[4..].try_into().expect("4")),
+        )),
+        _ => None,
     };
+    if let Some((1, e)) = failed {
+        // The filter could not be installed: the program never ran.
+        let _ = Supervisor { main: pid, ..Supervisor::default() }.serve();
+        return Err(format!("cannot install the seccomp filter: {}", std::io::Error::from_raw_os_error(e)));
+    }
     // Ctrl-C reaches the whole foreground group (the program gets it
     // itself); SIGTERM and SIGHUP sent to xrename alone are passed on.
     crate::run::signals::pass_on_to(pid);
-    let mut sup = Supervisor { main: pid, settings: Some(s), ..Supervisor::default() };
+    let logs = logs.iter().map(|fd| fd.as_fd()).collect();
+    let mut sup = Supervisor { main: pid, settings: Some(s), logs, ..Supervisor::default() };
     sup.known.insert(pid);
     let status = sup.serve();
-    match started {
-        Err(e) if e == libc::ENOENT => 127,
-        Err(e) => {
+    Ok(match failed {
+        Some((_, e)) if e == libc::ENOENT => 127,
+        Some((_, e)) => {
             eprintln!("xrename: cannot run {}: {}", path.display(), std::io::Error::from_raw_os_error(e));
             126
         }
-        Ok(()) => status,
-    }
+        None => status,
+    })
 }
 
 #[derive(Default)]
-struct Supervisor {
+struct Supervisor<'l> {
     main: pid_t,
+    /// Where log lines go (`--log`, `--summary`).
+    logs: Vec<BorrowedFd<'l>>,
     settings: Option<Settings>,
     /// Tracees seen (a first stop of an unknown one is its attach stop).
     known: HashSet<pid_t>,
@@ -206,7 +227,7 @@ impl Default for Settings {
     }
 }
 
-impl Supervisor {
+impl Supervisor<'_> {
     /// Serves every stop until no tracee and no helper is left.
     fn serve(&mut self) -> i32 {
         // Until no child is left (ECHILD).
@@ -250,7 +271,9 @@ impl Supervisor {
                 }
                 let _ = ptrace::cont(tid, 0);
             }
-            event::STOP if ptrace::is_group_stop(tid) => {
+            // A group-stop (a PTRACE_SEIZE tracee reports it as this event
+            // with the stopping signal): left stopped, as job control wants.
+            event::STOP if matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) => {
                 let _ = ptrace::listen(tid);
             }
             0 if sig == (libc::SIGTRAP | 0x80) => self.at_syscall_exit(tid),
@@ -295,18 +318,29 @@ impl Supervisor {
         };
         let exdev = ptrace::syscall_info(tid).is_ok_and(|i| i.op == 2 && i.rval == -(libc::EXDEV as i64));
         let s = self.settings.unwrap_or_default();
-        if !exdev || s.observe || self.sandboxed.contains(&tid) {
-            let _ = ptrace::cont(tid, 0);
-            return;
-        }
-        match start_move(tid, &call, s) {
-            Ok(helper) => {
-                self.helpers.insert(helper, tid);
+        let left = if !exdev {
+            None
+        } else if s.observe {
+            Some("observe")
+        } else if self.sandboxed.contains(&tid) {
+            Some("sandboxed")
+        } else {
+            match start_move(tid, &call, s, &self.logs) {
+                Ok(helper) => {
+                    self.helpers.insert(helper, tid);
+                    return;
+                }
+                Err(_) => Some("cannot act for the program"),
             }
-            Err(_) => {
-                let _ = ptrace::cont(tid, 0); // the kernel's EXDEV stands
+        };
+        if let Some(why) = left {
+            // The kernel's EXDEV stands: logged, with the reason.
+            if let Ok(req) = Asked::read(tid, &call) {
+                let result = Err(engine::Error::new(rustix::io::Errno::XDEV, why));
+                log(&self.logs, tid, &req, &Report::default(), Duration::ZERO, result);
             }
         }
+        let _ = ptrace::cont(tid, 0);
     }
 
     fn helper_done(&mut self, tid: pid_t, st: c_int) {
@@ -317,20 +351,76 @@ impl Supervisor {
     }
 }
 
+/// What a thread asked for, read from its registers and memory.
+struct Asked {
+    op: Op,
+    old_dir: i32,
+    old: CString,
+    new_dir: i32,
+    new: CString,
+    flags: u32,
+}
+
+impl Asked {
+    fn read(tid: pid_t, call: &Call) -> std::io::Result<Asked> {
+        let a = &call.args;
+        // (olddirfd, old, newdirfd, new, flags); a descriptor is an int: its
+        // low 32 bits, on either architecture.
+        let (od, op, nd, np, flags) = match call.op {
+            Op::Rename => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
+            Op::Renameat => (a[0], a[1], a[2], a[3], 0),
+            Op::Renameat2 => (a[0], a[1], a[2], a[3], a[4] as u32),
+        };
+        Ok(Asked {
+            op: call.op,
+            old_dir: od as i32,
+            old: ptrace::read_path(tid, op)?,
+            new_dir: nd as i32,
+            new: ptrace::read_path(tid, np)?,
+            flags,
+        })
+    }
+}
+
+/// Writes one log line for the call `req` of thread `tid` to every target.
+fn log(
+    logs: &[BorrowedFd<'_>],
+    tid: pid_t,
+    req: &Asked,
+    report: &Report,
+    elapsed: Duration,
+    result: engine::Result<()>,
+) {
+    if logs.is_empty() {
+        return;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    let pid =
+        status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(tid as u32);
+    let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+    let line = logline::Line {
+        pid,
+        program: comm.trim_end(),
+        via: "trace",
+        op: req.op,
+        old: &req.old,
+        new: &req.new,
+        report,
+        elapsed,
+        result,
+        note: None,
+    };
+    let text = logline::format(&line, std::time::SystemTime::now());
+    for fd in logs {
+        // One write to a file opened O_APPEND (or stderr): lines never interleave.
+        let _ = rustix::io::write(fd, text.as_bytes());
+    }
+}
+
 /// Reads what the thread asked for and starts a helper that moves it with
 /// the thread's rights; returns the helper's pid.
-fn start_move(tid: pid_t, call: &Call, s: Settings) -> std::io::Result<pid_t> {
-    let a = &call.args;
-    // (olddirfd, old, newdirfd, new, flags)
-    let (od, op, nd, np, flags) = match call.op {
-        Op::Rename => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
-        Op::Renameat => (a[0], a[1], a[2], a[3], 0),
-        Op::Renameat2 => (a[0], a[1], a[2], a[3], a[4] as u32),
-    };
-    // A descriptor is an int: its low 32 bits, on either architecture.
-    let (od, nd) = (od as i32, nd as i32);
-    let old = ptrace::read_path(tid, op)?;
-    let new = ptrace::read_path(tid, np)?;
+fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> std::io::Result<pid_t> {
+    let req = Asked::read(tid, call)?;
     let creds = read_creds(tid)?;
     let proc = |p: String| -> std::io::Result<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -343,25 +433,29 @@ fn start_move(tid: pid_t, call: &Call, s: Settings) -> std::io::Result<pid_t> {
     let dir = |fd: i32| -> std::io::Result<Option<OwnedFd>> {
         if fd == libc::AT_FDCWD { Ok(None) } else { proc(format!("/proc/{tid}/fd/{fd}")).map(Some) }
     };
-    let (odir, ndir) = (dir(od)?, dir(nd)?);
+    let (odir, ndir) = (dir(req.old_dir)?, dir(req.new_dir)?);
     let namespaces = differing_namespaces(tid);
     let other_root = !same_file(&root, "/");
-    let op = call.op;
     ptrace::fork_helper(move || {
-        if ptrace::enter_namespaces(tid, namespaces).is_err()
+        let started = Instant::now();
+        let mut report = Report::default();
+        let result = if ptrace::enter_namespaces(tid, namespaces).is_err()
             || (other_root && ptrace::chroot_to(&root).is_err())
             || ptrace::chdir_to(&cwd).is_err()
             || ptrace::take_creds(&creds).is_err()
         {
-            return libc::EXDEV; // cannot act as the target: its EXDEV stands
-        }
-        let cwd_fd = rustix::fs::CWD;
-        let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
-        let new_dir = ndir.as_ref().map_or(cwd_fd, |d| d.as_fd());
-        let req = Request { op, old_dir, old: &old, new_dir, new: &new, flags };
-        let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None };
-        let mut report = Report::default();
-        match engine::rename(&req, &opts, &mut report) {
+            // Cannot act as the target: its EXDEV stands.
+            Err(engine::Error::new(rustix::io::Errno::XDEV, "cannot take the program's rights"))
+        } else {
+            let cwd_fd = rustix::fs::CWD;
+            let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
+            let new_dir = ndir.as_ref().map_or(cwd_fd, |d| d.as_fd());
+            let r = Request { op: req.op, old_dir, old: &req.old, new_dir, new: &req.new, flags: req.flags };
+            let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None };
+            engine::rename(&r, &opts, &mut report)
+        };
+        log(logs, tid, &req, &report, started.elapsed(), result);
+        match result {
             Ok(()) => 0,
             Err(e) => e.errno.raw_os_error(),
         }

@@ -333,6 +333,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
     let mut batch: Vec<OwnedFd> = Vec::new();
+    let probe = writers::Probe::new();
     while !walk.is_done() {
         let Some(n) = walk.next_name() else {
             walk.pop()?;
@@ -354,14 +355,14 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
                 // regular file answers "unknown", so EXDEV.
                 batch.push(tidy(|| copy::open_source(d, &n)).at("open source file")?);
                 if batch.len() >= batch_len {
-                    writers::check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
+                    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
                     batch.clear();
                 }
             }
             _ => {}
         }
     }
-    writers::check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
+    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

@@ -27,6 +27,7 @@ mod sys;
 // 2. what objects are, and policies
 pub mod copy;
 pub mod durable;
+pub mod logline;
 pub mod meta;
 pub mod names;
 pub mod path;
@@ -60,29 +61,7 @@ use durable::Durability;
 pub use error::{Error, Result};
 use error::{Next, Origin};
 use path::Entry;
-pub use report::Report;
-
-/// Which function the program called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// `rename(3)`
-    Rename,
-    /// `renameat(2)`
-    Renameat,
-    /// `renameat2(2)`
-    Renameat2,
-}
-
-impl Op {
-    /// The function's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Rename => "rename",
-            Op::Renameat => "renameat",
-            Op::Renameat2 => "renameat2",
-        }
-    }
-}
+pub use report::{Op, Report};
 
 /// A rename the kernel refused with `EXDEV`.
 #[derive(Debug)]

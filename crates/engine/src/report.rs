@@ -1,4 +1,5 @@
-//! What a move did, for the log and the command's summary.
+//! What a move was asked to do and what it did, for the log and the
+//! command's summary.
 
 use rustix::fs::FileType;
 
@@ -16,4 +17,26 @@ pub struct Report {
     /// the move (under the source's own name), or an old source that could
     /// not be deleted or put back (`.xrename-src-*`).
     pub leftover: Option<std::ffi::CString>,
+}
+
+/// Which function the program called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `rename(3)`
+    Rename,
+    /// `renameat(2)`
+    Renameat,
+    /// `renameat2(2)`
+    Renameat2,
+}
+
+impl Op {
+    /// The function's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Rename => "rename",
+            Op::Renameat => "renameat",
+            Op::Renameat2 => "renameat2",
+        }
+    }
 }

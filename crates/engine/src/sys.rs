@@ -49,30 +49,48 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     0
 }
 
+/// The lease probe's child stack: a mapping, not an allocation, so that a
+/// mapping refused under a tight RLIMIT_AS is an answer ("unknown", so
+/// EXDEV), where a failed allocation would abort the program in the middle
+/// of its move. Made once per move and reused by every probe of a tree
+/// (unmapping memory a child on another CPU touched costs a TLB shootdown).
+pub(crate) struct ProbeStack(*mut c_void);
+
+impl ProbeStack {
+    /// Maps the stack; `None` if the mapping is refused.
+    pub(crate) fn new() -> Option<ProbeStack> {
+        // SAFETY: a fresh private anonymous mapping, unmapped on drop.
+        let stack = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        (stack != libc::MAP_FAILED).then_some(ProbeStack(stack))
+    }
+}
+
+impl Drop for ProbeStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; no child uses it any more
+        // (each probe waits for its child to exit).
+        unsafe { libc::munmap(self.0, STACK) };
+    }
+}
+
 /// Asks for a read lease on each descriptor (see
-/// the `writers` module): for each, `Some(0)` if one was granted,
-/// `Some(errno)` if refused, `None` if the probe could not run.
-pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
+/// the `writers` module), from a child running on `stack`: for each,
+/// `Some(0)` if one was granted, `Some(errno)` if refused, `None` if the
+/// probe could not run.
+pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
     let mut out = vec![-1 as c_int; fds.len()];
     let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
-    // The child's stack is mapped, not allocated: a mapping refused under a
-    // tight RLIMIT_AS is an answer ("unknown", so EXDEV), where a failed
-    // allocation would abort the program in the middle of its move.
-    // SAFETY: a fresh private anonymous mapping, unmapped below.
-    let stack = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return unknown();
-    }
+    let stack = stack.0;
     // The stack grows down from its 16-byte-aligned top.
     let top = (stack as usize + STACK) & !15;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
@@ -97,8 +115,6 @@ pub(crate) fn lease_probe(fds: &[c_int]) -> Vec<Option<c_int>> {
         pid
     };
     let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
-    // SAFETY: the mapping made above; the child that used it has exited.
-    unsafe { libc::munmap(stack, STACK) };
     set_errno(saved_errno);
     answers
 }

@@ -39,19 +39,47 @@ pub const OPEN_FOR_WRITING: &str = "open for writing";
 /// The step name when writers could not be looked for.
 pub const UNCHECKABLE: &str = "open for writing: cannot check (no lease)";
 
+/// Looks for writers, once or in batches (a tree): keeps the probe's
+/// stack between batches.
+pub struct Probe(Option<super::sys::ProbeStack>);
+
+impl Probe {
+    /// A probe; if its stack cannot be had, every check answers "cannot
+    /// check" (EXDEV).
+    pub fn new() -> Probe {
+        Probe(super::sys::ProbeStack::new())
+    }
+
+    /// Fails with EXDEV if any of `files` (descriptors open read-only) is
+    /// open for writing anywhere, or if that cannot be told.
+    pub fn check(&self, files: &[BorrowedFd<'_>]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
+        let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
+        for answer in super::sys::lease_probe(stack, &fds) {
+            match answer {
+                Some(0) => {}
+                Some(libc::EAGAIN) => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
+                _ => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe::new()
+    }
+}
+
 /// Fails with EXDEV if any of `files` (descriptors open read-only) is open
 /// for writing anywhere, or if that cannot be told.
 pub fn check(files: &[BorrowedFd<'_>]) -> Result<()> {
     if files.is_empty() {
         return Ok(());
     }
-    let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
-    for answer in super::sys::lease_probe(&fds) {
-        match answer {
-            Some(0) => {}
-            Some(libc::EAGAIN) => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
-            _ => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
-        }
-    }
-    Ok(())
+    Probe::new().check(files)
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Layers from the bottom; `lib` (the orchestrator) is above them all.
 const LAYERS: [&[&str]; 5] = [
     &["error", "sys"],
-    &["stat", "names", "path", "report", "writers", "seen", "special", "meta", "durable", "copy"],
+    &["stat", "names", "path", "report", "logline", "writers", "seen", "special", "meta", "durable", "copy"],
     &["walk", "tree"],
     &["check", "install", "source"],
     &["node", "dir", "links", "file"],
