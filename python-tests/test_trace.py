@@ -173,6 +173,28 @@ int main(int argc, char **argv) {
 }
 '''
 
+# Installs a seccomp filter of its own with prctl (allowing everything),
+# then renames argv[1] to argv[2].
+PRCTL_FILTER_PROG = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+int main(int argc, char **argv) {
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {1, &allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        printf("no filter\n");
+        return 99;
+    }
+    if (rename(argv[1], argv[2]) == 0) { printf("ok\n"); return 0; }
+    printf("%d\n", errno);
+    return errno;
+}
+'''
+
 GO_PROG = r'''
 package main
 
@@ -219,6 +241,7 @@ def progs(tmp_path_factory) -> dict[str, Path]:
         "family": build_c(d, "family", FAMILY_PROG, ["cc", "-static"]),
         "landlock": build_c(d, "landlock", LANDLOCK_PROG, ["cc", "-static"]),
         "storm": build_c(d, "storm", STORM_PROG, ["cc", "-static"]),
+        "prctl-filter": build_c(d, "prctl_filter", PRCTL_FILTER_PROG, ["cc", "-static"]),
     }
     if shutil.which("musl-gcc"):
         out["musl"] = build_c(d, "musl", C_PROG, ["musl-gcc", "-static"])
@@ -372,6 +395,18 @@ def test_a_program_that_sandboxed_itself_keeps_the_kernels_exdev(fs_pair, progs)
     src.write_bytes(b"stays")
     proc = traced(progs["landlock"], src, dst)
     need(proc.returncode != 99, "Landlock is not available on this kernel")
+    assert proc.returncode == 18, describe(proc)
+    assert src.read_bytes() == b"stays" and not os.path.lexists(dst)
+
+
+def test_a_program_with_its_own_seccomp_filter_keeps_the_kernels_exdev(fs_pair, progs):
+    """A filter installed with prctl(PR_SET_SECCOMP) (not a traced call):
+    the thread has more filters than the program started with, so it is
+    sandboxed: EXDEV stands, nothing changed."""
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"stays")
+    proc = traced(progs["prctl-filter"], src, dst)
     assert proc.returncode == 18, describe(proc)
     assert src.read_bytes() == b"stays" and not os.path.lexists(dst)
 

@@ -189,7 +189,9 @@ pub fn run(
     // itself); SIGTERM and SIGHUP sent to xrename alone are passed on.
     crate::run::signals::pass_on_to(pid);
     let logs = logs.iter().map(|fd| fd.as_fd()).collect();
-    let mut sup = Supervisor { main: pid, settings: Some(s), logs, ..Supervisor::default() };
+    // Filters the program starts with: whatever xrename ran under, and ours.
+    let filters = seccomp_filters(pid);
+    let mut sup = Supervisor { main: pid, settings: Some(s), logs, filters, ..Supervisor::default() };
     sup.known.insert(pid);
     let status = sup.serve();
     Ok(match failed {
@@ -219,6 +221,10 @@ struct Supervisor<'l> {
     sandboxed: HashSet<pid_t>,
     /// The program's exit status, once it has ended.
     status: Option<i32>,
+    /// How many seccomp filters the program started with: a thread with
+    /// more installed one of its own (also through prctl, which is not
+    /// traced), and is sandboxed.
+    filters: Option<u32>,
 }
 
 impl Default for Settings {
@@ -322,7 +328,9 @@ impl Supervisor<'_> {
             None
         } else if s.observe {
             Some("observe")
-        } else if self.sandboxed.contains(&tid) {
+        } else if self.sandboxed.contains(&tid)
+            || matches!((seccomp_filters(tid), self.filters), (Some(now), Some(start)) if now > start)
+        {
             Some("sandboxed")
         } else {
             match start_move(tid, &call, s, &self.logs) {
@@ -460,6 +468,13 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             Err(e) => e.errno.raw_os_error(),
         }
     })
+}
+
+/// The number of seccomp filters on thread `tid` (`Seccomp_filters` in
+/// its status), if it can be read.
+fn seccomp_filters(tid: pid_t) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Seccomp_filters:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether the open directory `fd` is the directory `path`.
