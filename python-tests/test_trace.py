@@ -671,3 +671,62 @@ def test_in_a_private_mount_namespace_the_move_uses_the_programs_mounts(tmp_path
     assert proc.returncode == 0, describe(proc)
     assert proc.stdout.strip().endswith("into a private mount"), describe(proc)
     assert not (src / "f").exists() and not (mp / "f").exists(), "the file landed outside the program's namespace"
+
+
+# Waits for a line on stdin, then renames argv[1] to argv[2]; prints "ok"
+# or the errno number.
+WAITING_PROG = r"""
+#include <errno.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 98;
+    if (rename(argv[1], argv[2]) == 0) { printf("ok\n"); return 0; }
+    printf("%d\n", errno);
+    return errno;
+}
+"""
+
+
+@pytest.mark.parametrize("inject,want", [
+    ("fsync:error=EIO:when=1", 5),    # the copy cannot be made durable: EIO, nothing changed
+    ("linkat:error=ENOSPC:when=1", 28),  # the install: ENOSPC, nothing changed
+    ("unlinkat:error=EROFS:when=1", 30),  # the source cannot be removed: the install is undone
+    ("fsync:signal=SIGKILL:when=1", 18),  # the helper dies mid-move: the kernel's EXDEV
+])
+def test_a_fault_in_the_helper_leaves_everything_as_it_was(fs_pair, tmp_path, inject, want):
+    """strace attaches to the supervisor (not to the program, which it
+    traces itself) and injects a fault into the helper that moves: the
+    program gets the injected errno (EXDEV when the helper is killed), the
+    source is intact and nothing is left at the destination."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import time
+    prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"x" * 100_000)
+    sup = subprocess.Popen([str(XRENAME), "--trace", "--", str(prog), str(src), str(dst)], env=xrename_env(),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    st = None
+    try:
+        st = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(sup.pid), "-e", f"inject={inject}"],
+                              stderr=subprocess.PIPE, text=True)
+        # strace is attached once the supervisor shows a tracer.
+        for _ in range(3000):
+            status = Path(f"/proc/{sup.pid}/status").read_text()
+            if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in status.splitlines()):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("strace never attached to the supervisor")
+        out, err = sup.communicate("go\n", timeout=60)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        if st is not None:
+            st.kill()
+            st.wait()
+    assert sup.returncode == want and out.strip() == str(want), (sup.returncode, out, err)
+    assert src.read_bytes() == b"x" * 100_000, "the source changed"
+    assert not os.path.lexists(dst) and entries(p.dst_dir) == set(), f"left at the destination: {entries(p.dst_dir)}"
+    assert entries(p.src_dir) == {"f"}
