@@ -730,3 +730,157 @@ def test_a_fault_in_the_helper_leaves_everything_as_it_was(fs_pair, tmp_path, in
     assert src.read_bytes() == b"x" * 100_000, "the source changed"
     assert not os.path.lexists(dst) and entries(p.dst_dir) == set(), f"left at the destination: {entries(p.dst_dir)}"
     assert entries(p.src_dir) == {"f"}
+
+
+# A child in a new user namespace, mapped "0 MAPSTART 2000" by its parent,
+# becomes namespace uid/gid 999 (host MAPSTART+999) and renames argv[2] to
+# argv[3]; prints "ok" or the errno number.
+USERNS_PROG = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void wr(const char *p, const char *s) { int fd = open(p, O_WRONLY); if (fd >= 0) { write(fd, s, strlen(s)); close(fd); } }
+int main(int argc, char **argv) {
+    int p1[2], p2[2]; char b;
+    if (pipe(p1) || pipe(p2)) return 97;
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (unshare(CLONE_NEWUSER)) { printf("no userns\n"); _exit(99); }
+        write(p1[1], "x", 1); read(p2[0], &b, 1);
+        if (setgroups(0, 0) || setresgid(999, 999, 999) || setresuid(999, 999, 999)) { printf("no ids\n"); _exit(98); }
+        if (rename(argv[2], argv[3]) == 0) { printf("ok\n"); _exit(0); }
+        printf("%d\n", errno); _exit(errno);
+    }
+    read(p1[0], &b, 1);
+    char path[64], map[64];
+    snprintf(map, sizeof map, "0 %s 2000\n", argv[1]);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", pid); wr(path, map);
+    snprintf(path, sizeof path, "/proc/%d/gid_map", pid); wr(path, map);
+    write(p2[1], "x", 1);
+    int st; waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+}
+"""
+
+# A second thread restricts the process with Landlock, then execs argv[1]
+# with the remaining arguments (the exec'ing thread takes the leader's id).
+LANDLOCK_THREAD_EXEC_PROG = r"""
+#define _GNU_SOURCE
+#include <linux/landlock.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static char **V;
+static void *t(void *a) {
+    (void)a;
+    /* Only making sockets is restricted: the exec and the rename's own
+       steps are allowed, and the process is sandboxed all the same. */
+    struct landlock_ruleset_attr at = {.handled_access_fs = LANDLOCK_ACCESS_FS_MAKE_SOCK};
+    int rs = syscall(SYS_landlock_create_ruleset, &at, sizeof at, 0);
+    if (rs < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_landlock_restrict_self, rs, 0)) _exit(99);
+    execv(V[1], V + 1);
+    _exit(97);
+}
+int main(int argc, char **argv) { (void)argc; V = argv; pthread_t th; pthread_create(&th, 0, t, 0); pause(); }
+"""
+
+# renameat2 with an invalid directory descriptor and absolute paths: the
+# kernel ignores the descriptor.
+BADFD_PROG = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    (void)argc;
+    if (syscall(SYS_renameat2, 999, argv[1], 999, argv[2], 0) == 0) { printf("ok\n"); return 0; }
+    printf("%d\n", errno);
+    return errno;
+}
+"""
+
+
+def test_in_a_user_namespace_the_move_takes_the_ids_the_program_has_there(fs_pair, tmp_path):
+    """The program's ids as /proc shows them (host ids) are not the ids to
+    take inside its user namespace: a program mapped to host uid 1999
+    (namespace uid 999) renames a file in a 0700 directory of host uid
+    2000. It cannot reach it, so the kernel's answer (EACCES from the
+    same-filesystem view; EXDEV never turns into a move) must stand: the
+    helper must not act as namespace uid 1000 = host uid 2000."""
+    need(PRIVILEGED, "needs root to write another user's id map")
+    p = fs_pair
+    prog = build_c(tmp_path, "userns", USERNS_PROG, ["cc", "-static"])
+    d = p.src_dir / "d"
+    d.mkdir()
+    src = d / "f"
+    src.write_bytes(b"host uid 2000's")
+    os.chown(d, 2000, 2000)
+    os.chown(src, 2000, 2000)
+    os.chmod(d, 0o700)
+    os.chmod(p.dst_dir, 0o777)
+    with searchable_for_all(p.src_dir, p.dst_dir, prog):
+        proc = traced(prog, "1000", src, p.dst_dir / "f")
+    need(proc.stdout.strip() not in ("no userns", "no ids"), f"user namespaces unavailable: {proc.stdout}")
+    assert proc.returncode != 0 and proc.stdout.strip() != "ok", describe(proc)
+    assert src.read_bytes() == b"host uid 2000's" and not (p.dst_dir / "f").exists()
+
+
+def test_landlock_from_another_thread_then_exec_keeps_the_process_sandboxed(fs_pair, tmp_path, progs):
+    """A non-leader thread restricts itself and execs (taking the leader's
+    id): the new program is still sandboxed, its EXDEV stands."""
+    p = fs_pair
+    prog = build_c(tmp_path, "llexec", LANDLOCK_THREAD_EXEC_PROG, ["cc", "-static"])
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"stays")
+    proc = traced(prog, progs["static"], src, dst)
+    need(proc.returncode != 99, "Landlock is not available on this kernel")
+    assert proc.returncode == 18, describe(proc)
+    assert src.read_bytes() == b"stays" and not os.path.lexists(dst)
+
+
+def test_the_programs_own_lease_and_file_size_limit_count_not_the_helpers(fs_pair):
+    """The helper moves for the program: a file the program holds a write
+    lease on is never opened (EXDEV, the lease intact), and the program's
+    RLIMIT_FSIZE applies (a file over it: EXDEV, nothing written)."""
+    import sys
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"leased")
+    code = ("import fcntl, os, signal, sys\n"
+            "breaks = []\n"
+            "signal.signal(signal.SIGIO, lambda *a: breaks.append(1))\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n"
+            "try:\n    os.rename(sys.argv[1], sys.argv[2]); r = 'ok'\n"
+            "except OSError as e:\n    r = str(e.errno)\n"
+            "print(r, len(breaks), fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK)\n")
+    proc = traced(sys.executable, "-c", code, src, dst)
+    assert proc.returncode == 0 and proc.stdout.split() == ["18", "0", "True"], describe(proc)
+    big = p.src_dir / "big"
+    big.write_bytes(b"y" * (4 << 20))
+    code = ("import os, resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))\n"
+            "try:\n    os.rename(sys.argv[1], sys.argv[2]); print('ok')\n"
+            "except OSError as e:\n    print(e.errno)\n")
+    proc = traced(sys.executable, "-c", code, big, p.dst_dir / "big")
+    assert proc.returncode == 0 and proc.stdout.strip() == "18", describe(proc)
+    assert big.stat().st_size == 4 << 20 and not (p.dst_dir / "big").exists()
+
+
+def test_an_absolute_path_with_an_invalid_dirfd_moves_as_the_kernel_would(fs_pair, tmp_path):
+    p = fs_pair
+    prog = build_c(tmp_path, "badfd", BADFD_PROG, ["cc", "-static"])
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"abs")
+    proc = traced(prog, src, dst)
+    assert proc.returncode == 0, describe(proc)
+    assert dst.read_bytes() == b"abs" and not src.exists()

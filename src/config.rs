@@ -149,6 +149,7 @@ impl Config {
                 progress: None,
                 // Other names of a multi-link file moved earlier become links.
                 links: Some(std::sync::Arc::new(xrename_engine::links::Links::new())),
+                leases: None,
             },
         }
     }

@@ -33,6 +33,8 @@ pub mod event {
     pub const VFORK: i32 = 2;
     /// clone
     pub const CLONE: i32 = 3;
+    /// execve
+    pub const EXEC: i32 = 4;
     /// a `SECCOMP_RET_TRACE` of our filter
     pub const SECCOMP: i32 = 7;
     /// group-stop or the first stop of a new tracee (PTRACE_SEIZE)
@@ -373,4 +375,19 @@ pub fn chdir_to(dir: &OwnedFd) -> io::Result<()> {
 pub fn kill(pid: pid_t, sig: c_int) {
     // SAFETY: plain integer arguments.
     unsafe { libc::kill(pid, sig) };
+}
+
+/// The file size limit (`RLIMIT_FSIZE`, soft and hard) of `pid`, if it can
+/// be read.
+pub fn fsize_limit(pid: pid_t) -> Option<libc::rlimit> {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: reads `pid`'s limit into `old`; sets nothing.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) };
+    (r == 0).then_some(old)
+}
+
+/// Takes `limit` as this process's file size limit.
+pub fn set_fsize_limit(limit: libc::rlimit) -> io::Result<()> {
+    // SAFETY: a valid limit for this process.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } as c_long).map(|_| ())
 }

@@ -58,12 +58,10 @@ mod nr {
     pub const CLONE: u64 = 56;
     pub const CLONE3: u64 = 435;
     pub const LANDLOCK_RESTRICT_SELF: u64 = 446;
-    pub const SECCOMP: u64 = 317;
     pub const I386_RENAME: u64 = 38;
     pub const I386_RENAMEAT: u64 = 302;
     pub const I386_RENAMEAT2: u64 = 353;
     pub const I386_CLONE: u64 = 120;
-    pub const I386_SECCOMP: u64 = 354;
 }
 
 fn stmt(code: u32, k: u32) -> Insn {
@@ -99,12 +97,12 @@ pub fn filter() -> Vec<Insn> {
         b.push(ret(RET_ALLOW));
         b
     };
-    let x86_64 = [nr::RENAME, nr::RENAMEAT, nr::RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF, nr::SECCOMP];
+    let x86_64 = [nr::RENAME, nr::RENAMEAT, nr::RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF];
     let mut x32: Vec<u64> = x86_64.iter().map(|n| n | X32_BIT).collect();
     x32.extend_from_slice(&x86_64); // a x32 number is only ever seen with the bit
-    let i386 = [nr::I386_RENAME, nr::I386_RENAMEAT, nr::I386_RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF, nr::I386_SECCOMP];
+    let i386 = [nr::I386_RENAME, nr::I386_RENAMEAT, nr::I386_RENAMEAT2, nr::LANDLOCK_RESTRICT_SELF];
     let b64 = block(&x86_64, nr::CLONE, nr::CLONE3);
-    let bx32 = block(&x32[..5], nr::CLONE | X32_BIT, nr::CLONE3 | X32_BIT);
+    let bx32 = block(&x32[..4], nr::CLONE | X32_BIT, nr::CLONE3 | X32_BIT);
     let b32 = block(&i386, nr::I386_CLONE, nr::CLONE3);
     let mut p = vec![ld(4)]; // seccomp_data.arch
     // x86_64: then x32 (the number has the x32 bit) or native.
@@ -129,11 +127,13 @@ fn rename_op(arch: u32, n: u64) -> Option<Op> {
     }
 }
 
-/// A rename call in flight: what the thread asked for.
+/// A call in flight between its seccomp stop and its exit.
 #[derive(Debug, Clone)]
-struct Call {
-    op: Op,
-    args: [u64; 6],
+enum Call {
+    /// A rename: what the thread asked for.
+    Rename { op: Op, args: [u64; 6] },
+    /// `landlock_restrict_self`: the process is sandboxed if it succeeds.
+    Landlock,
 }
 
 /// Runs `argv` traced; returns the exit status to give (the program's,
@@ -214,10 +214,13 @@ struct Supervisor<'l> {
     known: HashSet<pid_t>,
     /// Threads between a rename's seccomp stop and its exit.
     calls: HashMap<pid_t, Call>,
-    /// Helpers moving for a stopped thread: helper pid -> thread.
-    helpers: HashMap<pid_t, pid_t>,
-    /// Threads that restricted themselves (Landlock, a seccomp filter of
-    /// their own), and their descendants.
+    /// Helpers moving for a stopped thread: helper pid -> thread, or None
+    /// once that thread is gone (an exec by another thread took its id:
+    /// the result must not reach the new program).
+    helpers: HashMap<pid_t, Option<pid_t>>,
+    /// Processes (thread group ids) that restricted themselves with
+    /// Landlock, and their descendants. (A seccomp filter of their own is
+    /// seen by counting filters; see `filters`.)
     sandboxed: HashSet<pid_t>,
     /// The program's exit status, once it has ended.
     status: Option<i32>,
@@ -225,6 +228,8 @@ struct Supervisor<'l> {
     /// more installed one of its own (also through prctl, which is not
     /// traced), and is sandboxed.
     filters: Option<u32>,
+    /// setuid programs warned about.
+    warned: HashSet<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -239,7 +244,9 @@ impl Supervisor<'_> {
         // Until no child is left (ECHILD).
         while let Ok((pid, st)) = ptrace::wait_any() {
             if let Some(tid) = self.helpers.remove(&pid) {
-                self.helper_done(tid, st);
+                if let Some(tid) = tid {
+                    self.helper_done(tid, st);
+                }
                 continue;
             }
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
@@ -270,11 +277,25 @@ impl Supervisor<'_> {
         match ev {
             event::SECCOMP => self.at_seccomp(tid),
             event::FORK | event::VFORK | event::CLONE => {
+                // A new process (or thread): sandboxed if its parent is.
                 if let Ok(child) = ptrace::event_msg(tid) {
-                    if self.sandboxed.contains(&tid) {
+                    if self.sandboxed.contains(&tgid(tid)) {
                         self.sandboxed.insert(child as pid_t);
                     }
                 }
+                let _ = ptrace::cont(tid, 0);
+            }
+            event::EXEC => {
+                // The exec'ing thread now has the leader's id: whatever was
+                // pending for the old leader (killed by the exec) is not for
+                // the new program.
+                self.calls.remove(&tid);
+                for target in self.helpers.values_mut() {
+                    if *target == Some(tid) {
+                        *target = None;
+                    }
+                }
+                self.warn_setuid(tid);
                 let _ = ptrace::cont(tid, 0);
             }
             // A group-stop (a PTRACE_SEIZE tracee reports it as this event
@@ -297,45 +318,60 @@ impl Supervisor<'_> {
             let _ = ptrace::cont(tid, 0);
             return;
         };
-        if let Some(op) = rename_op(info.arch, info.nr) {
-            self.calls.insert(tid, Call { op, args: info.args });
+        let n = info.nr & !X32_BIT;
+        let call = match rename_op(info.arch, info.nr) {
+            Some(op) => Some(Call::Rename { op, args: info.args }),
+            None if n == nr::LANDLOCK_RESTRICT_SELF => Some(Call::Landlock),
+            None => None,
+        };
+        if let Some(call) = call {
+            // Judged at its exit.
+            self.calls.insert(tid, call);
             if ptrace::to_syscall_exit(tid).is_err() {
                 self.calls.remove(&tid);
             }
             return;
         }
-        let n = info.nr & !X32_BIT;
         let is_clone = (info.arch == ARCH_X86_64 && n == nr::CLONE) || (info.arch == ARCH_I386 && n == nr::I386_CLONE);
         if is_clone {
             // A child the tracer would not see would get ENOSYS for its
             // renames (the filter is inherited, the tracer is not).
             let _ = ptrace::set_first_arg(tid, info.arch, info.args[0] & !CLONE_UNTRACED);
-        } else {
-            // landlock_restrict_self, seccomp: this thread restricts itself.
-            self.sandboxed.insert(tid);
         }
         let _ = ptrace::cont(tid, 0);
     }
 
     fn at_syscall_exit(&mut self, tid: pid_t) {
-        let Some(call) = self.calls.remove(&tid) else {
-            let _ = ptrace::cont(tid, 0);
-            return;
+        let rval = ptrace::syscall_info(tid).ok().filter(|i| i.op == 2).map(|i| i.rval);
+        let call = match self.calls.remove(&tid) {
+            Some(Call::Rename { op, args }) => Call::Rename { op, args },
+            Some(Call::Landlock) => {
+                // Restricted (the whole process counts: fail closed).
+                if rval == Some(0) {
+                    self.sandboxed.insert(tgid(tid));
+                }
+                let _ = ptrace::cont(tid, 0);
+                return;
+            }
+            None => {
+                let _ = ptrace::cont(tid, 0);
+                return;
+            }
         };
-        let exdev = ptrace::syscall_info(tid).is_ok_and(|i| i.op == 2 && i.rval == -(libc::EXDEV as i64));
+        let exdev = rval == Some(-(libc::EXDEV as i64));
         let s = self.settings.unwrap_or_default();
         let left = if !exdev {
             None
         } else if s.observe {
             Some("observe")
-        } else if self.sandboxed.contains(&tid)
+        } else if self.sandboxed.contains(&tgid(tid))
             || matches!((seccomp_filters(tid), self.filters), (Some(now), Some(start)) if now > start)
         {
             Some("sandboxed")
         } else {
             match start_move(tid, &call, s, &self.logs) {
                 Ok(helper) => {
-                    self.helpers.insert(helper, tid);
+                    self.helpers.insert(helper, Some(tid));
                     return;
                 }
                 Err(_) => Some("cannot act for the program"),
@@ -343,12 +379,32 @@ impl Supervisor<'_> {
         };
         if let Some(why) = left {
             // The kernel's EXDEV stands: logged, with the reason.
-            if let Ok(req) = Asked::read(tid, &call) {
+            if let Call::Rename { op, args } = &call
+                && let Ok(req) = Asked::read(tid, *op, args)
+            {
                 let result = Err(engine::Error::new(rustix::io::Errno::XDEV, why));
                 log(&self.logs, tid, &req, &Report::default(), Duration::ZERO, result);
             }
         }
         let _ = ptrace::cont(tid, 0);
+    }
+
+    /// Under an unprivileged supervisor a setuid or setgid program runs
+    /// without its privileges (as under strace): said once per program.
+    fn warn_setuid(&mut self, tid: pid_t) {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            return;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{tid}/exe")) else { return };
+        let special = std::fs::metadata(&exe).is_ok_and(|m| m.permissions().mode() & 0o6000 != 0);
+        if special && self.warned.insert(exe.clone()) {
+            eprintln!(
+                "xrename: warning: {} is setuid/setgid: traced by an unprivileged supervisor it runs without \
+                 its privileges (use --preload for it)",
+                exe.display()
+            );
+        }
     }
 
     fn helper_done(&mut self, tid: pid_t, st: c_int) {
@@ -370,19 +426,19 @@ struct Asked {
 }
 
 impl Asked {
-    fn read(tid: pid_t, call: &Call) -> std::io::Result<Asked> {
-        let a = &call.args;
+    fn read(tid: pid_t, op: Op, args: &[u64; 6]) -> std::io::Result<Asked> {
+        let a = args;
         // (olddirfd, old, newdirfd, new, flags); a descriptor is an int: its
         // low 32 bits, on either architecture.
-        let (od, op, nd, np, flags) = match call.op {
+        let (od, op_path, nd, np, flags) = match op {
             Op::Rename => (libc::AT_FDCWD as u64, a[0], libc::AT_FDCWD as u64, a[1], 0),
             Op::Renameat => (a[0], a[1], a[2], a[3], 0),
             Op::Renameat2 => (a[0], a[1], a[2], a[3], a[4] as u32),
         };
         Ok(Asked {
-            op: call.op,
+            op,
             old_dir: od as i32,
-            old: ptrace::read_path(tid, op)?,
+            old: ptrace::read_path(tid, op_path)?,
             new_dir: nd as i32,
             new: ptrace::read_path(tid, np)?,
             flags,
@@ -428,8 +484,18 @@ fn log(
 /// Reads what the thread asked for and starts a helper that moves it with
 /// the thread's rights; returns the helper's pid.
 fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> std::io::Result<pid_t> {
-    let req = Asked::read(tid, call)?;
-    let creds = read_creds(tid)?;
+    let Call::Rename { op, args } = call else { return Err(std::io::Error::from_raw_os_error(libc::EINVAL)) };
+    let req = Asked::read(tid, *op, args)?;
+    let namespaces = differing_namespaces(tid);
+    let mut creds = read_creds(tid)?;
+    if namespaces & libc::CLONE_NEWUSER != 0 {
+        // /proc shows the ids as our namespace sees them; the helper sets
+        // them from inside the program's.
+        creds = inside_ids(tid, creds)?;
+    }
+    // The program's own leases and file size limit, not the helper's.
+    let leases = engine::copy::OwnLeases::of(tgid(tid) as u32);
+    let fsize = ptrace::fsize_limit(tid);
     let proc = |p: String| -> std::io::Result<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         rustix::fs::open(p.as_str(), flags, Mode::empty()).map_err(std::io::Error::from)
@@ -438,11 +504,15 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
     // leaves our root for the target's.
     let root = proc(format!("/proc/{tid}/root"))?;
     let cwd = proc(format!("/proc/{tid}/cwd"))?;
-    let dir = |fd: i32| -> std::io::Result<Option<OwnedFd>> {
-        if fd == libc::AT_FDCWD { Ok(None) } else { proc(format!("/proc/{tid}/fd/{fd}")).map(Some) }
+    // The kernel ignores the descriptor of an absolute path, and so do we.
+    let dir = |fd: i32, path: &CString| -> std::io::Result<Option<OwnedFd>> {
+        if fd == libc::AT_FDCWD || path.as_bytes().first() == Some(&b'/') {
+            Ok(None)
+        } else {
+            proc(format!("/proc/{tid}/fd/{fd}")).map(Some)
+        }
     };
-    let (odir, ndir) = (dir(req.old_dir)?, dir(req.new_dir)?);
-    let namespaces = differing_namespaces(tid);
+    let (odir, ndir) = (dir(req.old_dir, &req.old)?, dir(req.new_dir, &req.new)?);
     let other_root = !same_file(&root, "/");
     ptrace::fork_helper(move || {
         let started = Instant::now();
@@ -451,6 +521,7 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             || (other_root && ptrace::chroot_to(&root).is_err())
             || ptrace::chdir_to(&cwd).is_err()
             || ptrace::take_creds(&creds).is_err()
+            || fsize.is_some_and(|l| ptrace::set_fsize_limit(l).is_err())
         {
             // Cannot act as the target: its EXDEV stands.
             Err(engine::Error::new(rustix::io::Errno::XDEV, "cannot take the program's rights"))
@@ -459,7 +530,7 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
             let new_dir = ndir.as_ref().map_or(cwd_fd, |d| d.as_fd());
             let r = Request { op: req.op, old_dir, old: &req.old, new_dir, new: &req.new, flags: req.flags };
-            let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None };
+            let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None, leases: Some(leases) };
             engine::rename(&r, &opts, &mut report)
         };
         log(logs, tid, &req, &report, started.elapsed(), result);
@@ -468,6 +539,14 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             Err(e) => e.errno.raw_os_error(),
         }
     })
+}
+
+/// The thread group (process) of thread `tid`.
+fn tgid(tid: pid_t) -> pid_t {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(tid)
 }
 
 /// The number of seccomp filters on thread `tid` (`Seccomp_filters` in
@@ -497,6 +576,40 @@ fn differing_namespaces(tid: pid_t) -> c_int {
         }
     }
     kinds
+}
+
+/// `creds` (as our namespace sees them) as the ids inside the thread's
+/// user namespace, through its `uid_map` and `gid_map` (whose outside ids
+/// are given in the reader's namespace, ours); an id it does not map
+/// cannot be taken: error.
+fn inside_ids(tid: pid_t, mut creds: Creds) -> std::io::Result<Creds> {
+    let map = |name: &str| -> std::io::Result<Vec<(u64, u64, u64)>> {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/{name}"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let v: Vec<u64> = l.split_ascii_whitespace().filter_map(|x| x.parse().ok()).collect();
+                (v.len() == 3).then(|| (v[0], v[1], v[2]))
+            })
+            .collect())
+    };
+    let inside = |map: &[(u64, u64, u64)], id: u32| -> std::io::Result<u32> {
+        map.iter()
+            .find(|&&(_, out, n)| (out..out + n).contains(&u64::from(id)))
+            .map(|&(inn, out, _)| (u64::from(id) - out + inn) as u32)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EOVERFLOW))
+    };
+    let (um, gm) = (map("uid_map")?, map("gid_map")?);
+    for id in &mut creds.uid {
+        *id = inside(&um, *id)?;
+    }
+    for id in &mut creds.gid {
+        *id = inside(&gm, *id)?;
+    }
+    for id in &mut creds.groups {
+        *id = inside(&gm, *id)?;
+    }
+    Ok(creds)
 }
 
 /// The thread's credentials from `/proc/TID/status`.

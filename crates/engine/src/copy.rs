@@ -98,15 +98,25 @@ pub struct Job<'a> {
 /// (EXDEV). Matched by inode number alone (btrfs and overlayfs show another
 /// device there than `stat` does): a false match only gives EXDEV. The pid
 /// is the one `/proc/self` names, in that `/proc`'s pid namespace.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct OwnLeases(Vec<u64>);
 
 impl OwnLeases {
-    /// Reads `/proc/locks`; none if it cannot be read.
+    /// Reads `/proc/locks` for this process; none if it cannot be read.
     pub fn read() -> OwnLeases {
-        let Ok(me) = rustix::fs::readlinkat(rustix::fs::CWD, c"/proc/self", Vec::new()) else {
-            return OwnLeases::default();
-        };
+        match rustix::fs::readlinkat(rustix::fs::CWD, c"/proc/self", Vec::new()) {
+            Ok(me) => OwnLeases::held_by(me.to_bytes()),
+            Err(_) => OwnLeases::default(),
+        }
+    }
+
+    /// The leases of process `pid` (as this process's `/proc` numbers it):
+    /// for a supervisor that moves on another process's behalf.
+    pub fn of(pid: u32) -> OwnLeases {
+        OwnLeases::held_by(pid.to_string().as_bytes())
+    }
+
+    fn held_by(me: &[u8]) -> OwnLeases {
         let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
             return OwnLeases::default();
         };
@@ -115,7 +125,6 @@ impl OwnLeases {
         while let Ok(n @ 1..) = retry(|| rustix::io::read(&fd, &mut buf)) {
             text.extend_from_slice(&buf[..n]);
         }
-        let me = me.to_bytes();
         let inodes = text
             .split(|&b| b == b'\n')
             .filter_map(|line| {

@@ -91,11 +91,15 @@ pub struct Options {
     pub progress: Option<Arc<AtomicU64>>,
     /// Copies of multi-link files moved earlier, to link other names to.
     pub links: Option<Arc<links::Links>>,
+    /// The files the program holds leases on, when the engine moves on
+    /// another process's behalf (the supervisor); `None`: this process's,
+    /// read at each move.
+    pub leases: Option<copy::OwnLeases>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true, dirs: true, progress: None, links: None }
+        Options { fsync: true, dirs: true, progress: None, links: None, leases: None }
     }
 }
 
@@ -209,9 +213,10 @@ fn move_object(
     let durability = Durability::new(opts.fsync);
     let progress = opts.progress.as_deref();
     // Read once per move: files the program holds a lease on are never opened.
-    let leases = match kind {
-        FileType::RegularFile | FileType::Directory => copy::OwnLeases::read(),
-        _ => copy::OwnLeases::default(),
+    let leases = match (&opts.leases, kind) {
+        (Some(given), _) => given.clone(),
+        (None, FileType::RegularFile | FileType::Directory) => copy::OwnLeases::read(),
+        (None, _) => copy::OwnLeases::default(),
     };
     let job = copy::Job { durability, progress, leases: &leases };
     let (tmp, seen, check, records) = match kind {
