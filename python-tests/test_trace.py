@@ -271,8 +271,9 @@ PROGRAMS = ["static", "musl", "go", "glibc-raw-syscall", "int80"]
 
 
 @pytest.mark.parametrize("kind", PROGRAMS)
-def test_a_program_the_preload_cannot_reach_moves_a_file_when_traced(fs_pair, progs, kind):
-    p = fs_pair
+def test_a_program_the_preload_cannot_reach_moves_a_file_when_traced(pair, progs, kind):
+    """tmpfs -> ext4, ext4 -> tmpfs, and a bind mount of one filesystem."""
+    p = pair
     prog = need_prog(progs, kind)
     extra = ["raw2"] if kind == "glibc-raw-syscall" else []
     src, dst = p.src_dir / "f", p.dst_dir / "f"
@@ -293,8 +294,8 @@ def test_a_program_the_preload_cannot_reach_moves_a_file_when_traced(fs_pair, pr
 
 
 @pytest.mark.parametrize("kind", ["static", "go"])
-def test_a_tree_moves_when_traced(fs_pair, progs, kind):
-    p = fs_pair
+def test_a_tree_moves_when_traced(pair, progs, kind):
+    p = pair
     prog = need_prog(progs, kind)
     tree = p.src_dir / "tree"
     (tree / "a" / "b").mkdir(parents=True)
@@ -884,3 +885,63 @@ def test_an_absolute_path_with_an_invalid_dirfd_moves_as_the_kernel_would(fs_pai
     proc = traced(prog, src, dst)
     assert proc.returncode == 0, describe(proc)
     assert dst.read_bytes() == b"abs" and not src.exists()
+
+
+def test_a_policy_forbidding_ptrace_gives_the_clear_error_or_the_preload(fs_pair, tmp_path):
+    """A seccomp policy refusing ptrace to xrename itself (the filter of
+    c-tests/lib/seccomp_eperm.c, preloaded into xrename): --trace says it
+    cannot trace and exits 125; the default falls back to the preload."""
+    import sys
+    from xrename_harness import REPO_ROOT
+    lib = tmp_path / "libseccomp_eperm.so"
+    cc = subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib),
+                         str(REPO_ROOT / "c-tests" / "lib" / "seccomp_eperm.c")], capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    src.write_bytes(b"policy")
+    env = xrename_env({"LD_PRELOAD": str(lib), "XT_SECCOMP_EPERM": "ptrace"})
+    code = "import os,sys; os.rename(sys.argv[1], sys.argv[2])"
+    proc = run([XRENAME, "--trace", "--", sys.executable, "-c", code, src, dst], env=env)
+    assert proc.returncode == 125 and "cannot trace" in proc.stderr, describe(proc)
+    assert src.exists() and not dst.exists()
+    proc = run([XRENAME, "--", sys.executable, "-c", code, src, dst], env=env)
+    assert proc.returncode == 0 and "LD_PRELOAD only" in proc.stderr, describe(proc)
+    assert dst.read_bytes() == b"policy" and not src.exists()
+
+
+def test_sigterm_to_xrename_reaches_the_traced_program(tmp_path):
+    import time
+    ready = tmp_path / "ready"
+    sup = subprocess.Popen([str(XRENAME), "--", "sh", "-c",
+                            f'trap "exit 3" TERM; touch "{ready}"; while :; do sleep 0.05; done'],
+                           env=xrename_env())
+    try:
+        for _ in range(3000):
+            if ready.exists():
+                break
+            time.sleep(0.01)
+        os.kill(sup.pid, 15)
+        assert sup.wait(timeout=60) == 3
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+def test_posix_spawn_and_exec_chains_are_served(fs_pair, progs):
+    """A program started with posix_spawn (clone with CLONE_VM|CLONE_VFORK)
+    and one at the end of a chain of execs: both renames are moved."""
+    import sys
+    p = fs_pair
+    for n in ("a", "b"):
+        (p.src_dir / n).write_bytes(n.encode())
+    code = ("import os, sys\n"
+            "pid = os.posix_spawn(sys.argv[1], [sys.argv[1], sys.argv[2], sys.argv[3]], os.environ)\n"
+            "_, st = os.waitpid(pid, 0)\n"
+            "sys.exit(os.waitstatus_to_exitcode(st))\n")
+    proc = traced(sys.executable, "-c", code, progs["static"], p.src_dir / "a", p.dst_dir / "a")
+    assert proc.returncode == 0, describe(proc)
+    chain = f'exec sh -c \'exec "{progs["static"]}" "{p.src_dir}/b" "{p.dst_dir}/b"\''
+    proc = traced("sh", "-c", chain)
+    assert proc.returncode == 0, describe(proc)
+    assert entries(p.src_dir) == set() and entries(p.dst_dir) == {"a", "b"}

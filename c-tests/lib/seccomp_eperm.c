@@ -3,7 +3,7 @@
  * constructor installs a seccomp filter that answers an error to the
  * syscalls named in XT_SECCOMP_EPERM (comma-separated `name` for EPERM, or
  * `name:ERRNO` with a number: copy_file_range, sendfile, fsync, fdatasync,
- * syncfs, flistxattr, fsetxattr, fgetxattr) and allows everything else, as
+ * syncfs, flistxattr, fsetxattr, fgetxattr, ptrace) and allows everything else, as
  * container runtimes and sandboxes do. Built by run.sh into
  * target/c-tests/libseccomp_eperm.so.
  */
@@ -26,6 +26,7 @@ static long number(const char *name)
         {"copy_file_range", SYS_copy_file_range}, {"sendfile", SYS_sendfile},
         {"fsync", SYS_fsync}, {"fdatasync", SYS_fdatasync}, {"syncfs", SYS_syncfs},
         {"flistxattr", SYS_flistxattr}, {"fsetxattr", SYS_fsetxattr}, {"fgetxattr", SYS_fgetxattr},
+        {"ptrace", SYS_ptrace},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strcmp(known[i].name, name) == 0)
