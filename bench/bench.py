@@ -147,7 +147,8 @@ def bench_trace(tmpfs, rounds):
     os.mkdir(d)
     fast = os.path.join(BIN, "fastpath")
     for label, n, fn in (("same-filesystem rename() calls", 20_000, "rename"),
-                         ("getppid() calls (not renames)", 1_000_000, "getppid")):
+                         ("getppid() calls (not renames)", 1_000_000, "getppid"),
+                         ("open+fstat+read+close rounds (not renames)", 250_000, "mix")):
         times = {"bare": [], "traced": []}
         for _ in range(rounds):
             for name, prefix in (("bare", []), ("traced", [XRENAME, "--trace", "--"])):

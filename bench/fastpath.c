@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,7 +15,7 @@
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: fastpath DIR N rename|renameat|renameat2|getppid\n");
+        fprintf(stderr, "usage: fastpath DIR N rename|renameat|renameat2|getppid|mix\n");
         return 2;
     }
     if (chdir(argv[1]) != 0) return perror("chdir"), 1;
@@ -30,6 +31,13 @@ int main(int argc, char **argv)
         int rc;
         if (strcmp(fn, "getppid") == 0)
             rc = syscall(SYS_getppid) > 0 ? 0 : -1;
+        else if (strcmp(fn, "mix") == 0) {
+            /* open, fstat, read, close: an ordinary mix of calls */
+            char c;
+            struct stat st;
+            int f = open("a", O_RDONLY);
+            rc = (f < 0 || fstat(f, &st) != 0 || read(f, &c, 1) < 0 || close(f) != 0) ? -1 : 0;
+        }
         else if (strcmp(fn, "rename") == 0)
             rc = rename(from, to);
         else if (strcmp(fn, "renameat") == 0)
@@ -41,6 +49,7 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ns = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
     printf("%.1f\n", ns / n);
-    unlink((n & 1) ? "b" : "a");
+    int renames = strcmp(fn, "getppid") != 0 && strcmp(fn, "mix") != 0;
+    unlink(renames && (n & 1) ? "b" : "a");
     return 0;
 }

@@ -24,3 +24,8 @@ echo
 echo "\$ LD_PRELOAD=$lib XRENAME_LOG=stderr python3 -c 'os.rename(...)'"
 LD_PRELOAD=$lib XRENAME_LOG=stderr python3 -c "$move" "$work/a" "$work/other/a"
 test ! -e "$work/a" && echo "source is gone; destination is complete"
+
+echo
+echo "\$ xrename --log - -- python3 -c 'os.rename(...)'   # traced: also reaches static, musl and Go programs"
+echo "payload 2" > "$work/b"
+"$root/target/release/xrename" --log - -- python3 -c "$move" "$work/b" "$work/other/b"
