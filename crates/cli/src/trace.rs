@@ -2,16 +2,18 @@
 //! cannot reach (Go, static and musl binaries, raw `rename` syscalls).
 //!
 //! CMD starts with a seccomp filter that stops it (`SECCOMP_RET_TRACE`) at
-//! `rename`, `renameat` and `renameat2` only (x86_64, x32 and the i386
-//! numbers of `int 0x80`); every other call is allowed at the cost of the
-//! filter alone. The supervisor is its tracer (`PTRACE_SEIZE`, following
+//! `rename`, `renameat` and `renameat2` (x86_64, x32 and the i386 numbers
+//! of `int 0x80`), at `landlock_restrict_self`, and at `clone` with
+//! `CLONE_UNTRACED`; `clone3` answers ENOSYS; every other call is allowed at
+//! the cost of the filter alone. The supervisor is its tracer (`PTRACE_SEIZE`, following
 //! every fork, vfork, clone and exec; `PTRACE_O_EXITKILL`: if it dies, they
 //! die, never running on unhandled). At such a stop it lets the call run:
 //! **the kernel makes the rename inside the program**, with its own
 //! credentials, namespaces and sandbox. At the call's exit only an answer
 //! of `-EXDEV` is acted on: a helper process takes the thread's
-//! credentials (uids and gids, the filesystem ones, groups, capabilities),
-//! its mount and user namespaces and its root and working directory, runs
+//! credentials (uids and gids, the filesystem ones, groups, capabilities,
+//! as ids of its own user namespace), its mount and user namespaces, its
+//! root and working directory, its file size limit and its leases, runs
 //! the engine, and exits with the errno the program is to see (0 for
 //! success), which becomes the call's return value. The tracer meanwhile
 //! goes on serving the other threads and processes.
@@ -19,8 +21,11 @@
 //! Safety rules (README, "Programs LD_PRELOAD cannot reach"):
 //! - the move never runs with more than the target's rights (a root
 //!   supervisor, a target uid 65534: EACCES, nothing moved);
-//! - a target that restricted itself (Landlock, its own seccomp filter) is
+//! - a process that restricted itself (a successful `landlock_restrict_self`
+//!   in any of its threads; more seccomp filters than it started with) is
 //!   sandboxed: its EXDEV stands, logged as `sandboxed`;
+//! - a result goes back only to the thread that asked (an exec by another
+//!   thread takes the caller's id: its pending result is dropped);
 //! - a child made with `CLONE_UNTRACED` is traced all the same (the flag is
 //!   cleared), and `clone3` answers ENOSYS so that libc uses `clone`.
 
