@@ -159,12 +159,88 @@ pub fn same_content(a: BorrowedFd<'_>, b: BorrowedFd<'_>, size: u64) -> Result<b
     last
 }
 
+const BUF: usize = 1 << 16;
+
+/// Compares the first `size` bytes, data segment by data segment of `a`
+/// (`SEEK_DATA`/`SEEK_HOLE`): where `a` has a hole, `b` must read zeros
+/// there (checked on `b`'s own data only), so a sparse file of 1 GiB with
+/// 1 MiB of data costs reading 2 MiB, not 2 GiB.
 fn compare(a: BorrowedFd<'_>, b: BorrowedFd<'_>, size: u64) -> Result<bool> {
-    const BUF: usize = 1 << 16;
+    // Holes are not read: the lengths are compared instead.
+    for fd in [a, b] {
+        if super::stat::fstat(fd).at("compare content")?.stx_size != size {
+            return Ok(false);
+        }
+    }
     let (mut x, mut y) = (vec![0u8; BUF], vec![0u8; BUF]);
     let mut pos = 0u64;
     while pos < size {
-        let want = usize::try_from(size - pos).unwrap_or(BUF).min(BUF);
+        let data = next_data(a, pos, size)?;
+        if data > pos {
+            if !zeros(b, pos, data, &mut y)? {
+                return Ok(false);
+            }
+            pos = data;
+            continue;
+        }
+        let end = next_hole(a, pos, size)?;
+        if !same_range(a, b, pos, end, &mut x, &mut y)? {
+            return Ok(false);
+        }
+        pos = end;
+    }
+    // Neither has more.
+    Ok(read_full(a, &mut x[..1], size)? == 0 && read_full(b, &mut y[..1], size)? == 0)
+}
+
+/// Where `fd` has data next at or after `pos` (`limit` if none before it);
+/// a filesystem without `SEEK_DATA` has data everywhere.
+fn next_data(fd: BorrowedFd<'_>, pos: u64, limit: u64) -> Result<u64> {
+    match retry(|| rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(pos))) {
+        Ok(d) => Ok(d.min(limit)),
+        Err(rustix::io::Errno::NXIO) => Ok(limit),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(pos),
+        Err(e) => Err(super::Error::new(e, "compare content")),
+    }
+}
+
+/// Where the data segment of `fd` at `pos` ends (at most `limit`).
+fn next_hole(fd: BorrowedFd<'_>, pos: u64, limit: u64) -> Result<u64> {
+    match retry(|| rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(pos))) {
+        Ok(h) => Ok(h.clamp(pos + 1, limit)),
+        Err(rustix::io::Errno::NXIO | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(limit),
+        Err(e) => Err(super::Error::new(e, "compare content")),
+    }
+}
+
+/// Whether `fd` reads zeros from `from` to `to`.
+fn zeros(fd: BorrowedFd<'_>, from: u64, to: u64, buf: &mut [u8]) -> Result<bool> {
+    let mut pos = from;
+    while pos < to {
+        let data = next_data(fd, pos, to)?;
+        if data >= to {
+            break;
+        }
+        let end = next_hole(fd, data, to)?;
+        let mut at = data;
+        while at < end {
+            let want = usize::try_from(end - at).unwrap_or(BUF).min(BUF);
+            let n = read_full(fd, &mut buf[..want], at)?;
+            if n != want || buf[..n].iter().any(|&c| c != 0) {
+                return Ok(false);
+            }
+            at += want as u64;
+        }
+        pos = end;
+    }
+    Ok(true)
+}
+
+/// Whether `a` and `b` hold the same bytes from `from` to `to`.
+fn same_range(a: BorrowedFd<'_>, b: BorrowedFd<'_>, from: u64, to: u64, x: &mut [u8], y: &mut [u8]) -> Result<bool> {
+    let mut pos = from;
+    while pos < to {
+        let want = usize::try_from(to - pos).unwrap_or(BUF).min(BUF);
         let n = read_full(a, &mut x[..want], pos)?;
         let m = read_full(b, &mut y[..want], pos)?;
         if n != want || m != want || x[..n] != y[..m] {
@@ -172,8 +248,7 @@ fn compare(a: BorrowedFd<'_>, b: BorrowedFd<'_>, size: u64) -> Result<bool> {
         }
         pos += want as u64;
     }
-    // Neither has more.
-    Ok(read_full(a, &mut x[..1], size)? == 0 && read_full(b, &mut y[..1], size)? == 0)
+    Ok(true)
 }
 
 fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], at: u64) -> Result<usize> {
@@ -288,6 +363,18 @@ pub enum Verdict {
     Racy,
 }
 
+/// When a tree was installed: its root's ctime, which the rename into place
+/// set, and the wall clock just after. Everything we copied into it is
+/// older than the second; file timestamps come from a clock that may lag
+/// one tick behind, so the first is not always a bound across inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The installed root's ctime.
+    pub ctime: (i64, u32),
+    /// The wall clock after the install.
+    pub wall: (i64, u32),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,16 +431,36 @@ mod tests {
         d.stx_mtime.tv_sec = 101;
         assert!(!seen.unchanged_but_ctime(&d));
     }
-}
 
-/// When a tree was installed: its root's ctime, which the rename into place
-/// set, and the wall clock just after. Everything we copied into it is
-/// older than the second; file timestamps come from a clock that may lag
-/// one tick behind, so the first is not always a bound across inodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Since {
-    /// The installed root's ctime.
-    pub ctime: (i64, u32),
-    /// The wall clock after the install.
-    pub wall: (i64, u32),
+    fn temp_file(name: &str, data: &[(u64, &[u8])], size: u64) -> std::fs::File {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("xrename-seen-{}-{name}", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.set_len(size).unwrap();
+        for (at, bytes) in data {
+            f.write_all_at(bytes, *at).unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn content_compare_follows_holes_and_sees_every_difference() {
+        use std::os::fd::AsFd;
+        const MIB: u64 = 1 << 20;
+        let size = 64 * MIB;
+        let a = temp_file("a", &[(3 * MIB, b"data"), (40 * MIB, b"more")], size);
+        let same = temp_file("same", &[(3 * MIB, b"data"), (40 * MIB, b"more")], size);
+        // Written zeros where `a` has a hole read the same.
+        let zeros = temp_file("zeros", &[(3 * MIB, b"data"), (20 * MIB, &[0u8; 4096]), (40 * MIB, b"more")], size);
+        let in_hole = temp_file("in-hole", &[(3 * MIB, b"data"), (20 * MIB, b"x"), (40 * MIB, b"more")], size);
+        let in_data = temp_file("in-data", &[(3 * MIB, b"dbta"), (40 * MIB, b"more")], size);
+        let shorter = temp_file("shorter", &[(3 * MIB, b"data"), (40 * MIB, b"more")], size - 1);
+        let cmp = |b: &std::fs::File, n| same_content(a.as_fd(), b.as_fd(), n).unwrap();
+        assert!(cmp(&same, size));
+        assert!(cmp(&zeros, size));
+        assert!(!cmp(&in_hole, size), "a byte in a hole of the source");
+        assert!(!cmp(&in_data, size), "a byte in the data");
+        assert!(!cmp(&shorter, size), "one byte shorter");
+    }
 }
