@@ -945,3 +945,94 @@ def test_posix_spawn_and_exec_chains_are_served(fs_pair, progs):
     proc = traced("sh", "-c", chain)
     assert proc.returncode == 0, describe(proc)
     assert entries(p.src_dir) == set() and entries(p.dst_dir) == {"a", "b"}
+
+
+def run_traced_waiting(prog, src, dst, strace_args):
+    """Starts `xrename --trace -- prog src dst` (prog waits for a line on
+    stdin), attaches `strace -f -p SUPERVISOR *strace_args` (the helpers it
+    forks are followed; the program, traced by the supervisor, is not),
+    then lets the program rename. Returns (exit code, stdout)."""
+    import time
+    sup = subprocess.Popen([str(XRENAME), "--trace", "--", str(prog), str(src), str(dst)], env=xrename_env(),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    st = None
+    try:
+        st = subprocess.Popen(["strace", "-f", "-qq", "-p", str(sup.pid), *strace_args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(3000):
+            status = Path(f"/proc/{sup.pid}/status").read_text()
+            if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in status.splitlines()):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("strace never attached to the supervisor")
+        out, _ = sup.communicate("go\n", timeout=60)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        if st is not None:
+            st.terminate()
+            st.wait()
+    return sup.returncode, out
+
+
+@pytest.mark.parametrize("fault", ["EIO", "ENOSPC", "ENOSYS"])
+def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path, fault):
+    """The fault-injection invariants, for a traced move: a calibration run
+    lists the calls the helper makes; then each of them in turn fails with
+    `fault` (ENOSYS: never an errno rename returns, so EXDEV). Each time the program gets 0 (the call was one xrename can do
+    without, and the move is complete: source gone, destination whole) or
+    an errno rename(2) documents with the source intact and nothing at the
+    destination; never anything left behind."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import errno as errno_mod
+    import re
+    from fault_harness import INJECTABLE, RENAME_ERRNOS
+    prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    data = os.urandom(200_000)
+
+    def reset():
+        for d in (p.src_dir, p.dst_dir):
+            for n in os.listdir(d):
+                os.unlink(d / n)
+        src.write_bytes(data)
+        os.utime(src, ns=(1_500_000_000_000_000_000, 1_400_000_000_000_000_000))  # not racy
+
+    reset()
+    trace = tmp_path / "calibrate.txt"
+    code, out = run_traced_waiting(prog, src, dst, ["-e", f"trace={','.join(INJECTABLE)}", "-o", str(trace)])
+    assert code == 0 and dst.read_bytes() == data, (code, out)
+    lines = [l for l in trace.read_text().splitlines() if re.match(r"^\d+\s+\w+\(", l)]
+    pids = [int(l.split()[0]) for l in lines]
+    # The helper: the process that made the copy's calls (not the supervisor).
+    helper = next(pid for pid, l in zip(pids, lines) if "copy_file_range(" in l or "sendfile(" in l)
+    calls, seen = [], {}
+    for pid, l in zip(pids, lines):
+        if pid != helper:
+            continue
+        name = re.match(r"^\d+\s+(\w+)\(", l)[1]
+        seen[name] = seen.get(name, 0) + 1
+        calls.append((name, seen[name]))
+    assert len(calls) > 10, f"test bug: too few helper calls seen: {calls}"
+    problems, codes = [], []
+    for name, nth in calls:
+        reset()
+        code, out = run_traced_waiting(prog, src, dst,
+                                       ["-o", "/dev/null", "-e", f"inject={name}:error={fault}:when={nth}"])
+        codes.append(code)
+        left = sorted(os.listdir(p.src_dir)) + sorted(os.listdir(p.dst_dir))
+        what = f"{fault} at {name} #{nth}: exit {code}, left {left}"
+        if code == 0:
+            if src.exists() or dst.read_bytes() != data or left != ["f"]:
+                problems.append(f"{what}: reported success, but the move is not complete")
+        else:
+            name_of = errno_mod.errorcode.get(code, str(code))
+            if name_of not in RENAME_ERRNOS:
+                problems.append(f"{what}: {name_of} is not an errno rename(2) returns")
+            if src.read_bytes() != data or dst.exists() or left != ["f"]:
+                problems.append(f"{what}: failed, but the world changed")
+    assert not problems, "\n".join(problems)
+    # The injections landed: most calls of a move cannot fail unnoticed.
+    assert sum(1 for c in codes if c != 0) > len(calls) // 2, f"injections seem not to land: {list(zip(calls, codes))}"
