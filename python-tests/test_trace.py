@@ -958,14 +958,15 @@ def run_traced_waiting(prog, src, dst, strace_args):
     st = None
     try:
         st = subprocess.Popen(["strace", "-f", "-qq", "-p", str(sup.pid), *strace_args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for _ in range(3000):
             status = Path(f"/proc/{sup.pid}/status").read_text()
             if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in status.splitlines()):
                 break
             time.sleep(0.01)
         else:
-            pytest.fail("strace never attached to the supervisor")
+            st.kill()
+            pytest.fail(f"strace never attached to the supervisor: {st.communicate()[1]} {strace_args}")
         out, _ = sup.communicate("go\n", timeout=60)
     finally:
         if sup.poll() is None:
@@ -976,14 +977,28 @@ def run_traced_waiting(prog, src, dst, strace_args):
     return sup.returncode, out
 
 
+def snapshot_of(path: Path):
+    """What `path` holds, for comparing: bytes of a file, or a dict of a
+    tree's entries and contents; None if absent."""
+    if not os.path.lexists(path):
+        return None
+    if path.is_dir():
+        return {str(q.relative_to(path)): (q.read_bytes() if q.is_file() else "dir")
+                for q in sorted(path.rglob("*"))}
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("fault", ["EIO", "ENOSPC", "ENOSYS"])
-def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path, fault):
-    """The fault-injection invariants, for a traced move: a calibration run
-    lists the calls the helper makes; then each of them in turn fails with
-    `fault` (ENOSYS: never an errno rename returns, so EXDEV). Each time the program gets 0 (the call was one xrename can do
-    without, and the move is complete: source gone, destination whole) or
-    an errno rename(2) documents with the source intact and nothing at the
-    destination; never anything left behind."""
+@pytest.mark.parametrize("kind", ["file", "replace", "tree"])
+def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path, fault, kind):
+    """The fault-injection invariants, for a traced move (a new file, a
+    file replacing another, a tree): a calibration run lists the calls the
+    helper makes; then each of them in turn fails with `fault` (ENOSYS:
+    never an errno rename returns, so EXDEV). Each time the program gets 0
+    (the call was one xrename can do without, and the move is complete:
+    source gone, destination whole) or an errno rename(2) documents with
+    the source and the old destination as they were; never anything left
+    behind."""
     need(shutil.which("strace") is not None, "strace missing")
     import errno as errno_mod
     import re
@@ -992,18 +1007,31 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
     p = fs_pair
     src, dst = p.src_dir / "f", p.dst_dir / "f"
     data = os.urandom(200_000)
+    old = b"the old destination\n"
 
     def reset():
         for d in (p.src_dir, p.dst_dir):
             for n in os.listdir(d):
-                os.unlink(d / n)
-        src.write_bytes(data)
-        os.utime(src, ns=(1_500_000_000_000_000_000, 1_400_000_000_000_000_000))  # not racy
+                q = d / n
+                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else os.unlink(q)
+        if kind == "tree":
+            (src / "sub").mkdir(parents=True)
+            (src / "a").write_bytes(data)
+            (src / "sub" / "b").write_bytes(data[:1000])
+            os.symlink("a", src / "link")
+        else:
+            src.write_bytes(data)
+        if kind == "replace":
+            dst.write_bytes(old)
+        # Not racy: no content compare, the same calls every run.
+        for q in [src, *src.rglob("*")] if kind == "tree" else [src]:
+            os.utime(q, ns=(1_500_000_000_000_000_000, 1_400_000_000_000_000_000), follow_symlinks=False)
 
     reset()
+    want = snapshot_of(src)
     trace = tmp_path / "calibrate.txt"
     code, out = run_traced_waiting(prog, src, dst, ["-e", f"trace={','.join(INJECTABLE)}", "-o", str(trace)])
-    assert code == 0 and dst.read_bytes() == data, (code, out)
+    assert code == 0 and snapshot_of(dst) == want, (code, out)
     lines = [l for l in trace.read_text().splitlines() if re.match(r"^\d+\s+\w+\(", l)]
     pids = [int(l.split()[0]) for l in lines]
     # The helper: the process that made the copy's calls (not the supervisor).
@@ -1013,6 +1041,8 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
         if pid != helper:
             continue
         name = re.match(r"^\d+\s+(\w+)\(", l)[1]
+        if name not in INJECTABLE:
+            continue  # a call this strace cannot name (syscall_0x1d1)
         seen[name] = seen.get(name, 0) + 1
         calls.append((name, seen[name]))
     assert len(calls) > 10, f"test bug: too few helper calls seen: {calls}"
@@ -1025,14 +1055,16 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
         left = sorted(os.listdir(p.src_dir)) + sorted(os.listdir(p.dst_dir))
         what = f"{fault} at {name} #{nth}: exit {code}, left {left}"
         if code == 0:
-            if src.exists() or dst.read_bytes() != data or left != ["f"]:
+            if os.path.lexists(src) or snapshot_of(dst) != want or left != ["f"]:
                 problems.append(f"{what}: reported success, but the move is not complete")
         else:
             name_of = errno_mod.errorcode.get(code, str(code))
             if name_of not in RENAME_ERRNOS:
                 problems.append(f"{what}: {name_of} is not an errno rename(2) returns")
-            if src.read_bytes() != data or dst.exists() or left != ["f"]:
+            expected_left = ["f", "f"] if kind == "replace" else ["f"]
+            if snapshot_of(src) != want or snapshot_of(dst) != (old if kind == "replace" else None) \
+                    or left != expected_left:
                 problems.append(f"{what}: failed, but the world changed")
     assert not problems, "\n".join(problems)
     # The injections landed: most calls of a move cannot fail unnoticed.
-    assert sum(1 for c in codes if c != 0) > len(calls) // 2, f"injections seem not to land: {list(zip(calls, codes))}"
+    assert sum(1 for c in codes if c != 0) > len(calls) // 3, f"injections seem not to land: {list(zip(calls, codes))}"
