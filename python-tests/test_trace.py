@@ -701,33 +701,12 @@ def test_a_fault_in_the_helper_leaves_everything_as_it_was(fs_pair, tmp_path, in
     program gets the injected errno (EXDEV when the helper is killed), the
     source is intact and nothing is left at the destination."""
     need(shutil.which("strace") is not None, "strace missing")
-    import time
     prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
     p = fs_pair
     src, dst = p.src_dir / "f", p.dst_dir / "f"
     src.write_bytes(b"x" * 100_000)
-    sup = subprocess.Popen([str(XRENAME), "--trace", "--", str(prog), str(src), str(dst)], env=xrename_env(),
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    st = None
-    try:
-        st = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(sup.pid), "-e", f"inject={inject}"],
-                              stderr=subprocess.PIPE, text=True)
-        # strace is attached once the supervisor shows a tracer.
-        for _ in range(3000):
-            status = Path(f"/proc/{sup.pid}/status").read_text()
-            if any(l.startswith("TracerPid:") and l.split()[1] != "0" for l in status.splitlines()):
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("strace never attached to the supervisor")
-        out, err = sup.communicate("go\n", timeout=60)
-    finally:
-        if sup.poll() is None:
-            sup.kill()
-        if st is not None:
-            st.kill()
-            st.wait()
-    assert sup.returncode == want and out.strip() == str(want), (sup.returncode, out, err)
+    code, out = run_traced_waiting(prog, src, dst, ["-o", "/dev/null", "-e", f"inject={inject}"])
+    assert code == want and out.strip() == str(want), (code, out)
     assert src.read_bytes() == b"x" * 100_000, "the source changed"
     assert not os.path.lexists(dst) and entries(p.dst_dir) == set(), f"left at the destination: {entries(p.dst_dir)}"
     assert entries(p.src_dir) == {"f"}
@@ -947,6 +926,14 @@ def test_posix_spawn_and_exec_chains_are_served(fs_pair, progs):
     assert entries(p.src_dir) == set() and entries(p.dst_dir) == {"a", "b"}
 
 
+def tracer_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(l.split()[1]) for l in status.splitlines() if l.startswith("TracerPid:")), None)
+
+
 def run_traced_waiting(prog, src, dst, strace_args):
     """Starts `xrename --trace -- prog src dst` (prog waits for a line on
     stdin), attaches `strace -f -p SUPERVISOR *strace_args` (the helpers it
@@ -957,6 +944,16 @@ def run_traced_waiting(prog, src, dst, strace_args):
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     st = None
     try:
+        # strace must attach only once the supervisor has seized the
+        # program: attached earlier, it would follow the fork and take the
+        # program itself (the supervisor then cannot trace it: 125).
+        for _ in range(3000):
+            kids = Path(f"/proc/{sup.pid}/task/{sup.pid}/children").read_text().split()
+            if any(tracer_of(int(k)) == sup.pid for k in kids):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the supervisor never started the program")
         st = subprocess.Popen(["strace", "-f", "-qq", "-p", str(sup.pid), *strace_args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for _ in range(3000):
