@@ -150,24 +150,13 @@ static void late_source_removal_failure_removes_new_destination(void)
 /* Under strace's `inject`, `spec` makes the move fail at a step the
  * kernel's rename never makes: the program gets the kernel's EXDEV and
  * nothing changes, with or without an old destination. */
+static void exdev_and_untouched(const char *strace_spec, const char *seccomp_spec, const char *label);
+
 static void injected_failure_gives_the_kernels_exdev(const char *spec, const char *label)
 {
     if (!have_strace())
         SKIP("strace is not installed");
-    for (int had_dst = 0; had_dst < 2; had_dst++) {
-        char *sd, *dd;
-        xdev_dirs("rename", &sd, &dd);
-        char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
-        uint64_t h = write_pattern_file(src, 5000, 5);
-        if (had_dst)
-            write_str(dst, OLD);
-        char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", (char *)spec,
-                        xt_self, "--child", "rename", src, dst, NULL};
-        char *what = path_of("rename with %s%s", label, had_dst ? " over an existing file" : "");
-        int st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
-        CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
-        check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
-    }
+    exdev_and_untouched(spec, NULL, label);
 }
 
 static void missing_syscall_gives_the_kernels_exdev(void)
@@ -233,21 +222,35 @@ static void seccomp_filter_refusing_data_calls_falls_back_to_read_write(void)
     check_absent(src, "rename under a seccomp filter refusing copy_file_range and sendfile");
 }
 
-static void seccomp_filter_refusing_fsync_gives_the_kernels_exdev(void)
+/* A rename made under strace's `strace_spec` injection, or else under a
+ * seccomp filter refusing `seccomp_spec`, fails with the kernel's EXDEV and
+ * changes nothing, with or without an old destination. */
+static void exdev_and_untouched(const char *strace_spec, const char *seccomp_spec, const char *label)
 {
     for (int had_dst = 0; had_dst < 2; had_dst++) {
         char *sd, *dd;
         xdev_dirs("rename", &sd, &dd);
         char *src = path_of("%s/a", sd), *dst = path_of("%s/b", dd);
-        uint64_t h = write_pattern_file(src, 5000, 9);
+        uint64_t h = write_pattern_file(src, 5000, 5);
         if (had_dst)
             write_str(dst, OLD);
-        char *what = path_of("rename under a seccomp filter refusing fsync and fdatasync%s",
-                             had_dst ? " over an existing file" : "");
-        int st = under_seccomp_filter("fsync,fdatasync", src, dst);
+        char *what = path_of("rename with %s%s", label, had_dst ? " over an existing file" : "");
+        int st;
+        if (strace_spec) {
+            char *argv[] = {"strace", "-f", "-o", "/dev/null", "-e", (char *)strace_spec,
+                            xt_self, "--child", "rename", src, dst, NULL};
+            st = spawn(argv, NULL, NULL, NULL, NULL, NULL, NULL);
+        } else {
+            st = under_seccomp_filter(seccomp_spec, src, dst);
+        }
         CHECK(st == EXDEV, "%s: child %s; expected -1/EXDEV (exit %d)", what, describe_status(st), EXDEV);
         check_untouched(sd, src, h, 5000, dd, dst, had_dst, what);
     }
+}
+
+static void seccomp_filter_refusing_fsync_gives_the_kernels_exdev(void)
+{
+    exdev_and_untouched(NULL, "fsync,fdatasync", "a seccomp filter refusing fsync and fdatasync");
 }
 
 /*

@@ -54,7 +54,7 @@ from pathlib import Path
 import pytest
 
 import fault_harness as fh
-from tree_harness import build_small_tree, diff_listings, leftovers, listing
+from tree_harness import build_small_tree, diff_listings, leftovers, listing, make_chain
 from xrename_harness import (
     LIBRARY, PAST_ATIME_NS, PAST_MTIME_NS, PRIVILEGED, REPO_ROOT, assert_cross_device, child_env,
     loop_devices_usable, move_with, need, random_bytes, run_child, Pair,
@@ -1779,12 +1779,7 @@ def test_mv_under_the_shim_works_with_few_descriptors_as_mv_alone_does(fs_pair):
     rename does not return), so that mv copies the tree itself, as alone."""
     p = fs_pair
     tree = p.src_dir / "tree"
-    d = tree
-    for i in range(6):
-        d = d / f"level{i}"
-        d.mkdir(parents=True)
-        for j in range(40):
-            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+    make_chain(tree, 6, 40)
     before = listing(tree)
     proc = subprocess.run(["sh", "-c", 'ulimit -n 20 && exec mv "$0" "$1"', str(tree), str(p.dst_dir / "tree")],
                           capture_output=True, text=True, env=child_env(), timeout=DEADLINE_S)
@@ -1872,12 +1867,7 @@ def test_a_deep_tree_moves_with_few_descriptors_the_walk_sizes_itself_to_the_lim
     ever ran out it would be EXDEV, never EMFILE."""
     p = fs_pair
     tree = p.src_dir / "tree"
-    d = tree
-    for i in range(6):
-        d = d / f"level{i}"
-        d.mkdir(parents=True)
-        for j in range(40):
-            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+    make_chain(tree, 6, 40)
     before = listing(tree)
     body = """
 import resource

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import chroot_without_proc
-from tree_harness import diff_listings, listing
+from tree_harness import diff_listings, listing, make_chain
 from xrename_harness import (
     CHILD_TIMEOUT_S, LIBRARY, PRIVILEGED, child_env, entries, need, run_child,
 )
@@ -130,12 +130,7 @@ def test_a_deep_tree_moves_under_a_descriptor_limit_of_20(fs_pair, deep):
     a time (never all of them at once), so the move succeeds."""
     p = fs_pair
     tree = p.src_dir / "tree"
-    d = tree
-    for i in range(deep):
-        d = d / f"l{i}"
-        d.mkdir(parents=True)
-        for j in range(5 if deep > 10 else 40):
-            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+    make_chain(tree, deep, 5 if deep > 10 else 40, prefix="l")
     before = listing(tree)
     body = """
 import resource

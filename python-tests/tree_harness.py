@@ -35,6 +35,17 @@ _TYPES = {
 }
 
 
+def make_chain(tree, depth: int, files: int, prefix: str = "level") -> None:
+    """A chain of `depth` nested directories under `tree`, each with
+    `files` small files (for the descriptor-limit tests)."""
+    d = tree
+    for i in range(depth):
+        d = d / f"{prefix}{i}"
+        d.mkdir(parents=True)
+        for j in range(files):
+            (d / f"f{j}").write_bytes(b"%d/%d" % (i, j))
+
+
 def type_name(st: os.stat_result) -> str:
     return _TYPES.get(stat.S_IFMT(st.st_mode), f"?{stat.S_IFMT(st.st_mode):o}")
 

@@ -115,11 +115,13 @@ unsafe fn fallback(
     saved_errno: c_int,
 ) -> c_int {
     let cfg = config::get();
+    if cfg.supervised {
+        // Under `xrename --trace` the supervisor answered this call already.
+        return -1;
+    }
     // Pass-through because a setting was not understood, or observe mode:
     // the kernel's answer, logged with the reason.
     let passed = match (cfg.disabled, cfg.note, cfg.observe) {
-        // Under `xrename --trace` the supervisor answered this call already.
-        _ if cfg.supervised => return -1,
         (true, Some(note), _) => Some(note),
         (true, None, _) => return -1, // errno is still the kernel's EXDEV
         (false, _, true) => Some("observe"),

@@ -278,6 +278,11 @@ pub fn fork_helper(f: impl FnOnce() -> i32) -> io::Result<pid_t> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
+        // The helper takes the program's file size limit; a log line past
+        // it must fail (EFBIG), not kill the helper after a finished move
+        // (which would tell the program EXDEV).
+        // SAFETY: a plain signal disposition, in this process only.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(libc::EXDEV);
         // SAFETY: ends the helper without running the parent's atexit work.
         unsafe { libc::_exit(code) }

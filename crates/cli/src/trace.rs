@@ -196,7 +196,7 @@ pub fn run(
     let logs = logs.iter().map(|fd| fd.as_fd()).collect();
     // Filters the program starts with: whatever xrename ran under, and ours.
     let filters = seccomp_filters(pid);
-    let mut sup = Supervisor { main: pid, settings: Some(s), logs, filters, ..Supervisor::default() };
+    let mut sup = Supervisor { main: pid, settings: s, logs, filters, ..Supervisor::default() };
     sup.known.insert(pid);
     let status = sup.serve();
     Ok(match failed {
@@ -214,7 +214,7 @@ struct Supervisor<'l> {
     main: pid_t,
     /// Where log lines go (`--log`, `--summary`).
     logs: Vec<BorrowedFd<'l>>,
-    settings: Option<Settings>,
+    settings: Settings,
     /// Tracees seen (a first stop of an unknown one is its attach stop).
     known: HashSet<pid_t>,
     /// Threads between a rename's seccomp stop and its exit.
@@ -364,7 +364,7 @@ impl Supervisor<'_> {
             }
         };
         let exdev = rval == Some(-(libc::EXDEV as i64));
-        let s = self.settings.unwrap_or_default();
+        let s = self.settings;
         let left = if !exdev {
             None
         } else if s.observe {
@@ -463,9 +463,7 @@ fn log(
     if logs.is_empty() {
         return;
     }
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-    let pid =
-        status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(tid as u32);
+    let pid = tgid(tid) as u32;
     let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     let line = logline::Line {
         pid,
@@ -546,19 +544,20 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
     })
 }
 
-/// The thread group (process) of thread `tid`.
-fn tgid(tid: pid_t) -> pid_t {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(tid)
+/// A field of `/proc/TID/status` (`Tgid`, `Seccomp_filters`, ...), trimmed.
+fn status_field(tid: pid_t, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(|v| v.trim().to_owned())
 }
 
-/// The number of seccomp filters on thread `tid` (`Seccomp_filters` in
-/// its status), if it can be read.
+/// The thread group (process) of thread `tid`.
+fn tgid(tid: pid_t) -> pid_t {
+    status_field(tid, "Tgid").and_then(|v| v.parse().ok()).unwrap_or(tid)
+}
+
+/// The number of seccomp filters on thread `tid`, if it can be read.
 fn seccomp_filters(tid: pid_t) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Seccomp_filters:")).and_then(|v| v.trim().parse().ok())
+    status_field(tid, "Seccomp_filters")?.parse().ok()
 }
 
 /// Whether the open directory `fd` is the directory `path`.
