@@ -898,6 +898,7 @@ def test_hard_link_created_in_source_tree_during_move_is_not_lost(child, tmpfs, 
         (tree / subs[1]).mkdir()
         for s in subs:
             (tree / s / "other").write_bytes(b"other")
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
     out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
@@ -1010,6 +1011,7 @@ def test_hidden_names_on_bindfs_destination_old_destination_never_removable_by_c
         clear_dir(p.dst_dir)
         src.write_bytes(random_bytes(100_000, seed=501))
         dst.write_bytes(old)
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     v, n = kill_scan(child, tmp_path, reset, src, dst, old)
     assert not v, f"kill points ({n} tried) that lose the old destination:\n  " + "\n  ".join(v)
@@ -1030,6 +1032,7 @@ def test_hidden_names_without_o_tmpfile_old_destination_never_removable_by_clean
         clear_dir(p.dst_dir)
         src.write_bytes(random_bytes(100_000, seed=502))
         dst.write_bytes(old)
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
     out = run_traced(child, src, dst, tmp_path / "plain.trace")
@@ -1055,6 +1058,7 @@ def test_transient_eio_from_statx_while_deleting_old_source_tree_is_retried(chil
         clear_dir(p.src_dir)
         clear_dir(p.dst_dir)
         fh.make_tree(tree, seed=601, with_xattr=False)
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
     src_rec = fh.record(tree)
@@ -1273,6 +1277,7 @@ def test_entry_changed_during_tree_move_is_kept_and_named_as_leftover(child, tmp
         clear_dir(p.dst_dir)
         build_small_tree(tree, seed=77)
         (tree / "changing").write_bytes(b"before\n")
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
     out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
@@ -1367,6 +1372,7 @@ def test_writer_opening_the_source_during_the_move_is_seen_and_its_writes_surviv
             build_small_tree(src, seed=909)
             (src / "sub").mkdir(exist_ok=True)
         target_file.write_bytes(b"line 1\n")
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace")

@@ -999,7 +999,7 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
     need(shutil.which("strace") is not None, "strace missing")
     import errno as errno_mod
     import re
-    from fault_harness import INJECTABLE, RENAME_ERRNOS
+    from fault_harness import INJECTABLE, RENAME_ERRNOS, age
     prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
     p = fs_pair
     src, dst = p.src_dir / "f", p.dst_dir / "f"
@@ -1023,6 +1023,7 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
         # Not racy: no content compare, the same calls every run.
         for q in [src, *src.rglob("*")] if kind == "tree" else [src]:
             os.utime(q, ns=(1_500_000_000_000_000_000, 1_400_000_000_000_000_000), follow_symlinks=False)
+        age(p.src_dir, p.dst_dir)  # and ctimes older than a clock tick
 
     reset()
     want = snapshot_of(src)
