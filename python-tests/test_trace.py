@@ -934,13 +934,14 @@ def tracer_of(pid: int) -> int | None:
     return next((int(l.split()[1]) for l in status.splitlines() if l.startswith("TracerPid:")), None)
 
 
-def run_traced_waiting(prog, src, dst, strace_args):
+def run_traced_waiting(prog, src, dst, strace_args, xrename_args=()):
     """Starts `xrename --trace -- prog src dst` (prog waits for a line on
     stdin), attaches `strace -f -p SUPERVISOR *strace_args` (the helpers it
     forks are followed; the program, traced by the supervisor, is not),
     then lets the program rename. Returns (exit code, stdout)."""
     import time
-    sup = subprocess.Popen([str(XRENAME), "--trace", "--", str(prog), str(src), str(dst)], env=xrename_env(),
+    sup = subprocess.Popen([str(XRENAME), "--trace", *xrename_args, "--", str(prog), str(src), str(dst)],
+                           env=xrename_env(),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     st = None
     try:
@@ -983,6 +984,35 @@ def snapshot_of(path: Path):
         return {str(q.relative_to(path)): (q.read_bytes() if q.is_file() else "dir")
                 for q in sorted(path.rglob("*"))}
     return path.read_bytes()
+
+
+def helper_calls(trace: Path) -> list[tuple[str, int]]:
+    """From a calibration (`strace -f -p SUPERVISOR`), the helper's calls
+    an injection `NAME:...:when=N` can reach alone: strace counts calls per
+    process, so a call whose ordinal the supervisor also reaches (its own
+    opens and reads of /proc, say) would hit the supervisor instead (or as
+    well), and is left out, with a margin."""
+    import re
+    from fault_harness import INJECTABLE
+    lines = [l for l in trace.read_text().splitlines() if re.match(r"^\d+\s+\w+\(", l)]
+    pids = [int(l.split()[0]) for l in lines]
+    # The helper: the process that made the copy's calls (not the supervisor).
+    helper = next(pid for pid, l in zip(pids, lines) if "copy_file_range(" in l or "sendfile(" in l)
+    supervisor = pids[0]
+    assert supervisor != helper, "test bug: the trace starts with the helper"
+    calls, mine, theirs = [], {}, {}
+    for pid, l in zip(pids, lines):
+        name = re.match(r"^\d+\s+(\w+)\(", l)[1]
+        if name not in INJECTABLE:
+            continue  # a call this strace cannot name (syscall_0x1d1)
+        if pid == helper:
+            mine[name] = mine.get(name, 0) + 1
+            calls.append((name, mine[name]))
+        else:
+            theirs[name] = theirs.get(name, 0) + 1
+    reachable = [(n, k) for n, k in calls if n not in theirs or k > theirs[n] + 2]
+    assert len(reachable) > 10, f"test bug: too few helper calls reachable alone: {calls}, supervisor: {theirs}"
+    return reachable
 
 
 @pytest.mark.parametrize("fault", ["EIO", "ENOSPC", "ENOSYS"])
@@ -1030,20 +1060,7 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
     trace = tmp_path / "calibrate.txt"
     code, out = run_traced_waiting(prog, src, dst, ["-e", f"trace={','.join(INJECTABLE)}", "-o", str(trace)])
     assert code == 0 and snapshot_of(dst) == want, (code, out)
-    lines = [l for l in trace.read_text().splitlines() if re.match(r"^\d+\s+\w+\(", l)]
-    pids = [int(l.split()[0]) for l in lines]
-    # The helper: the process that made the copy's calls (not the supervisor).
-    helper = next(pid for pid, l in zip(pids, lines) if "copy_file_range(" in l or "sendfile(" in l)
-    calls, seen = [], {}
-    for pid, l in zip(pids, lines):
-        if pid != helper:
-            continue
-        name = re.match(r"^\d+\s+(\w+)\(", l)[1]
-        if name not in INJECTABLE:
-            continue  # a call this strace cannot name (syscall_0x1d1)
-        seen[name] = seen.get(name, 0) + 1
-        calls.append((name, seen[name]))
-    assert len(calls) > 10, f"test bug: too few helper calls seen: {calls}"
+    calls = helper_calls(trace)
     problems, codes = [], []
     for name, nth in calls:
         reset()
@@ -1066,3 +1083,155 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
     assert not problems, "\n".join(problems)
     # The injections landed: most calls of a move cannot fail unnoticed.
     assert sum(1 for c in codes if c != 0) > len(calls) // 3, f"injections seem not to land: {list(zip(calls, codes))}"
+
+
+@pytest.mark.parametrize("kind", ["file", "replace", "tree"])
+def test_the_helper_killed_at_any_call_never_loses_data_and_answers_truthfully(fs_pair, tmp_path, kind):
+    """The helper is killed (SIGKILL, as by the OOM killer) at each of its
+    calls in turn. The program lives on and must get the truth: 0 only if
+    the rename has happened for every observer (source name gone,
+    destination whole), else EXDEV with the source whole (at its name, or,
+    if the helper died while taking it, at a hidden `.xrename-src-*` name)
+    and the destination old or whole, never partial. Anything else left is
+    hidden (`.xrename-*`, for `xrename clean`); no data is ever lost: the
+    old destination, when replaced, is at a hidden name or the move
+    finished. The log line of a killed helper says so."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import errno
+    import json
+    import re
+    from fault_harness import INJECTABLE, age
+    prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
+    p = fs_pair
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    data = os.urandom(200_000)
+    old = b"the old destination\n"
+    log = tmp_path / "moves.log"
+
+    def reset():
+        for d in (p.src_dir, p.dst_dir):
+            for n in os.listdir(d):
+                q = d / n
+                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else os.unlink(q)
+        if kind == "tree":
+            (src / "sub").mkdir(parents=True)
+            (src / "a").write_bytes(data)
+            (src / "sub" / "b").write_bytes(data[:1000])
+            os.symlink("a", src / "link")
+        else:
+            src.write_bytes(data)
+        if kind == "replace":
+            dst.write_bytes(old)
+        age(p.src_dir, p.dst_dir)  # no racy compare: the same calls every run
+        if log.exists():
+            log.unlink()
+
+    def traced(strace_args, logged=True):
+        return run_traced_waiting(prog, src, dst, strace_args, xrename_args=["--log", str(log)] if logged else [])
+
+    reset()
+    want = snapshot_of(src)
+    trace = tmp_path / "calibrate.txt"
+    code, out = traced(["-e", f"trace={','.join(INJECTABLE)}", "-o", str(trace)])
+    assert code == 0 and snapshot_of(dst) == want, (code, out)
+    calls = helper_calls(trace)
+
+    def hidden(d, infix=""):
+        return [d / n for n in os.listdir(d) if n.startswith(".xrename-" + infix)]
+
+    problems, codes = [], []
+    for name, nth in calls:
+        reset()
+        # A killed helper makes the supervisor write a log line: a kill at
+        # the helper's nth write would also reach that write.
+        logged = name != "write"
+        code, out = traced(["-o", "/dev/null", "-e", f"inject={name}:signal=SIGKILL:when={nth}"], logged)
+        codes.append(code)
+        visible = sorted(n for d in (p.src_dir, p.dst_dir) for n in os.listdir(d) if not n.startswith(".xrename-"))
+        what = f"SIGKILL at {name} #{nth}: exit {code}, left {visible} + hidden " \
+               f"{[q.name for d in (p.src_dir, p.dst_dir) for q in hidden(d)]}"
+        lines = log.read_text().splitlines() if log.exists() else []
+        killed = [json.loads(l) for l in lines if '"warning"' in l]
+        if code == 0:
+            if os.path.lexists(src) or snapshot_of(dst) != want or visible != ["f"]:
+                problems.append(f"{what}: reported success, but the rename has not happened")
+        elif code == errno.EXDEV:
+            at_name = snapshot_of(src) == want
+            aside = [q for q in hidden(p.src_dir, "src-") if snapshot_of(q) == want]
+            if not (at_name or aside):
+                problems.append(f"{what}: EXDEV, but the source is nowhere whole")
+            old_dst = old if kind == "replace" else None
+            if snapshot_of(dst) not in (old_dst, want):
+                problems.append(f"{what}: EXDEV, and the destination is neither old nor whole")
+            if kind == "replace" and snapshot_of(dst) == want \
+                    and not any(snapshot_of(q) == old for q in hidden(p.dst_dir, "old-")):
+                problems.append(f"{what}: EXDEV, and the old destination is lost")
+            if logged and not killed:
+                problems.append(f"{what}: no log line says the helper was killed: {lines}")
+        else:
+            problems.append(f"{what}: errno {code} for a killed helper")
+    assert not problems, "\n".join(problems)
+    # Kills landed before and after the point of no return.
+    assert errno.EXDEV in codes and codes.count(0) >= 1, f"kills seem not to land: {list(zip(calls, codes))}"
+
+
+# Run as uid 65534 inside `unshare -Urm`: two private tmpfs mounts, then each
+# case; prints one "PASS name" or "FAIL name: why" line per case.
+UNPRIVILEGED_SCRIPT = r'''
+set -u
+W=$1; X=$W/bin/xrename; B=$W/bin
+cd "$W" && mkdir -p a b && mount -t tmpfs src a && mount -t tmpfs dst b || { echo "FAIL mounts"; exit 0; }
+reset() { rm -rf a/* a/.x* b/* b/.x*; }
+check() { if [ "$2" = "$3" ]; then echo "PASS $1"; else echo "FAIL $1: $4 (got $2, want $3)"; fi; }
+for kind in static musl go raw int80; do
+    prog=$B/$kind; extra=; [ "$kind" = raw ] && extra=raw2
+    [ -x "$prog" ] || { echo "FAIL $kind: not built"; continue; }
+    reset; printf 'moved as nobody\n' > a/f; chmod 640 a/f
+    "$prog" a/f b/f $extra >/dev/null; check "$kind-untraced" $? 18 "EXDEV without xrename"
+    "$X" --trace -- "$prog" a/f b/f $extra >/dev/null; rc=$?
+    ok=$( [ $rc = 0 ] && [ ! -e a/f ] && [ "$(cat b/f)" = "moved as nobody" ] \
+          && [ "$(stat -c %a b/f)" = 640 ] && [ -z "$(ls -A a)" ] && [ "$(ls -A b)" = f ] && echo yes)
+    check "$kind-file" "$rc:$ok" "0:yes" "moved, source gone, mode kept, nothing left"
+done
+for kind in static go; do
+    reset; mkdir -p a/t/x/y; echo deep > a/t/x/y/deep; ln -s x/y/deep a/t/link
+    "$X" --trace -- "$B/$kind" a/t b/t >/dev/null; rc=$?
+    ok=$( [ ! -e a/t ] && [ "$(cat b/t/x/y/deep)" = deep ] && [ "$(readlink b/t/link)" = x/y/deep ] && echo yes)
+    check "$kind-tree" "$rc:$ok" "0:yes" "tree moved"
+done
+reset; echo new > a/f; echo old > b/f
+"$X" --trace -- "$B/static" a/f b/f raw2 >/dev/null; check noreplace $? 17 "RENAME_NOREPLACE onto a file"
+"$X" --trace -- "$B/static" a/f b/f xchg >/dev/null; check exchange $? 18 "RENAME_EXCHANGE"
+check untouched "$(cat a/f)/$(cat b/f)/$(ls -A a b | tr '\n' ' ')" "new/old/a: f  b: f " "nothing changed"
+'''
+
+
+def test_as_an_unprivileged_user_in_a_user_namespace_every_program_is_served(progs, tmp_path):
+    """The supervisor and the programs run as uid 65534 inside `unshare
+    -Urm` (no privilege anywhere: the case of a developer or CI job that
+    is not root): files and trees between two private tmpfs mounts, for
+    static, musl, Go, raw-syscall and int 0x80 programs; NOREPLACE and
+    EXCHANGE answer as the kernel would."""
+    need(PRIVILEGED, "needs root to become uid 65534")
+    need(shutil.which("setpriv") is not None, "setpriv missing")
+    work = tmp_path / "unprivileged"
+    (work / "bin").mkdir(parents=True)
+    names = {"static": "static", "musl": "musl", "go": "go", "glibc-raw-syscall": "raw", "int80": "int80"}
+    for kind, name in names.items():
+        if kind in progs:
+            shutil.copy(progs[kind], work / "bin" / name)
+    shutil.copy(XRENAME, work / "bin" / "xrename")
+    for q in [work, *work.rglob("*")]:
+        os.chmod(q, 0o755)
+    os.chown(work, 65534, 65534)
+    with searchable_for_all(work):
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                               "--", "unshare", "-Urm", "--propagation", "private",
+                               "sh", "-c", UNPRIVILEGED_SCRIPT, "sh", str(work)],
+                              capture_output=True, text=True, timeout=300, env=xrename_env())
+    results = proc.stdout.splitlines()
+    failed = [l for l in results if not l.startswith("PASS ")]
+    missing = [k for k in PROGRAMS if k not in progs]
+    if missing and IN_CI:
+        failed.append(f"toolchains missing in CI: {missing}")
+    assert not failed and len(results) >= 15, f"{describe(proc)}\n" + "\n".join(failed)

@@ -150,6 +150,7 @@ impl Config {
                 // Other names of a multi-link file moved earlier become links.
                 links: Some(std::sync::Arc::new(xrename_engine::links::Links::new())),
                 leases: None,
+                stages: None,
             },
         }
     }

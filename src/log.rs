@@ -74,6 +74,7 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
         elapsed: e.elapsed,
         result: e.result,
         note: e.note,
+        warning: None,
     };
     let line = logline::format(&line, SystemTime::now());
     match target {

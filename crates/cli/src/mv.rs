@@ -101,7 +101,7 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
     }
     let counter = Arc::new(AtomicU64::new(0));
     let links = Some(std::sync::Arc::new(xrename_engine::links::Links::new()));
-    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()), links, leases: None };
+    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()), links, leases: None, stages: None };
     let run = move || {
         let req = Request {
             op: Op::Rename,

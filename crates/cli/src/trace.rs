@@ -219,10 +219,8 @@ struct Supervisor<'l> {
     known: HashSet<pid_t>,
     /// Threads between a rename's seccomp stop and its exit.
     calls: HashMap<pid_t, Call>,
-    /// Helpers moving for a stopped thread: helper pid -> thread, or None
-    /// once that thread is gone (an exec by another thread took its id:
-    /// the result must not reach the new program).
-    helpers: HashMap<pid_t, Option<pid_t>>,
+    /// Helpers moving for a stopped thread, by helper pid.
+    helpers: HashMap<pid_t, Helper>,
     /// Processes (thread group ids) that restricted themselves with
     /// Landlock, and their descendants. (A seccomp filter of their own is
     /// seen by counting filters; see `filters`.)
@@ -248,10 +246,8 @@ impl Supervisor<'_> {
     fn serve(&mut self) -> i32 {
         // Until no child is left (ECHILD).
         while let Ok((pid, st)) = ptrace::wait_any() {
-            if let Some(tid) = self.helpers.remove(&pid) {
-                if let Some(tid) = tid {
-                    self.helper_done(tid, st);
-                }
+            if let Some(helper) = self.helpers.remove(&pid) {
+                self.helper_done(helper, st);
                 continue;
             }
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
@@ -295,9 +291,9 @@ impl Supervisor<'_> {
                 // pending for the old leader (killed by the exec) is not for
                 // the new program.
                 self.calls.remove(&tid);
-                for target in self.helpers.values_mut() {
-                    if *target == Some(tid) {
-                        *target = None;
+                for helper in self.helpers.values_mut() {
+                    if helper.tid == Some(tid) {
+                        helper.tid = None;
                     }
                 }
                 self.warn_setuid(tid);
@@ -375,8 +371,8 @@ impl Supervisor<'_> {
             Some("sandboxed")
         } else {
             match start_move(tid, &call, s, &self.logs) {
-                Ok(helper) => {
-                    self.helpers.insert(helper, Some(tid));
+                Ok((pid, helper)) => {
+                    self.helpers.insert(pid, helper);
                     return;
                 }
                 Err(_) => Some("cannot act for the program"),
@@ -388,7 +384,7 @@ impl Supervisor<'_> {
                 && let Ok(req) = Asked::read(tid, *op, args)
             {
                 let result = Err(engine::Error::new(rustix::io::Errno::XDEV, why));
-                log(&self.logs, tid, &req, &Report::default(), Duration::ZERO, result);
+                log(&self.logs, tid, &req, &Report::default(), Duration::ZERO, result, None);
             }
         }
         let _ = ptrace::cont(tid, 0);
@@ -412,15 +408,76 @@ impl Supervisor<'_> {
         }
     }
 
-    fn helper_done(&mut self, tid: pid_t, st: c_int) {
-        let errno = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { libc::EXDEV };
-        let value = if errno == 0 { 0 } else { -(errno as i64) };
-        let _ = ptrace::set_return(tid, value);
-        let _ = ptrace::cont(tid, 0);
+    /// A helper ended: its exit status is the program's answer. A helper
+    /// killed (by a signal, the OOM killer) cannot say; the last stage it
+    /// reported decides ([`engine::Stage`]): once the source has left its
+    /// name, checked, the rename has happened (0); before that the program
+    /// keeps the kernel's EXDEV. The log says what may be left behind.
+    fn helper_done(&mut self, helper: Helper, st: c_int) {
+        let errno = if libc::WIFEXITED(st) {
+            libc::WEXITSTATUS(st)
+        } else {
+            let (result, warning) = match helper.last_stage() {
+                Some(engine::Stage::Done) => (
+                    Ok(()),
+                    "the helper was killed after the move: hidden leftovers may remain (xrename clean)",
+                ),
+                Some(engine::Stage::Installed) => (
+                    Err(engine::Error::new(rustix::io::Errno::XDEV, "helper killed after the install")),
+                    "the helper was killed after the install: the destination holds the copy (the old one \
+                     at a hidden name), the source is whole at its name or a hidden one (xrename clean)",
+                ),
+                None => (
+                    Err(engine::Error::new(rustix::io::Errno::XDEV, "helper killed")),
+                    "the helper was killed before the install: the destination is as it was, the source is \
+                     whole at its name (on overlayfs maybe a hidden one), a hidden copy may remain \
+                     (xrename clean)",
+                ),
+            };
+            if let Some(tid) = helper.tid {
+                let elapsed = helper.started.elapsed();
+                log(&self.logs, tid, &helper.asked, &Report::default(), elapsed, result, Some(warning));
+            }
+            result.map_or_else(|e| e.errno.raw_os_error(), |()| 0)
+        };
+        if let Some(tid) = helper.tid {
+            let value = if errno == 0 { 0 } else { -(errno as i64) };
+            let _ = ptrace::set_return(tid, value);
+            let _ = ptrace::cont(tid, 0);
+        }
+    }
+}
+
+/// A helper moving for a stopped thread.
+struct Helper {
+    /// The thread to answer; None once it is gone (an exec by another
+    /// thread took its id: the result must not reach the new program).
+    tid: Option<pid_t>,
+    /// What it asked for, for the log.
+    asked: Asked,
+    /// The stages it reported (one byte each), non-blocking.
+    stages: OwnedFd,
+    started: Instant,
+}
+
+impl Helper {
+    /// The last stage the helper reported before it ended.
+    fn last_stage(&self) -> Option<engine::Stage> {
+        let mut buf = [0u8; 8];
+        let mut last = None;
+        while let Ok(n @ 1..) = rustix::io::read(&self.stages, &mut buf) {
+            last = buf[..n].last().copied();
+        }
+        match last {
+            Some(b'i') => Some(engine::Stage::Installed),
+            Some(b'd') => Some(engine::Stage::Done),
+            _ => None,
+        }
     }
 }
 
 /// What a thread asked for, read from its registers and memory.
+#[derive(Clone)]
 struct Asked {
     op: Op,
     old_dir: i32,
@@ -459,6 +516,7 @@ fn log(
     report: &Report,
     elapsed: Duration,
     result: engine::Result<()>,
+    warning: Option<&str>,
 ) {
     if logs.is_empty() {
         return;
@@ -476,6 +534,7 @@ fn log(
         elapsed,
         result,
         note: None,
+        warning,
     };
     let text = logline::format(&line, std::time::SystemTime::now());
     for fd in logs {
@@ -486,7 +545,7 @@ fn log(
 
 /// Reads what the thread asked for and starts a helper that moves it with
 /// the thread's rights; returns the helper's pid.
-fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> std::io::Result<pid_t> {
+fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> std::io::Result<(pid_t, Helper)> {
     let Call::Rename { op, args } = call else { return Err(std::io::Error::from_raw_os_error(libc::EINVAL)) };
     let req = Asked::read(tid, *op, args)?;
     let namespaces = differing_namespaces(tid);
@@ -517,7 +576,12 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
     };
     let (odir, ndir) = (dir(req.old_dir, &req.old)?, dir(req.new_dir, &req.new)?);
     let other_root = !same_file(&root, "/");
-    ptrace::fork_helper(move || {
+    // The helper tells each stage it reaches here, so that its death can
+    // still be answered truthfully.
+    let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+    let (stages, tell) = rustix::pipe::pipe_with(flags)?;
+    let asked = req.clone();
+    let pid = ptrace::fork_helper(move || {
         let started = Instant::now();
         let mut report = Report::default();
         let result = if ptrace::enter_namespaces(tid, namespaces).is_err()
@@ -533,15 +597,32 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
             let new_dir = ndir.as_ref().map_or(cwd_fd, |d| d.as_fd());
             let r = Request { op: req.op, old_dir, old: &req.old, new_dir, new: &req.new, flags: req.flags };
-            let opts = Options { fsync: s.fsync, dirs: s.dirs, progress: None, links: None, leases: Some(leases) };
+            let tell = std::sync::Arc::new(tell);
+            let stages = engine::Stages(std::sync::Arc::new(move |stage| {
+                let byte = match stage {
+                    engine::Stage::Installed => b"i",
+                    engine::Stage::Done => b"d",
+                };
+                // A pipe's buffer holds far more than a move's two bytes.
+                let _ = rustix::io::write(&*tell, byte);
+            }));
+            let opts = Options {
+                fsync: s.fsync,
+                dirs: s.dirs,
+                progress: None,
+                links: None,
+                leases: Some(leases),
+                stages: Some(stages),
+            };
             engine::rename(&r, &opts, &mut report)
         };
-        log(logs, tid, &req, &report, started.elapsed(), result);
+        log(logs, tid, &req, &report, started.elapsed(), result, None);
         match result {
             Ok(()) => 0,
             Err(e) => e.errno.raw_os_error(),
         }
-    })
+    })?;
+    Ok((pid, Helper { tid: Some(tid), asked, stages, started: Instant::now() }))
 }
 
 /// A field of `/proc/TID/status` (`Tgid`, `Seccomp_filters`, ...), trimmed.

@@ -95,11 +95,49 @@ pub struct Options {
     /// another process's behalf (the supervisor); `None`: this process's,
     /// read at each move.
     pub leases: Option<copy::OwnLeases>,
+    /// Told where the move stands, for a caller that must answer the
+    /// program even if the process moving dies (the supervisor's helper).
+    pub stages: Option<Stages>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true, dirs: true, progress: None, links: None, leases: None }
+        Options { fsync: true, dirs: true, progress: None, links: None, leases: None, stages: None }
+    }
+}
+
+/// Where a move stands, as far as anyone outside it can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The copy is at the destination's name (the old destination kept at a
+    /// hidden name); the source is still at its own. Until [`Stage::Done`]
+    /// a move that dies leaves the program's answer EXDEV.
+    Installed,
+    /// The copy is installed and the source has left its name, found to
+    /// be what was copied: for every observer the rename has happened.
+    /// What follows (unlinking or deleting the source set aside, dropping
+    /// the old destination) leaves at worst hidden leftovers if the mover
+    /// dies (`xrename clean`), so the program's answer is then 0. (Only
+    /// a file whose unlink fails may still be put back and the move undone;
+    /// the mover dying inside that undo leaves two copies, never none.)
+    Done,
+}
+
+/// A callback told each [`Stage`] a move reaches, in order.
+#[derive(Clone)]
+pub struct Stages(pub Arc<dyn Fn(Stage) + Send + Sync>);
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stages(..)")
+    }
+}
+
+impl Stages {
+    fn tell(this: &Option<Stages>, stage: Stage) {
+        if let Some(s) = this {
+            (s.0)(stage);
+        }
     }
 }
 
@@ -270,6 +308,9 @@ fn move_object(
                 source::give_back(src.dir.as_fd(), aside, &src.name, report);
             }
         })?;
+        // The source left its name before the install, and nothing below
+        // can fail: the rename has happened.
+        Stages::tell(&opts.stages, Stage::Done);
         match (durable, taken) {
             (true, taken) => finish(taken, false, report)?,
             // Installed for good but maybe not durable: the source stays.
@@ -283,7 +324,9 @@ fn move_object(
         let withdraw = records.as_ref().map(|records| dir::Withdraw { original: src, records });
         let rollback = withdraw.as_ref().map(|w| w as &dyn install::Rollback);
         let installed = install::install(tmp, dst, dest, durability, rollback)?;
+        Stages::tell(&opts.stages, Stage::Installed);
         let taken = take(report)?;
+        Stages::tell(&opts.stages, Stage::Done);
         finish(taken, true, report)?;
         installed.commit();
     }

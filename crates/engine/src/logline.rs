@@ -46,6 +46,9 @@ pub struct Line<'a> {
     pub result: Result<()>,
     /// Settings that were not understood, if any.
     pub note: Option<&'a str>,
+    /// Something the user should know about this call beyond its result
+    /// (the supervisor's helper was killed, say).
+    pub warning: Option<&'a str>,
 }
 
 /// Formats one log line, newline included.
@@ -82,6 +85,10 @@ pub fn format(e: &Line<'_>, now: SystemTime) -> String {
     if let Some(note) = e.note {
         s.push_str(",\"config\":");
         json_str(&mut s, note.as_bytes());
+    }
+    if let Some(warning) = e.warning {
+        s.push_str(",\"warning\":");
+        json_str(&mut s, warning.as_bytes());
     }
     s.push_str("}\n");
     s
@@ -212,6 +219,7 @@ mod tests {
             elapsed: Duration::from_micros(1500),
             result: Ok(()),
             note: None,
+            warning: None,
         };
         let line = format(&e, UNIX_EPOCH + Duration::from_millis(1_764_095_000_123));
         assert!(line.ends_with("}\n") && line.matches('\n').count() == 1);
@@ -233,6 +241,7 @@ mod tests {
             elapsed: Duration::ZERO,
             result: Ok(()),
             note: None,
+            warning: None,
         };
         let line = format(&e, UNIX_EPOCH);
         assert!(line.contains("\"result\":\"ok\",\"leftover\":\"/data/in/.xrename-src-1-ab\"}"), "{line}");
@@ -254,6 +263,7 @@ mod tests {
             elapsed: Duration::ZERO,
             result: Err(Error::new(Errno::NOSPC, "copy")),
             note: None,
+            warning: None,
         };
         let line = format(&e, UNIX_EPOCH);
         assert!(line.contains("\"type\":\"unknown\""), "{line}");
