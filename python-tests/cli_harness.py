@@ -68,7 +68,8 @@ def run(argv: list, env: dict[str, str] | None = None, cwd: Path | None = None,
 
 
 # Words that are not a command to run.
-NOT_A_COMMAND = {"explain", "mv", "clean", "help", "-h", "--help", "-V", "--version", "--trace", "--preload"}
+NOT_A_COMMAND = {"explain", "mv", "clean", "help", "lib", "completions", "man", "-h", "--help", "-V", "--version",
+                 "--trace", "--preload"}
 
 
 def xrename(*args, env: dict[str, str] | None = None, cwd: Path | None = None,

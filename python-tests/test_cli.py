@@ -157,7 +157,8 @@ def test_missing_library_exits_125_naming_the_paths_tried(tmp_path):
 
     assert proc.returncode == 125, describe(proc)
     want = (f"xrename: cannot find libxrename.so; tried: {d}/libxrename.so, "
-            f"{d}/../lib/xrename/libxrename.so (set XRENAME_LIB to its path)")
+            f"{d}/../lib/xrename/libxrename.so, {d}/../lib/x86_64-linux-gnu/xrename/libxrename.so "
+            "(set XRENAME_LIB to its path)")
     assert want in proc.stderr, f"expected {want!r} in stderr\n{describe(proc)}"
     assert not marker.exists(), "the command ran although the library is missing"
 
@@ -764,9 +765,100 @@ def test_help_exits_0_and_shows_examples(argv):
 
 
 def test_subcommand_help_is_about_that_subcommand():
-    for sub in ("explain", "mv", "clean"):
+    for sub in ("explain", "mv", "clean", "lib", "completions"):
         out = xrename("help", sub).stdout
-        assert out.startswith(f"xrename {sub} "), out
+        assert re.search(rf"Usage: xrename {sub}\b", out), out
+
+
+def test_mv_usage_error_exits_1_as_gnu_mv_and_others_125(tmp_path):
+    proc = xrename("mv", "--bogus", tmp_path / "a", tmp_path / "b")
+    assert proc.returncode == 1 and "--bogus" in proc.stderr, describe(proc)
+    proc = xrename("mv", tmp_path / "only-one")
+    assert proc.returncode == 1, describe(proc)
+    proc = xrename("explain", tmp_path / "only-one")
+    assert proc.returncode == 125, describe(proc)
+    proc = xrename("--trace", "--preload", "true")
+    assert proc.returncode == 125, describe(proc)
+
+
+def test_lib_prints_the_library_found(tmp_path):
+    proc = xrename("lib")
+    assert proc.returncode == 0, describe(proc)
+    assert os.path.samefile(proc.stdout.strip(), LIBRARY), describe(proc)
+    # Where the Debian package puts it, relative to /usr/bin.
+    exe = _lonely_copy(tmp_path)
+    multiarch = exe.parent.parent / "lib" / "x86_64-linux-gnu" / "xrename"
+    multiarch.mkdir(parents=True)
+    shutil.copy(LIBRARY, multiarch / "libxrename.so")
+    proc = xrename("lib", exe=exe)
+    assert proc.stdout.strip() == str((multiarch / "libxrename.so").resolve()), describe(proc)
+    # Where pip puts it: ../lib/python3.X/site-packages/xrename/ of a venv.
+    (tmp_path / "venv").mkdir()
+    exe = _lonely_copy(tmp_path / "venv")
+    site = exe.parent.parent / "lib" / "python3.11" / "site-packages" / "xrename"
+    site.mkdir(parents=True)
+    shutil.copy(LIBRARY, site / "libxrename.so")
+    proc = xrename("lib", exe=exe)
+    assert proc.stdout.strip() == str((site / "libxrename.so").resolve()), describe(proc)
+    (site / "libxrename.so").unlink()
+    proc = xrename("lib", exe=exe)
+    assert proc.returncode == 125 and "site-packages/xrename/libxrename.so" in proc.stderr, describe(proc)
+
+
+def options_of(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", help_text))
+
+
+def test_man_pages_render_and_say_what_help_says(tmp_path):
+    """The pages come from the definitions --help prints: every option of
+    every subcommand's --help is on its page, and the library's page names
+    every XRENAME_* variable the library reads."""
+    need(shutil.which("man") is not None, "man missing (apt-get install man-db)")
+    out = tmp_path / "man"
+    proc = xrename("man", out)
+    assert proc.returncode == 0, describe(proc)
+    pages = sorted(p.name for p in out.iterdir())
+    assert pages == ["libxrename.7", "xrename-clean.1", "xrename-completions.1", "xrename-explain.1",
+                     "xrename-lib.1", "xrename-mv.1", "xrename.1"], pages
+    for page in out.iterdir():
+        r = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
+                           env=dict(os.environ, MANWIDTH="100", MAN_KEEP_FORMATTING="0"))
+        assert r.returncode == 0 and r.stderr == "", f"{page.name}: {r.stderr}"
+        text = re.sub(r".\x08", "", r.stdout).replace("\u2010", "-").replace("\u2212", "-")
+        if page.name == "libxrename.7":
+            config = (REPO_ROOT / "src" / "config.rs").read_text()
+            used = set(re.findall(r"vars::([A-Z_]+)\.name", config))
+            for var in used:
+                assert f"XRENAME_{var}" in text, f"libxrename(7) lacks XRENAME_{var}"
+            continue
+        sub = page.name[len("xrename-"):-2] if page.name != "xrename.1" else None
+        help_text = xrename(*([sub, "--help"] if sub else ["--help"])).stdout
+        missing = options_of(help_text) - options_of(text.replace("\u2010\n", ""))
+        assert not missing, f"{page.name} lacks {missing}"
+
+
+def test_bash_completion_loads_and_completes_options_and_subcommands(tmp_path):
+    script = tmp_path / "xrename.bash"
+    script.write_text(xrename("completions", "bash").stdout)
+    probe = f"""
+source {script}
+complete -p xrename
+COMP_WORDS=(xrename --su); COMP_CWORD=1; COMP_LINE="xrename --su"; COMP_POINT=${{#COMP_LINE}}
+_xrename xrename --su xrename; echo "options: ${{COMPREPLY[*]}}"
+COMP_WORDS=(xrename ex); COMP_CWORD=1; COMP_LINE="xrename ex"; COMP_POINT=${{#COMP_LINE}}
+_xrename xrename ex xrename; echo "subcommands: ${{COMPREPLY[*]}}"
+COMP_WORDS=(xrename mv --no); COMP_CWORD=2; COMP_LINE="xrename mv --no"; COMP_POINT=${{#COMP_LINE}}
+_xrename xrename --no mv; echo "mv: ${{COMPREPLY[*]}}"
+"""
+    r = subprocess.run(["bash", "--norc", "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "-F _xrename xrename" in r.stdout, r.stdout
+    assert "options: --summary" in r.stdout, r.stdout
+    assert "subcommands: explain" in r.stdout, r.stdout
+    assert "--no-target-directory" in r.stdout and "--no-fsync" in r.stdout, r.stdout
+    for shell in ("zsh", "fish"):
+        proc = xrename("completions", shell)
+        assert proc.returncode == 0 and "no-fsync" in proc.stdout, describe(proc)
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])

@@ -4,22 +4,14 @@
 //! never happens on a rename call; a program that changes its environment
 //! later does not change xrename's behaviour.
 //!
-//! | variable | meaning |
-//! | --- | --- |
-//! | `XRENAME_DISABLE=1` | pure pass-through: `EXDEV` is returned as the kernel gave it |
-//! | `XRENAME_MODE=observe` | do not emulate; log every `EXDEV` and return it as the kernel did |
-//! | `XRENAME_LOG=stderr` or `=/path` | one JSON line per `EXDEV` met (see [`crate::log`]) |
-//! | `XRENAME_SUMMARY_LOG=/path` | the same lines, for `xrename --summary` |
-//! | `XRENAME_FSYNC=0` | skip every fsync: faster, and unsafe on a crash |
-//! | `XRENAME_DIRS=0` | leave directory moves to the program (EXDEV) |
-//! | `XRENAME_SUPERVISOR=PID` | set by `xrename --trace`: the supervisor handles every EXDEV, the library stands aside |
-//! | `XRENAME_DEBUG=panic` | (for tests) every move panics inside the library: shows that a panic prints nothing and gives EXDEV |
+//! The variables, their values and meanings are defined once, in
+//! [`xrename_engine::vars`] (also the source of the libxrename(7) man page).
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::OnceLock;
 
-use xrename_engine::Options;
+use xrename_engine::{Options, vars};
 
 /// Where log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +99,10 @@ impl Config {
                 }
             },
         };
-        let disabled = flag("XRENAME_DISABLE", false, true);
-        let fsync = flag("XRENAME_FSYNC", true, true);
-        let dirs = flag("XRENAME_DIRS", true, false);
-        let (observe, mode_passthrough) = match var("XRENAME_MODE") {
+        let disabled = flag(vars::DISABLE.name, false, true);
+        let fsync = flag(vars::FSYNC.name, true, true);
+        let dirs = flag(vars::DIRS.name, true, false);
+        let (observe, mode_passthrough) = match var(vars::MODE.name) {
             None => (false, false),
             Some(v) => match v.to_str().map(str::to_ascii_lowercase).as_deref() {
                 Some("" | "emulate") => (false, false),
@@ -121,12 +113,12 @@ impl Config {
                 }
             },
         };
-        let log = var("XRENAME_LOG").and_then(|v| match v.to_str() {
+        let log = var(vars::LOG.name).and_then(|v| match v.to_str() {
             Some("") => None,
             Some(s) if s.eq_ignore_ascii_case("stderr") || s == "-" => Some(LogTarget::Stderr),
             _ => CString::new(v.into_vec()).ok().map(LogTarget::File),
         });
-        let summary = var("XRENAME_SUMMARY_LOG")
+        let summary = var(vars::SUMMARY_LOG.name)
             .filter(|v| !v.is_empty())
             .and_then(|v| CString::new(v.into_vec()).ok().map(LogTarget::File));
         // Leaked once per process, so that log lines can carry it.
@@ -134,8 +126,8 @@ impl Config {
         let verdict = if disabled { "pass-through" } else { "the safe choice taken" };
         let note: Option<&'static str> =
             (!notes.is_empty()).then(|| &*Box::leak(format!("{}: {verdict}", notes.join(", ")).into_boxed_str()));
-        let debug_panic = var("XRENAME_DEBUG").is_some_and(|v| v.eq_ignore_ascii_case("panic"));
-        let supervised = var("XRENAME_SUPERVISOR").is_some_and(|v| !v.is_empty());
+        let debug_panic = var(vars::DEBUG.name).is_some_and(|v| v.eq_ignore_ascii_case("panic"));
+        let supervised = var(vars::SUPERVISOR.name).is_some_and(|v| !v.is_empty());
         Config {
             debug_panic,
             supervised,

@@ -25,36 +25,11 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxAttributes, StatxFlags};
 
 use xrename_engine::names::{self, Role};
 
-use crate::fail;
 use crate::run::human;
 
-pub const HELP: &str = "\
-xrename clean [--remove] DIR...: find what interrupted moves left behind
-
-Lists the hidden .xrename-* entries in each DIR (not below it):
-  .xrename-<pid>-<hex>      an unfinished copy: never the only copy of anything
-  .xrename-old-<pid>-<hex>  a replacing copy, or the old destination it replaced
-                            (kept for rollback): the old data may be only here
-  .xrename-src-<pid>-<hex>  a moved source being deleted: its copy is in place,
-                            but what changed during the move may be only here
-With --remove, deletes the first kind when its process is gone. The others
-are only reported: look inside, keep what you need, delete them yourself.
-
-Examples:
-  xrename clean /srv/data
-  xrename clean --remove /srv/data /tmp
-";
-
-pub fn main(args: &[OsString]) -> i32 {
-    let remove = args.iter().any(|a| a == "--remove");
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{HELP}");
-        return 0;
-    }
-    let dirs: Vec<&OsString> = args.iter().filter(|a| *a != "--remove" && *a != "--").collect();
-    if dirs.is_empty() {
-        return fail("clean takes at least one DIR (see xrename help clean)");
-    }
+pub fn main(m: &clap::ArgMatches) -> i32 {
+    let remove = m.get_flag("remove");
+    let dirs: Vec<&OsString> = m.get_many::<OsString>("dirs").into_iter().flatten().collect();
     let mut status = 0;
     for dir in dirs {
         if let Err(e) = clean(Path::new(dir), remove) {

@@ -16,27 +16,9 @@ use crate::fail;
 use crate::mountinfo::{self, Mount};
 use crate::run::human;
 
-pub const HELP: &str = "\
-xrename explain SRC DST: say whether rename(SRC, DST) fails with EXDEV, and why
-
-Shows the mount, mount id and filesystem type of both sides, whether they
-are two mounts of one filesystem (a bind mount), whether SRC is a directory
-in an overlayfs lower layer, and what xrename would do instead: the object,
-the bytes and files it would copy, and what the destination filesystem keeps.
-If DST is an existing directory, SRC is explained as moved into it, as mv does.
-Nothing is changed.
-
-Example:
-  xrename explain /var/lib/app/upload.tmp /srv/data/upload
-";
-
-pub fn main(args: &[OsString]) -> i32 {
-    let args: Vec<&OsString> = args.iter().filter(|a| *a != "--").collect();
-    if args.iter().any(|a| *a == "-h" || *a == "--help") {
-        print!("{HELP}");
-        return 0;
-    }
-    let [src, dst] = args[..] else { return fail("explain takes SRC and DST (see xrename help explain)") };
+pub fn main(m: &clap::ArgMatches) -> i32 {
+    let src: &OsString = m.get_one("SRC").expect("required");
+    let dst: &OsString = m.get_one("DST").expect("required");
     match explain(Path::new(src), Path::new(dst)) {
         Ok(text) => {
             print!("{text}");

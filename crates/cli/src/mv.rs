@@ -17,44 +17,12 @@ use std::time::Duration;
 use rustix::io::Errno;
 use xrename_engine::{self as engine, Op, Options, Report, Request};
 
-pub const HELP: &str = "\
-xrename mv [OPTIONS] SRC... DST: move files and trees, across filesystems too
-
-Like mv, but a cross-device move is atomic at the destination (it appears
-complete or not at all), durable (fsynced before the source is removed), and
-a failed move leaves source and destination exactly as they were.
-
-Options:
-  -v, --verbose              say what was moved
-      --progress             show a progress bar for large moves (on a terminal only)
-  -T, --no-target-directory  treat DST as the name to create, even if it is a directory
-      --no-fsync             skip fsync: faster, UNSAFE (a crash may lose moved data)
-
-Examples:
-  xrename mv build/output.tar /mnt/nas/releases/
-  xrename mv -v --progress ~/videos /media/usb/
-";
-
-pub fn main(args: &[OsString]) -> i32 {
-    let (mut verbose, mut progress, mut no_target_dir, mut fsync) = (false, false, false, true);
-    let mut paths = Vec::new();
-    let mut options_done = false;
-    for a in args {
-        match a.to_str() {
-            _ if options_done => paths.push(PathBuf::from(a)),
-            Some("--") => options_done = true,
-            Some("-v" | "--verbose") => verbose = true,
-            Some("--progress") => progress = true,
-            Some("-T" | "--no-target-directory") => no_target_dir = true,
-            Some("--no-fsync") => fsync = false,
-            Some("-h" | "--help") => {
-                print!("{HELP}");
-                return 0;
-            }
-            Some(o) if o.starts_with('-') && o.len() > 1 => return usage(format_args!("unknown option {o}")),
-            _ => paths.push(PathBuf::from(a)),
-        }
-    }
+pub fn main(m: &clap::ArgMatches) -> i32 {
+    let verbose = m.get_flag("verbose");
+    let progress = m.get_flag("progress");
+    let no_target_dir = m.get_flag("no-target-directory");
+    let fsync = !m.get_flag("no-fsync");
+    let mut paths: Vec<PathBuf> = m.get_many::<OsString>("paths").into_iter().flatten().map(PathBuf::from).collect();
     if paths.len() < 2 {
         return usage("mv takes SRC... DST (see xrename help mv)");
     }

@@ -28,43 +28,24 @@ struct Opts {
     preload: bool,
 }
 
-pub fn main(args: &[OsString]) -> i32 {
-    let mut opts = Opts::default();
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].to_str() {
-            Some("--") => {
-                i += 1;
-                break;
-            }
-            Some("--log") => {
-                let Some(v) = args.get(i + 1) else { return fail("--log needs FILE or -") };
-                opts.log = Some(v.clone());
-                i += 1;
-            }
-            Some(a) if a.starts_with("--log=") => opts.log = Some(OsString::from(&a[6..])),
-            Some("--summary") => opts.summary = true,
-            Some("--observe") => opts.observe = true,
-            Some("--no-fsync") => opts.no_fsync = true,
-            Some("--no-dirs") => opts.no_dirs = true,
-            Some("--trace") => opts.trace = true,
-            Some("--preload") => opts.preload = true,
-            Some(a) if a.starts_with('-') && a.len() > 1 => {
-                return fail(format_args!("unknown option {a} (see xrename --help)"));
-            }
-            _ => break,
-        }
-        i += 1;
-    }
+pub fn main(m: &clap::ArgMatches) -> i32 {
+    let opts = Opts {
+        log: m.get_one::<OsString>("log").cloned(),
+        summary: m.get_flag("summary"),
+        observe: m.get_flag("observe"),
+        no_fsync: m.get_flag("no-fsync"),
+        no_dirs: m.get_flag("no-dirs"),
+        trace: m.get_flag("trace"),
+        preload: m.get_flag("preload"),
+    };
+    let args: Vec<OsString> = m.get_many::<OsString>("cmd").into_iter().flatten().cloned().collect();
+    let i = 0;
     let Some(cmd) = args.get(i) else { return fail("no command given (see xrename --help)") };
     if std::env::var_os("XRENAME_SUPERVISOR").is_some_and(|v| !v.is_empty()) {
         // Inside `xrename --trace` already: its supervisor serves this
         // command too; just run it.
         let err = Command::new(cmd).args(&args[i + 1..]).exec();
         return exec_failed(cmd, &err);
-    }
-    if opts.trace && opts.preload {
-        return fail("--trace and --preload exclude each other");
     }
     if !opts.preload {
         // The default: the supervisor serves the whole tree, dynamic or not;
@@ -86,13 +67,7 @@ pub fn main(args: &[OsString]) -> i32 {
     }
     let lib = match find_library() {
         Ok(lib) => lib,
-        Err(tried) => {
-            let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-            return fail(format_args!(
-                "cannot find libxrename.so; tried: {} (set XRENAME_LIB to its path)",
-                list.join(", ")
-            ));
-        }
+        Err(tried) => return not_found(&tried),
     };
     if let Some(why) = unreachable_by_preload(cmd) {
         eprintln!(
@@ -236,8 +211,12 @@ fn exec_failed(cmd: &OsStr, err: &std::io::Error) -> i32 {
 }
 
 /// Where the library may be, in order: `$XRENAME_LIB`, beside this program,
-/// `../lib/xrename/` from it. Returns the first that exists, or all tried.
-fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
+/// `../lib/xrename/` from it (`make install`), `../lib/<multiarch>/xrename/`
+/// (the Debian package), and the `xrename` Python package of the
+/// environment this program was installed into by pip
+/// (`../lib/python3.*/{site,dist}-packages/xrename/`). Returns the first
+/// that exists, or all tried.
+pub fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os("XRENAME_LIB").filter(|p| !p.is_empty()) {
         tried.push(PathBuf::from(p));
@@ -246,12 +225,41 @@ fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
         if let Some(dir) = exe.parent() {
             tried.push(dir.join("libxrename.so"));
             tried.push(dir.join("../lib/xrename/libxrename.so"));
+            tried.push(dir.join(concat!("../lib/", env!("XRENAME_MULTIARCH"), "/xrename/libxrename.so")));
+            let mut pythons: Vec<PathBuf> = std::fs::read_dir(dir.join("../lib"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().as_bytes().starts_with(b"python3"))
+                .map(|e| e.path())
+                .collect();
+            pythons.sort();
+            for p in pythons.iter().rev() {
+                tried.push(p.join("site-packages/xrename/libxrename.so"));
+                tried.push(p.join("dist-packages/xrename/libxrename.so"));
+            }
         }
     }
     match tried.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.canonicalize().unwrap_or_else(|_| p.clone())),
         None => Err(tried),
     }
+}
+
+/// `xrename lib`: prints the library's path (for `LD_PRELOAD=$(xrename lib)`).
+pub fn print_library() -> i32 {
+    match find_library() {
+        Ok(lib) => {
+            println!("{}", lib.display());
+            0
+        }
+        Err(tried) => not_found(&tried),
+    }
+}
+
+fn not_found(tried: &[PathBuf]) -> i32 {
+    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    fail(format_args!("cannot find libxrename.so; tried: {} (set XRENAME_LIB to its path)", list.join(", ")))
 }
 
 /// Libraries that virtualise paths or owners (fakechroot, fakeroot): the

@@ -24,6 +24,7 @@
 // 1. leaves
 mod error;
 mod sys;
+pub mod vars;
 // 2. what objects are, and policies
 pub mod copy;
 pub mod durable;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Layers from the bottom; `lib` (the orchestrator) is above them all.
 const LAYERS: [&[&str]; 5] = [
-    &["error", "sys"],
+    &["error", "sys", "vars"],
     &["stat", "names", "path", "report", "logline", "writers", "seen", "special", "meta", "durable", "copy"],
     &["walk", "tree"],
     &["check", "install", "source"],
