@@ -243,6 +243,10 @@ pub fn spawn_waiting(
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            // Rust's runtime ignores SIGPIPE in xrename; the program starts
+            // with the default, as std::process::Command gives it (an
+            // ignored disposition would survive the exec).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             let mut b = 0u8;
             if libc::read(go[0], &mut b as *mut u8 as *mut c_void, 1) != 1 {
                 libc::_exit(125); // the supervisor is gone
@@ -290,19 +294,29 @@ pub fn fork_helper(f: impl FnOnce() -> i32) -> io::Result<pid_t> {
     Ok(pid)
 }
 
-/// The helper takes the target's namespaces: `setns` on a pidfd
-/// (Linux 5.8) for each of `kinds` (`CLONE_NEW*`) that differs from ours.
-pub fn enter_namespaces(pid: pid_t, kinds: c_int) -> io::Result<()> {
-    if kinds == 0 {
-        return Ok(());
+/// The helper takes the target thread's namespaces, for each of `kinds`
+/// (`CLONE_NEWUSER`, `CLONE_NEWNS`) that differs from ours: `setns` on
+/// `/proc/TID/ns/*`, the user namespace first. (A pidfd would name the
+/// whole process, and `pidfd_open` refuses a thread that is not its
+/// leader: a Go program's renames come from any thread.)
+pub fn enter_namespaces(tid: pid_t, kinds: c_int) -> io::Result<()> {
+    // All opened first: once in the user namespace, /proc may judge us anew.
+    let mut fds = Vec::new();
+    for (name, kind) in [("user", libc::CLONE_NEWUSER), ("mnt", libc::CLONE_NEWNS)] {
+        if kinds & kind != 0 {
+            let path = std::ffi::CString::new(format!("/proc/{tid}/ns/{name}")).expect("no NUL");
+            // SAFETY: a C string; the descriptor is owned at once.
+            let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } as c_long)?;
+            // SAFETY: a new descriptor, ours alone.
+            fds.push((unsafe { OwnedFd::from_raw_fd(fd as c_int) }, kind));
+        }
     }
-    // SAFETY: plain integer arguments.
-    let pidfd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })? as c_int;
-    // SAFETY: `pidfd` is ours.
-    let r = unsafe { libc::setns(pidfd, kinds) };
-    // SAFETY: as above.
-    unsafe { libc::close(pidfd) };
-    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    for (fd, kind) in &fds {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace descriptor.
+        check(unsafe { libc::setns(fd.as_raw_fd(), *kind) } as c_long)?;
+    }
+    Ok(())
 }
 
 /// The target's credentials, as `/proc/PID/status` gives them.

@@ -253,6 +253,13 @@ impl Supervisor<'_> {
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
                 self.known.remove(&pid);
                 self.calls.remove(&pid);
+                // Its id may be reused by a new thread: a helper's answer
+                // must never reach that one.
+                for helper in self.helpers.values_mut() {
+                    if helper.tid == Some(pid) {
+                        helper.tid = None;
+                    }
+                }
                 if pid == self.main {
                     self.status =
                         Some(if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 128 + libc::WTERMSIG(st) });
@@ -271,7 +278,11 @@ impl Supervisor<'_> {
         let sig = libc::WSTOPSIG(st);
         let ev = st >> 16;
         if self.known.insert(tid) && ev == event::STOP {
-            // The first stop of a new tracee (auto-attached): let it run.
+            // The first stop of a new tracee (auto-attached), before its
+            // first system call: a new process takes its parent's sandbox
+            // mark now, whether or not its parent's fork event has been
+            // seen yet (it may never be: a parent killed at that stop).
+            self.inherit_sandbox(tid);
             let _ = ptrace::cont(tid, 0);
             return;
         }
@@ -321,6 +332,9 @@ impl Supervisor<'_> {
         };
         let n = info.nr & !X32_BIT;
         let call = match rename_op(info.arch, info.nr) {
+            // The kernel takes the low 32 bits of each register for the
+            // i386 calls of `int 0x80`: so do we, or another path is read.
+            Some(op) if info.arch == ARCH_I386 => Some(Call::Rename { op, args: info.args.map(|a| a & 0xffff_ffff) }),
             Some(op) => Some(Call::Rename { op, args: info.args }),
             None if n == nr::LANDLOCK_RESTRICT_SELF => Some(Call::Landlock),
             None => None,
@@ -380,14 +394,33 @@ impl Supervisor<'_> {
         };
         if let Some(why) = left {
             // The kernel's EXDEV stands: logged, with the reason.
-            if let Call::Rename { op, args } = &call
-                && let Ok(req) = Asked::read(tid, *op, args)
-            {
+            if let Call::Rename { op, args } = &call {
+                // Paths that cannot be read (a program made undumpable)
+                // are logged empty, but the call is logged.
+                let req = Asked::read(tid, *op, args).unwrap_or_else(|_| Asked::unread(*op));
                 let result = Err(engine::Error::new(rustix::io::Errno::XDEV, why));
-                log(&self.logs, tid, &req, &Report::default(), Duration::ZERO, result, None);
+                log(&self.logs, &Who::of(tid), &req, &Report::default(), Duration::ZERO, result, None);
             }
         }
         let _ = ptrace::cont(tid, 0);
+    }
+
+    /// Marks the new process `tid` sandboxed if its parent is; if its
+    /// parent is already gone (or was never ours) while some traced
+    /// process is sandboxed, it may have been that one's child: sandboxed
+    /// too (failing closed costs only the emulation).
+    fn inherit_sandbox(&mut self, tid: pid_t) {
+        if self.sandboxed.is_empty() || tgid(tid) != tid {
+            return; // a thread shares its process's mark
+        }
+        let parent = status_field(tid, "PPid").and_then(|v| v.parse::<pid_t>().ok());
+        let sandboxed = match parent {
+            Some(p) if self.known.contains(&p) => self.sandboxed.contains(&p),
+            _ => true,
+        };
+        if sandboxed {
+            self.sandboxed.insert(tid);
+        }
     }
 
     /// Under an unprivileged supervisor a setuid or setgid program runs
@@ -434,10 +467,8 @@ impl Supervisor<'_> {
                      (xrename clean)",
                 ),
             };
-            if let Some(tid) = helper.tid {
-                let elapsed = helper.started.elapsed();
-                log(&self.logs, tid, &helper.asked, &Report::default(), elapsed, result, Some(warning));
-            }
+            let elapsed = helper.started.elapsed();
+            log(&self.logs, &helper.who, &helper.asked, &Report::default(), elapsed, result, Some(warning));
             result.map_or_else(|e| e.errno.raw_os_error(), |()| 0)
         };
         if let Some(tid) = helper.tid {
@@ -453,8 +484,9 @@ struct Helper {
     /// The thread to answer; None once it is gone (an exec by another
     /// thread took its id: the result must not reach the new program).
     tid: Option<pid_t>,
-    /// What it asked for, for the log.
+    /// What it asked for, and who, for the log.
     asked: Asked,
+    who: Who,
     /// The stages it reported (one byte each), non-blocking.
     stages: OwnedFd,
     started: Instant,
@@ -488,6 +520,11 @@ struct Asked {
 }
 
 impl Asked {
+    /// A call whose paths could not be read.
+    fn unread(op: Op) -> Asked {
+        Asked { op, old_dir: libc::AT_FDCWD, old: CString::default(), new_dir: libc::AT_FDCWD, new: CString::default(), flags: 0 }
+    }
+
     fn read(tid: pid_t, op: Op, args: &[u64; 6]) -> std::io::Result<Asked> {
         let a = args;
         // (olddirfd, old, newdirfd, new, flags); a descriptor is an int: its
@@ -509,9 +546,24 @@ impl Asked {
 }
 
 /// Writes one log line for the call `req` of thread `tid` to every target.
+/// The process a log line names: read by the supervisor, before a helper
+/// leaves our /proc (a chroot, another pid namespace).
+#[derive(Clone)]
+struct Who {
+    pid: u32,
+    comm: String,
+}
+
+impl Who {
+    fn of(tid: pid_t) -> Who {
+        let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+        Who { pid: tgid(tid) as u32, comm: comm.trim_end().to_owned() }
+    }
+}
+
 fn log(
     logs: &[BorrowedFd<'_>],
-    tid: pid_t,
+    who: &Who,
     req: &Asked,
     report: &Report,
     elapsed: Duration,
@@ -521,11 +573,9 @@ fn log(
     if logs.is_empty() {
         return;
     }
-    let pid = tgid(tid) as u32;
-    let comm = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
     let line = logline::Line {
-        pid,
-        program: comm.trim_end(),
+        pid: who.pid,
+        program: &who.comm,
         via: "trace",
         op: req.op,
         old: &req.old,
@@ -581,6 +631,8 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
     let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
     let (stages, tell) = rustix::pipe::pipe_with(flags)?;
     let asked = req.clone();
+    let who = Who::of(tid);
+    let helper_who = who.clone();
     let pid = ptrace::fork_helper(move || {
         let started = Instant::now();
         let mut report = Report::default();
@@ -592,6 +644,12 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
         {
             // Cannot act as the target: its EXDEV stands.
             Err(engine::Error::new(rustix::io::Errno::XDEV, "cannot take the program's rights"))
+        } else if [(&odir, &req.old), (&ndir, &req.new)].iter().any(|(d, p)| {
+            through_magic_link(d.as_ref().map_or(rustix::fs::CWD, |d| d.as_fd()), p)
+        }) {
+            // /proc/self/fd/N, /proc/self/cwd, /dev/fd/N... would name the
+            // helper's descriptors, not the program's: the kernel's EXDEV.
+            Err(engine::Error::new(rustix::io::Errno::XDEV, "path through a /proc descriptor link"))
         } else {
             let cwd_fd = rustix::fs::CWD;
             let old_dir = odir.as_ref().map_or(cwd_fd, |d| d.as_fd());
@@ -616,13 +674,13 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             };
             engine::rename(&r, &opts, &mut report)
         };
-        log(logs, tid, &req, &report, started.elapsed(), result, None);
+        log(logs, &who, &req, &report, started.elapsed(), result, None);
         match result {
             Ok(()) => 0,
             Err(e) => e.errno.raw_os_error(),
         }
     })?;
-    Ok((pid, Helper { tid: Some(tid), asked, stages, started: Instant::now() }))
+    Ok((pid, Helper { tid: Some(tid), asked, who: helper_who, stages, started: Instant::now() }))
 }
 
 /// A field of `/proc/TID/status` (`Tgid`, `Seccomp_filters`, ...), trimmed.
@@ -642,9 +700,43 @@ fn seccomp_filters(tid: pid_t) -> Option<u32> {
 }
 
 /// Whether the open directory `fd` is the directory `path`.
+/// Whether resolving the parent of `path` from `dir` goes through a magic
+/// link of /proc (`/proc/self/fd/N`, `.../cwd`, `.../root`, `/dev/fd/N`):
+/// those name what the resolving process holds, and the helper is not the
+/// program. (Without openat2, Linux < 5.6: any path into /proc or /dev/fd.)
+fn through_magic_link(dir: BorrowedFd<'_>, path: &CString) -> bool {
+    use rustix::fs::{OFlags, ResolveFlags};
+    let bytes = path.as_bytes();
+    let parent = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(0) => &b"/"[..],
+        Some(i) => &bytes[..i],
+        None => return false,
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match rustix::fs::openat2(dir, parent, flags, Mode::empty(), ResolveFlags::NO_MAGICLINKS) {
+        Err(rustix::io::Errno::LOOP) => rustix::fs::openat(dir, parent, flags, Mode::empty()).is_ok(),
+        Err(rustix::io::Errno::NOSYS) => {
+            let text = String::from_utf8_lossy(bytes);
+            text.contains("/proc/") || text.contains("/dev/fd") || text.starts_with("proc/")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `fd` is `path`: the same inode on the same mount (a bind mount
+/// of `/` is another root).
 fn same_file(fd: &OwnedFd, path: &str) -> bool {
-    match (rustix::fs::fstat(fd), rustix::fs::stat(path)) {
-        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+    use rustix::fs::{AtFlags, StatxFlags};
+    let flags = StatxFlags::INO | StatxFlags::MNT_ID;
+    let a = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, flags);
+    let b = rustix::fs::statx(rustix::fs::CWD, path, AtFlags::empty(), flags);
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            (a.stx_dev_major, a.stx_dev_minor, a.stx_ino, a.stx_mnt_id)
+                == (b.stx_dev_major, b.stx_dev_minor, b.stx_ino, b.stx_mnt_id)
+                && a.stx_mask & StatxFlags::MNT_ID.bits() != 0
+                && b.stx_mask & StatxFlags::MNT_ID.bits() != 0
+        }
         _ => false,
     }
 }
