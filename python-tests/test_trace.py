@@ -1235,3 +1235,217 @@ def test_as_an_unprivileged_user_in_a_user_namespace_every_program_is_served(pro
     if missing and IN_CI:
         failed.append(f"toolchains missing in CI: {missing}")
     assert not failed and len(results) >= 15, f"{describe(proc)}\n" + "\n".join(failed)
+
+
+# --------------------------------------------------------------------------
+# From a hostile review of the supervisor
+# --------------------------------------------------------------------------
+
+def test_the_traced_program_starts_with_the_signal_dispositions_it_would_have():
+    """Rust's runtime ignores SIGPIPE in xrename; an ignored disposition
+    survives exec, so `yes | head -1` saw EPIPE instead of dying."""
+    plain = run(["sh", "-c", "grep SigIgn /proc/self/status"])
+    proc = run([XRENAME, "--trace", "--", "sh", "-c", "grep SigIgn /proc/self/status"])
+    assert proc.returncode == 0 and proc.stdout == plain.stdout, (describe(plain), describe(proc))
+    proc = run([XRENAME, "--trace", "--", "bash", "-c", "yes | head -1 >/dev/null; echo ${PIPESTATUS[0]}"])
+    assert proc.stdout.strip() == "141", describe(proc)
+
+
+# int 0x80 with pointers above 4 GiB: the kernel reads the low 32 bits of
+# each register, so rename(argv[1], argv[2]) happens, not (argv[3], argv[4]).
+I386_HIGH_PROG = r'''
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+    char *lo = mmap((void *)0x10000000, 4096, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    char *hi = mmap((void *)0x110000000, 4096, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (lo == MAP_FAILED || hi == MAP_FAILED) { printf("mmap\n"); return 99; }
+    strcpy(lo, argv[1]); strcpy(lo + 2048, argv[2]);
+    strcpy(hi, argv[3]); strcpy(hi + 2048, argv[4]);
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(38L), "b"((uint64_t)hi), "c"((uint64_t)hi + 2048) : "memory");
+    if (r == 0) { printf("ok\n"); return 0; }
+    printf("%ld\n", -r);
+    return (int)-r;
+}
+'''
+
+
+def test_int80_arguments_are_read_as_the_kernel_reads_them(fs_pair, tmp_path):
+    p = fs_pair
+    prog = build_c(tmp_path, "i386hi", I386_HIGH_PROG, ["cc", "-static"])
+    asked, victim = p.src_dir / "asked", p.src_dir / "victim"
+    asked.write_bytes(b"asked\n")
+    victim.write_bytes(b"victim\n")
+    proc = run([XRENAME, "--trace", "--", prog, asked, p.dst_dir / "asked", victim, p.dst_dir / "victim"])
+    assert proc.returncode == 0, describe(proc)
+    assert entries(p.src_dir) == {"victim"} and entries(p.dst_dir) == {"asked"}, \
+        (entries(p.src_dir), entries(p.dst_dir))
+    assert (p.dst_dir / "asked").read_bytes() == b"asked\n"
+
+
+# A thread that is not the process's leader renames argv[1] to argv[2].
+THREAD_PROG = r'''
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+static char **args;
+static long result;
+static void *go(void *x) { (void)x; result = rename(args[1], args[2]) == 0 ? 0 : errno; return 0; }
+int main(int argc, char **argv) {
+    pthread_t t;
+    args = argv;
+    pthread_create(&t, 0, go, 0);
+    pthread_join(t, 0);
+    if (result == 0) { printf("ok\n"); return 0; }
+    printf("%ld\n", result);
+    return (int)result;
+}
+'''
+
+
+def test_a_thread_in_another_mount_namespace_is_served(tmp_path, progs):
+    """The helper enters the thread's namespaces; pidfd_open() refuses a
+    thread that is not its process's leader, so every goroutine but one of
+    a Go program in a private mount namespace got EXDEV."""
+    need(PRIVILEGED or shutil.which("unshare") is not None, "unshare missing")
+    prog = build_c(tmp_path, "thread", THREAD_PROG, ["cc", "-static"])
+    work = tmp_path / "ns"
+    (work / "a").mkdir(parents=True)
+    (work / "b").mkdir()
+    script = (f"mount -t tmpfs a {work}/a && mount -t tmpfs b {work}/b && echo data > {work}/a/f && "
+              f"{prog} {work}/a/f {work}/b/f && cat {work}/b/f && ! test -e {work}/a/f")
+    ns = ["unshare", "-m", "--propagation", "private"] if PRIVILEGED else ["unshare", "-Urm"]
+    proc = run([XRENAME, "--trace", "--", *ns, "sh", "-c", script])
+    assert proc.returncode == 0 and proc.stdout == "ok\ndata\n", describe(proc)
+    if "go" in progs:
+        # 16 goroutines, each renaming its own file.
+        gosrc = tmp_path / "gor"
+        gosrc.mkdir()
+        (gosrc / "main.go").write_text(GO_THREADS_PROG)
+        env = dict(os.environ, GOCACHE=str(tmp_path / "gocache"), GOPATH=str(tmp_path / "gopath"),
+                   GO111MODULE="off", CGO_ENABLED="0", GOFLAGS="")
+        built = subprocess.run(["go", "build", "-o", str(tmp_path / "gor.bin"), "main.go"], cwd=gosrc,
+                               capture_output=True, text=True, env=env)
+        assert built.returncode == 0, built.stderr
+        script = (f"mount -t tmpfs a {work}/a && mount -t tmpfs b {work}/b && "
+                  f"for i in $(seq 0 15); do echo $i > {work}/a/f$i; done && {tmp_path}/gor.bin {work}/a {work}/b && "
+                  f"ls {work}/b | wc -l && ls {work}/a | wc -l")
+        proc = run([XRENAME, "--trace", "--", *ns, "sh", "-c", script])
+        assert proc.returncode == 0 and proc.stdout.split() == ["0", "16", "0"], describe(proc)
+    elif IN_CI:
+        pytest.fail("golang-go missing in CI")
+
+
+GO_THREADS_PROG = r'''
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+func main() {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	failed := 0
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			n := fmt.Sprintf("f%d", i)
+			if err := os.Rename(filepath.Join(os.Args[1], n), filepath.Join(os.Args[2], n)); err != nil {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+				fmt.Fprintln(os.Stderr, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	fmt.Println(failed)
+}
+'''
+
+
+# chroot(argv[1]), then rename(argv[2], argv[3]); prints the result and
+# whether each name exists, as the program sees them.
+CHROOT_RENAME_PROG = r'''
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (chroot(argv[1]) || chdir("/")) { perror("chroot"); return 99; }
+    int r = rename(argv[2], argv[3]) == 0 ? 0 : errno;
+    printf("%d %d %d\n", r, access(argv[2], F_OK) == 0, access(argv[3], F_OK) == 0);
+    return 0;
+}
+'''
+
+
+def test_a_root_that_is_a_bind_mount_of_ours_is_the_programs_root(tmp_path):
+    """The program chroots into a bind mount of `/` (same inode as ours,
+    another mount) over which a tmpfs is mounted at the destination: the
+    file must land in that tmpfs, where the program sees it, not in the
+    directory under it that only the supervisor sees."""
+    need(PRIVILEGED, "needs root (bind mounts, chroot)")
+    prog = build_c(tmp_path, "chren", CHROOT_RENAME_PROG, ["cc", "-static"])
+    rb, dst_dir = tmp_path / "rb", tmp_path / "dst"
+    rb.mkdir()
+    dst_dir.mkdir()
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"precious\n")
+    inner_dst = Path(str(rb) + str(dst_dir))
+    subprocess.run(["mount", "--bind", "/", str(rb)], check=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "t", str(inner_dst)], check=True)
+        try:
+            proc = run([XRENAME, "--trace", "--", prog, rb, src, dst_dir / "src.txt"])
+            assert proc.returncode == 0 and proc.stdout == "0 0 1\n", describe(proc)
+            assert (inner_dst / "src.txt").read_bytes() == b"precious\n"
+            assert not (dst_dir / "src.txt").exists(), "moved under the program's mount, where it cannot see it"
+        finally:
+            subprocess.run(["umount", str(inner_dst)], check=True)
+    finally:
+        subprocess.run(["umount", str(rb)], check=True)
+
+
+# Opens argv[1] and argv[2] (directories), then renames
+# /proc/self/fd/A/argv[3] to /proc/self/fd/B/argv[3].
+PROC_SELF_PROG = r'''
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int a = open(argv[1], O_RDONLY | O_DIRECTORY), b = open(argv[2], O_RDONLY | O_DIRECTORY);
+    char s[256], d[256];
+    snprintf(s, sizeof s, "/proc/self/fd/%d/%s", a, argv[3]);
+    snprintf(d, sizeof d, "/proc/self/fd/%d/%s", b, argv[3]);
+    if (rename(s, d) == 0) { printf("ok\n"); return 0; }
+    printf("%d\n", errno);
+    return errno;
+}
+'''
+
+
+def test_paths_through_proc_self_keep_the_kernels_exdev(fs_pair, tmp_path):
+    """/proc/self/fd/N names the descriptors of whoever resolves it: the
+    helper would move other files (or fail with ENOTDIR). The kernel's
+    EXDEV stands, and nothing anywhere changes."""
+    p = fs_pair
+    prog = build_c(tmp_path, "procself", PROC_SELF_PROG, ["cc", "-static"])
+    (p.src_dir / "f").write_bytes(b"f\n")
+    plain = run([prog, p.src_dir, p.dst_dir, "f"])
+    assert plain.returncode == 18, describe(plain)
+    log = tmp_path / "log"
+    proc = run([XRENAME, "--trace", "--log", log, "--", prog, p.src_dir, p.dst_dir, "f"])
+    assert proc.returncode == 18, describe(proc)
+    assert entries(p.src_dir) == {"f"} and entries(p.dst_dir) == set()
+    assert "descriptor link" in log.read_text(), log.read_text()
