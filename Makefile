@@ -3,7 +3,7 @@
 
 LIB := target/release/libxrename.so
 
-.PHONY: build demo deps test bench install
+.PHONY: build demo deps test bench install wheel deb
 
 build:
 	cargo build --release
@@ -32,3 +32,12 @@ PREFIX ?= /usr/local
 install: build
 	install -D -m 755 target/release/xrename $(DESTDIR)$(PREFIX)/bin/xrename
 	install -D -m 644 target/release/libxrename.so $(DESTDIR)$(PREFIX)/lib/xrename/libxrename.so
+
+# The Python wheel (maturin): target/wheels/xrename-*.whl, with the command
+# and the library; `pip install` it anywhere with a new enough glibc.
+wheel:
+	bash scripts/wheel.sh
+
+# The Debian package (dpkg-deb): target/deb/xrename_*.deb.
+deb:
+	bash scripts/deb.sh
