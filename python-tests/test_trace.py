@@ -934,7 +934,7 @@ def tracer_of(pid: int) -> int | None:
     return next((int(l.split()[1]) for l in status.splitlines() if l.startswith("TracerPid:")), None)
 
 
-def run_traced_waiting(prog, src, dst, strace_args, xrename_args=()):
+def run_traced_waiting(prog, src, dst, strace_args, xrename_args=(), stderr=subprocess.PIPE):
     """Starts `xrename --trace -- prog src dst` (prog waits for a line on
     stdin), attaches `strace -f -p SUPERVISOR *strace_args` (the helpers it
     forks are followed; the program, traced by the supervisor, is not),
@@ -942,7 +942,7 @@ def run_traced_waiting(prog, src, dst, strace_args, xrename_args=()):
     import time
     sup = subprocess.Popen([str(XRENAME), "--trace", *xrename_args, "--", str(prog), str(src), str(dst)],
                            env=xrename_env(),
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
     st = None
     try:
         # strace must attach only once the supervisor has seized the
@@ -1449,3 +1449,48 @@ def test_paths_through_proc_self_keep_the_kernels_exdev(fs_pair, tmp_path):
     assert proc.returncode == 18, describe(proc)
     assert entries(p.src_dir) == {"f"} and entries(p.dst_dir) == set()
     assert "descriptor link" in log.read_text(), log.read_text()
+
+
+def test_a_long_move_shows_one_status_line_on_a_terminal_and_clears_it(fs_pair, tmp_path):
+    """`xrename -- CMD` with stderr on a terminal: a move that takes longer
+    than a second (the helper's fsync delayed 1.5 s by strace) shows what
+    is moved, bytes and objects so far and a rate, on one line that is
+    cleared when the move ends. With stderr a pipe: nothing at all."""
+    import pty
+    need(shutil.which("strace") is not None, "strace missing")
+    prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
+    p = fs_pair
+    src, dst = p.src_dir / "big", p.dst_dir / "big"
+    slow = ["-o", "/dev/null", "-e", "inject=fsync:delay_enter=1500000:when=1"]
+
+    src.write_bytes(os.urandom(3 << 20))
+    master, slave = pty.openpty()
+    try:
+        code, out = run_traced_waiting(prog, src, dst, slow, stderr=slave)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert code == 0 and not src.exists(), (code, out)
+    text = seen.decode(errors="replace")
+    import re
+    assert re.search(r"xrename: moving \S*big -> \S*big: 3\.0 MiB, [01] objects?, [\d.]+ \w+/s", text), repr(text)
+    assert "/s" in text
+    # Drawn with a carriage return and erased at the end: nothing of it stays.
+    assert text.rstrip("\r\n").endswith("\r\x1b[K"), repr(text[-80:])
+
+    dst.unlink()
+    src.write_bytes(os.urandom(3 << 20))
+    code, out = run_traced_waiting(prog, src, dst, slow)
+    assert code == 0, (code, out)

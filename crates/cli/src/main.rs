@@ -17,6 +17,7 @@ mod mountinfo;
 mod mv;
 mod ptrace;
 mod run;
+mod status;
 mod trace;
 
 use std::ffi::OsString;

@@ -147,18 +147,61 @@ pub fn set_first_arg(tid: pid_t, arch: u32, value: u64) -> io::Result<()> {
 
 /// `waitpid(-1, __WALL)`: the next child or tracee with news, and its status.
 pub fn wait_any() -> io::Result<(pid_t, c_int)> {
-    let mut status = 0;
     loop {
+        match wait_any_or_tick() {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// As [`wait_any`], but a signal (the tick of [`tick_every`]) ends the
+/// wait with EINTR.
+pub fn wait_any_or_tick() -> io::Result<(pid_t, c_int)> {
+    let mut status = 0;
+    {
         // SAFETY: `status` is a valid out-pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
         if pid >= 0 {
             return Ok((pid, status));
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
+        Err(io::Error::last_os_error())
     }
+}
+
+extern "C" fn on_tick(_: c_int) {}
+
+/// A SIGALRM every `period`, caught by a handler that does nothing and
+/// installed without `SA_RESTART`: a blocking `waitpid` returns EINTR.
+/// (Neither the timer nor, past an exec, the handler reaches a child.)
+pub fn tick_every(period: std::time::Duration) -> io::Result<()> {
+    // SAFETY: a plain sigaction with an async-signal-safe handler, and a timer.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_tick as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        check(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()) as c_long)?;
+        let t = libc::timeval { tv_sec: period.as_secs() as libc::time_t, tv_usec: period.subsec_micros() as _ };
+        let it = libc::itimerval { it_interval: t, it_value: t };
+        check(libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) as c_long)?;
+    }
+    Ok(())
+}
+
+/// `n` counters in memory shared with every process forked later (the
+/// helpers): what a helper adds there, the supervisor reads. Made once,
+/// for the life of the process.
+pub fn shared_counters(n: usize) -> io::Result<&'static [std::sync::atomic::AtomicU64]> {
+    let len = n * std::mem::size_of::<u64>();
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a new anonymous mapping, zero-filled, never unmapped.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `len` bytes, aligned to a page, valid for the life of the
+    // process; AtomicU64 has the layout of u64 and any bytes are valid.
+    Ok(unsafe { std::slice::from_raw_parts(p as *const std::sync::atomic::AtomicU64, n) })
 }
 
 /// Reads the NUL-terminated string at `addr` in `pid`'s memory (at most

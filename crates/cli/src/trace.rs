@@ -196,7 +196,8 @@ pub fn run(
     let logs = logs.iter().map(|fd| fd.as_fd()).collect();
     // Filters the program starts with: whatever xrename ran under, and ours.
     let filters = seccomp_filters(pid);
-    let mut sup = Supervisor { main: pid, settings: s, logs, filters, ..Supervisor::default() };
+    let display = crate::status::Display::new();
+    let mut sup = Supervisor { main: pid, settings: s, logs, filters, display, ..Supervisor::default() };
     sup.known.insert(pid);
     let status = sup.serve();
     Ok(match failed {
@@ -233,6 +234,8 @@ struct Supervisor<'l> {
     filters: Option<u32>,
     /// setuid programs warned about.
     warned: HashSet<std::path::PathBuf>,
+    /// The status line for long moves, on a terminal.
+    display: Option<crate::status::Display>,
 }
 
 impl Default for Settings {
@@ -245,7 +248,15 @@ impl Supervisor<'_> {
     /// Serves every stop until no tracee and no helper is left.
     fn serve(&mut self) -> i32 {
         // Until no child is left (ECHILD).
-        while let Ok((pid, st)) = ptrace::wait_any() {
+        loop {
+            let (pid, st) = match ptrace::wait_any_or_tick() {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    self.redraw();
+                    continue;
+                }
+                Err(_) => break,
+            };
             if let Some(helper) = self.helpers.remove(&pid) {
                 self.helper_done(helper, st);
                 continue;
@@ -270,6 +281,9 @@ impl Supervisor<'_> {
                 continue;
             }
             self.stopped(pid, st);
+        }
+        if let Some(d) = &mut self.display {
+            d.clear();
         }
         self.status.unwrap_or(125)
     }
@@ -384,12 +398,18 @@ impl Supervisor<'_> {
         {
             Some("sandboxed")
         } else {
-            match start_move(tid, &call, s, &self.logs) {
+            let slot = self.display.as_mut().and_then(|d| d.take());
+            match start_move(tid, &call, s, &self.logs, slot) {
                 Ok((pid, helper)) => {
                     self.helpers.insert(pid, helper);
                     return;
                 }
-                Err(_) => Some("cannot act for the program"),
+                Err(_) => {
+                    if let (Some(d), Some(slot)) = (&mut self.display, slot) {
+                        d.give_back(slot);
+                    }
+                    Some("cannot act for the program")
+                }
             }
         };
         if let Some(why) = left {
@@ -446,7 +466,16 @@ impl Supervisor<'_> {
     /// reported decides ([`engine::Stage`]): once the source has left its
     /// name, checked, the rename has happened (0); before that the program
     /// keeps the kernel's EXDEV. The log says what may be left behind.
+    fn redraw(&mut self) {
+        if let Some(d) = &mut self.display {
+            d.draw(self.helpers.values().map(|h| (h.asked.old.as_bytes(), h.asked.new.as_bytes(), h.started, h.slot)));
+        }
+    }
+
     fn helper_done(&mut self, helper: Helper, st: c_int) {
+        if let (Some(d), Some(slot)) = (&mut self.display, helper.slot) {
+            d.give_back(slot);
+        }
         let errno = if libc::WIFEXITED(st) {
             libc::WEXITSTATUS(st)
         } else {
@@ -490,6 +519,8 @@ struct Helper {
     /// The stages it reported (one byte each), non-blocking.
     stages: OwnedFd,
     started: Instant,
+    /// Where it counts its progress, for the status line.
+    slot: Option<crate::status::Slot>,
 }
 
 impl Helper {
@@ -595,7 +626,13 @@ fn log(
 
 /// Reads what the thread asked for and starts a helper that moves it with
 /// the thread's rights; returns the helper's pid.
-fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> std::io::Result<(pid_t, Helper)> {
+fn start_move(
+    tid: pid_t,
+    call: &Call,
+    s: Settings,
+    logs: &[BorrowedFd<'_>],
+    slot: Option<crate::status::Slot>,
+) -> std::io::Result<(pid_t, Helper)> {
     let Call::Rename { op, args } = call else { return Err(std::io::Error::from_raw_os_error(libc::EINVAL)) };
     let req = Asked::read(tid, *op, args)?;
     let namespaces = differing_namespaces(tid);
@@ -667,7 +704,7 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             let opts = Options {
                 fsync: s.fsync,
                 dirs: s.dirs,
-                progress: None,
+                progress: slot.map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn engine::Progress>),
                 links: None,
                 leases: Some(leases),
                 stages: Some(stages),
@@ -680,7 +717,7 @@ fn start_move(tid: pid_t, call: &Call, s: Settings, logs: &[BorrowedFd<'_>]) -> 
             Err(e) => e.errno.raw_os_error(),
         }
     })?;
-    Ok((pid, Helper { tid: Some(tid), asked, who: helper_who, stages, started: Instant::now() }))
+    Ok((pid, Helper { tid: Some(tid), asked, who: helper_who, stages, started: Instant::now(), slot }))
 }
 
 /// A field of `/proc/TID/status` (`Tgid`, `Seccomp_filters`, ...), trimmed.

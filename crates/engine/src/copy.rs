@@ -12,7 +12,7 @@
 //! that grows meanwhile is copied up to that size.
 
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use super::report::Progress;
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
@@ -84,8 +84,8 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
 pub struct Job<'a> {
     /// fsync, syncfs and early writeback, or none.
     pub durability: Durability,
-    /// Bytes copied so far, for a display in another thread.
-    pub progress: Option<&'a AtomicU64>,
+    /// Bytes and objects so far, for a display elsewhere.
+    pub progress: Option<&'a dyn Progress>,
     /// Files the program holds a lease on.
     pub leases: &'a OwnLeases,
 }
@@ -176,7 +176,7 @@ pub fn copy_data(
     dst: BorrowedFd<'_>,
     size: u64,
     copied: &mut u64,
-    progress: Option<&AtomicU64>,
+    progress: Option<&dyn Progress>,
     early_writeback: Option<Durability>,
 ) -> Result<()> {
     if size >= SEQUENTIAL_HINT {
@@ -236,7 +236,7 @@ struct Copier<'a> {
     dst: BorrowedFd<'a>,
     method: Method,
     buf: Vec<u8>,
-    progress: Option<&'a AtomicU64>,
+    progress: Option<&'a dyn Progress>,
     /// EAGAIN answers so far: retried, but not forever.
     agains: u32,
     /// Start writeback of each chunk as it is copied (the copy will be fsynced).
@@ -304,7 +304,7 @@ impl Copier<'_> {
             done += n as u64;
             *copied += n as u64;
             if let Some(p) = self.progress {
-                p.fetch_add(n as u64, Ordering::Relaxed);
+                p.bytes(n as u64);
             }
         }
         Ok(done)

@@ -37,7 +37,7 @@ use super::error::{At, Error, Result, retry, tidy};
 use super::install::{Rollback, Temp};
 use super::meta::{self, Obj};
 use super::path::Entry;
-use super::report::Report;
+use super::report::{Progress, Report};
 use super::seen::{self, Records, Seen, Since};
 use super::stat::{Id, file_type, fstat, id, locked, lstat, mount_root, same_inode};
 use super::walk::{TREE_CHANGED, Walk, open_dir, open_dir_noatime};
@@ -117,6 +117,7 @@ pub fn copy_tree<'d>(
             let Some((frame, [s, t])) = cx.walk.pop()? else { break };
             meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(t.as_fd()), &frame.st)?;
             cx.report.files += 1;
+            cx.progress.inspect(|p| p.object());
             let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
             cx.path.truncate(keep);
             if cx.walk.is_done() {
@@ -142,7 +143,7 @@ struct Copy<'r> {
     /// Path of the current directory inside the copy, for `linkat`.
     path: Vec<u8>,
     report: &'r mut Report,
-    progress: Option<&'r std::sync::atomic::AtomicU64>,
+    progress: Option<&'r dyn Progress>,
     /// What each entry was when it was copied.
     records: Records,
     /// The process's file size limit.
@@ -199,6 +200,7 @@ impl Copy<'_> {
                 meta::apply(Obj::At(s, &name), Obj::At(t, &name), &st)?;
                 self.records.add(&Seen::record(&st, started));
                 self.report.files += 1;
+                self.progress.inspect(|p| p.object());
                 Ok(())
             }
         }
@@ -274,6 +276,7 @@ impl Copy<'_> {
         }
         self.records.add(&seen);
         self.report.files += 1;
+        self.progress.inspect(|p| p.object());
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
             p.extend_from_slice(name.as_bytes());

@@ -126,6 +126,7 @@ pub fn copy_file<'d>(
         false => None,
     };
     report.files += 1;
+    progress.inspect(|p| p.object());
     Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } })
 }
 

@@ -53,7 +53,6 @@ pub mod node;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use rustix::fs::{FileType, RenameFlags, Statx};
 use rustix::io::Errno;
@@ -62,7 +61,7 @@ use durable::Durability;
 pub use error::{Error, Result};
 use error::{Next, Origin};
 use path::Entry;
-pub use report::{Op, Report};
+pub use report::{Op, Progress, Report};
 
 /// A rename the kernel refused with `EXDEV`.
 #[derive(Debug)]
@@ -88,8 +87,8 @@ pub struct Options {
     pub fsync: bool,
     /// Move directories (off: EXDEV, the program's business).
     pub dirs: bool,
-    /// Bytes copied so far, for a progress display in another thread.
-    pub progress: Option<Arc<AtomicU64>>,
+    /// Bytes and objects so far, for a progress display elsewhere.
+    pub progress: Option<Arc<dyn report::Progress>>,
     /// Copies of multi-link files moved earlier, to link other names to.
     pub links: Option<Arc<links::Links>>,
     /// The files the program holds leases on, when the engine moves on

@@ -19,6 +19,22 @@ pub struct Report {
     pub leftover: Option<std::ffi::CString>,
 }
 
+/// Where a move counts what it has done so far, for a display elsewhere
+/// (another thread, or another process through shared memory).
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// `n` more bytes of data copied.
+    fn bytes(&self, n: u64);
+    /// One more object (file, directory, link, node) created.
+    fn object(&self) {}
+}
+
+/// Bytes only.
+impl Progress for std::sync::atomic::AtomicU64 {
+    fn bytes(&self, n: u64) {
+        self.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Which function the program called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
