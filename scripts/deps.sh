@@ -11,7 +11,7 @@ for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:
             setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3 setcap:libcap2-bin \
             bindfs:bindfs fuse2fs:fuse2fs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime \
             go:golang-go musl-gcc:musl-tools man:man-db objdump:binutils dpkg-deb:dpkg \
-            dpkg-architecture:dpkg-dev; do
+            dpkg-architecture:dpkg-dev mkfs.xfs:xfsprogs xfs_io:xfsprogs mkfs.btrfs:btrfs-progs; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # Static glibc (cc -static) for the supervisor's test programs.

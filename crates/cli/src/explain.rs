@@ -2,10 +2,14 @@
 //!
 //! The kernel compares the mounts of the two parent directories
 //! (`do_renameat2` in fs/namei.c): different mounts give EXDEV, even two
-//! bind mounts of one filesystem. On one overlayfs mount, a directory that
-//! comes from a lower layer cannot be renamed without `redirect_dir=on`, and
-//! overlayfs answers EXDEV too. This reads `/proc/self/mountinfo` and the
-//! mount id of each side (`statx(STATX_MNT_ID)`), changing nothing.
+//! bind mounts of one filesystem. Then filesystems refuse some renames on
+//! one mount with EXDEV themselves: btrfs between subvolumes; XFS, ext4
+//! and f2fs into a project-inherit directory of another project (project
+//! quotas); ext4, f2fs and ubifs into an encrypted directory (fscrypt) of
+//! another policy; overlayfs for a directory that has a lower layer,
+//! without `redirect_dir=on`. This reads `/proc/self/mountinfo`, `statx`
+//! (mount id, btrfs subvolume id), the project and encryption ioctls and
+//! overlayfs's opaque xattrs, changing nothing.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -32,6 +36,8 @@ struct Side {
     parent: PathBuf,
     mount: Mount,
     dev: (u32, u32),
+    /// btrfs subvolume id (0 where statx does not give it) and device.
+    subvol: (u64, (u32, u32)),
 }
 
 fn side(path: &Path) -> Result<Side, String> {
@@ -39,15 +45,18 @@ fn side(path: &Path) -> Result<Side, String> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let st =
-        rustix::fs::statx(rustix::fs::CWD, &parent, AtFlags::empty(), StatxFlags::BASIC_STATS | StatxFlags::MNT_ID)
-            .map_err(|e| format!("{}: {e}", parent.display()))?;
+    const STATX_SUBVOL: u32 = 0x8000;
+    let want = StatxFlags::BASIC_STATS | StatxFlags::MNT_ID | StatxFlags::from_bits_retain(STATX_SUBVOL);
+    let st = rustix::fs::statx(rustix::fs::CWD, &parent, AtFlags::empty(), want)
+        .map_err(|e| format!("{}: {e}", parent.display()))?;
+    let subvol = if st.stx_mask & STATX_SUBVOL != 0 { st.stx_subvol } else { 0 };
     let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     let mount = mounts
         .into_iter()
         .find(|m| m.id == st.stx_mnt_id)
         .ok_or_else(|| format!("{}: mount {} is not in /proc/self/mountinfo", parent.display(), st.stx_mnt_id))?;
-    Ok(Side { parent, mount, dev: (st.stx_dev_major, st.stx_dev_minor) })
+    let dev = (st.stx_dev_major, st.stx_dev_minor);
+    Ok(Side { parent, mount, dev, subvol: (subvol, dev) })
 }
 
 fn explain(src: &Path, dst: &Path) -> Result<String, String> {
@@ -79,7 +88,11 @@ fn explain(src: &Path, dst: &Path) -> Result<String, String> {
         } else {
             format!("EXDEV: different filesystems ({} and {}).", s.mount.fstype, d.mount.fstype)
         }
-    } else if let Some(why) = overlay_lower_dir(&s.mount, src, kind) {
+    } else if let Some(why) = btrfs_subvolumes(&s, &d, src)
+        .or_else(|| project_quota(src, kind, &d))
+        .or_else(|| fscrypt(src, kind, &d))
+        .or_else(|| overlay_lower_dir(&s.mount, src, kind))
+    {
         why
     } else {
         exdev = false;
@@ -134,25 +147,131 @@ fn describe_mount(s: &Side) -> String {
     )
 }
 
-/// On overlayfs, a directory present in a lower layer cannot be renamed
-/// unless `redirect_dir=on`.
+/// On overlayfs, a directory that has a lower layer (merged, or lower
+/// only) cannot be renamed unless `redirect_dir=on`. One that exists only
+/// in the upper layer (created there, or made opaque, or below an opaque
+/// directory) renames like any other.
 fn overlay_lower_dir(m: &Mount, src: &Path, kind: FileType) -> Option<String> {
     if m.fstype != "overlay" || kind != FileType::Directory {
         return None;
     }
-    let redirect = mountinfo::option(&m.super_opts, "redirect_dir").unwrap_or("off (the usual default)");
+    let redirect = mountinfo::option(&m.super_opts, "redirect_dir").unwrap_or_else(|| "off (the usual default)".into());
     if redirect == "on" {
         return None;
     }
     let abs = src.canonicalize().ok()?;
     let rel = abs.strip_prefix(&m.point).ok()?;
-    let lowers = mountinfo::option(&m.super_opts, "lowerdir")?;
-    let layer = lowers.split(':').find(|l| Path::new(l).join(rel).is_dir())?;
+    let lowers: Vec<String> = ["lowerdir", "lowerdir+"]
+        .iter()
+        .flat_map(|k| mountinfo::options(&m.super_opts, k))
+        .flat_map(|v| mountinfo::overlay_layers(&v))
+        .collect();
+    if let Some(upper) = mountinfo::option(&m.super_opts, "upperdir") {
+        let user_xattrs = m.super_opts.split(',').any(|o| o == "userxattr");
+        if !upper_lets_lower_show(Path::new(&upper), rel, user_xattrs) {
+            return None;
+        }
+    }
+    let layer = lowers.iter().find(|l| Path::new(l).join(rel).is_dir())?;
     Some(format!(
         "EXDEV: {} is a directory of the overlayfs lower layer {layer}, and redirect_dir is {redirect}: \
          overlayfs cannot rename it (the Docker case).",
         src.display()
     ))
+}
+
+/// Whether lower layers show through the upper layer at `rel`: not if
+/// the upper layer has an opaque directory there or above it, or anything
+/// that is not a directory (a whiteout, a file) on the way.
+fn upper_lets_lower_show(upper: &Path, rel: &Path, user_xattrs: bool) -> bool {
+    let opaque_name = if user_xattrs { "user.overlay.opaque" } else { "trusted.overlay.opaque" };
+    let mut cur = upper.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Err(_) => return true, // nothing above here in the upper layer
+            Ok(m) if !m.is_dir() => return false,
+            Ok(_) => {
+                let mut v = [0u8; 4];
+                if rustix::fs::lgetxattr(&cur, opaque_name, &mut v[..]).is_ok_and(|n| v[..n] == *b"y") {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// btrfs: a rename between directories of two subvolumes on one mount is
+/// EXDEV (a subvolume itself may move).
+fn btrfs_subvolumes(s: &Side, d: &Side, src: &Path) -> Option<String> {
+    if s.mount.fstype != "btrfs" || s.subvol == d.subvol {
+        return None;
+    }
+    let st = rustix::fs::statx(rustix::fs::CWD, src, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO).ok()?;
+    if st.stx_ino == 256 {
+        return None; // the root of a subvolume: moving it is allowed
+    }
+    let name = |v: &(u64, (u32, u32))| if v.0 != 0 { format!("subvolume {}", v.0) } else { format!("device {}:{}", v.1 .0, v.1 .1) };
+    Some(format!(
+        "EXDEV: two btrfs subvolumes on one mount ({} and {}): btrfs renames only within a subvolume.",
+        name(&s.subvol),
+        name(&d.subvol)
+    ))
+}
+
+/// XFS, ext4, f2fs: a destination directory with the project-inherit flag
+/// takes only objects of its own project (project quotas).
+fn project_quota(src: &Path, kind: FileType, d: &Side) -> Option<String> {
+    let dir = open_dir_or_file(&d.parent)?;
+    let (flags, dst_proj) = crate::ptrace::fs_xattr(std::os::fd::AsFd::as_fd(&dir)).ok()?;
+    const FS_XFLAG_PROJINHERIT: u32 = 0x200;
+    if flags & FS_XFLAG_PROJINHERIT == 0 {
+        return None;
+    }
+    let obj = open_object(src, kind)?;
+    let (_, src_proj) = crate::ptrace::fs_xattr(std::os::fd::AsFd::as_fd(&obj)).ok()?;
+    (src_proj != dst_proj).then(|| {
+        format!(
+            "EXDEV: {} belongs to project quota {dst_proj} (project-inherit) and the source to project {src_proj}: \
+             {} moves only objects of its own project into it.",
+            d.parent.display(),
+            d.mount.fstype
+        )
+    })
+}
+
+/// fscrypt (ext4, f2fs, ubifs): an encrypted destination directory takes
+/// only objects under its own encryption policy.
+fn fscrypt(src: &Path, kind: FileType, d: &Side) -> Option<String> {
+    let dir = open_dir_or_file(&d.parent)?;
+    let dst_policy = crate::ptrace::encryption_policy(std::os::fd::AsFd::as_fd(&dir)).ok()??;
+    let obj = open_object(src, kind)?;
+    let src_policy = crate::ptrace::encryption_policy(std::os::fd::AsFd::as_fd(&obj)).ok()?;
+    (src_policy.as_ref() != Some(&dst_policy)).then(|| {
+        format!(
+            "EXDEV: {} is encrypted (fscrypt) and the source is {}: an encrypted directory takes only objects \
+             under its own encryption policy.",
+            d.parent.display(),
+            if src_policy.is_some() { "under another policy" } else { "not encrypted" }
+        )
+    })
+}
+
+fn open_dir_or_file(p: &Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::OFlags;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    rustix::fs::open(p, flags, rustix::fs::Mode::empty()).ok()
+}
+
+/// The source, opened for its ioctls if it is a file or a directory; any
+/// other object (a symlink, a device that opening could disturb) is judged
+/// by its parent directory, whose project and policy it was created with.
+fn open_object(src: &Path, kind: FileType) -> Option<std::os::fd::OwnedFd> {
+    match kind {
+        FileType::RegularFile | FileType::Directory => open_dir_or_file(src),
+        _ => open_dir_or_file(src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))),
+    }
 }
 
 /// Objects and bytes of data a move would copy.

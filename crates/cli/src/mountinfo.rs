@@ -64,9 +64,32 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The value of `key=` in a comma-separated option list.
-pub fn option<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
-    opts.split(',').find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+/// The value of `key=` in a comma-separated option list, octal escapes
+/// undone (a comma inside a value is shown as `\054`, so splitting at
+/// commas first is right).
+pub fn option(opts: &str, key: &str) -> Option<String> {
+    options(opts, key).into_iter().next()
+}
+
+/// Every value of `key=` (overlayfs may repeat `lowerdir+=`), unescaped.
+pub fn options(opts: &str, key: &str) -> Vec<String> {
+    opts.split(',').filter_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('='))).map(unescape).collect()
+}
+
+/// The layers of an overlayfs `lowerdir` value: separated by `:`, with
+/// `\:`, `\,` and `\\` standing for the character itself.
+pub fn overlay_layers(value: &str) -> Vec<String> {
+    let mut layers = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => layers.last_mut().expect("one").extend(chars.next()),
+            ':' => layers.push(String::new()),
+            c => layers.last_mut().expect("one").push(c),
+        }
+    }
+    layers.retain(|l| !l.is_empty());
+    layers
 }
 
 #[cfg(test)]
@@ -86,7 +109,19 @@ mod tests {
     #[test]
     fn overlay_options() {
         let m = &parse("50 1 0:40 / /merged rw - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/u,workdir=/w\n")[0];
-        assert_eq!(option(&m.super_opts, "lowerdir"), Some("/l1:/l2"));
+        assert_eq!(option(&m.super_opts, "lowerdir").as_deref(), Some("/l1:/l2"));
+        assert_eq!(overlay_layers("/l1:/l2"), ["/l1", "/l2"]);
         assert_eq!(option(&m.super_opts, "redirect_dir"), None);
+    }
+
+    #[test]
+    fn overlay_options_with_escaped_characters() {
+        // As the kernel shows `lowerdir=/tmp/low er\,x:/a\:b`.
+        let line = "71 46 0:40 / /m rw - overlay overlay rw,lowerdir=/tmp/low\\040er\\134\\054x:/a\\134:b,upperdir=/u\n";
+        let m = &parse(line)[0];
+        let lower = option(&m.super_opts, "lowerdir").expect("lowerdir");
+        assert_eq!(lower, "/tmp/low er\\,x:/a\\:b");
+        assert_eq!(overlay_layers(&lower), ["/tmp/low er,x", "/a:b"]);
+        assert_eq!(option(&m.super_opts, "upperdir").as_deref(), Some("/u"));
     }
 }

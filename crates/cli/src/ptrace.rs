@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 use libc::{c_int, c_long, c_void, pid_t};
 
@@ -452,4 +452,34 @@ pub fn fsize_limit(pid: pid_t) -> Option<libc::rlimit> {
 pub fn set_fsize_limit(limit: libc::rlimit) -> io::Result<()> {
     // SAFETY: a valid limit for this process.
     check(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) } as c_long).map(|_| ())
+}
+
+/// `FS_IOC_FSGETXATTR` on an open file: its extended flags
+/// (`FS_XFLAG_PROJINHERIT`, ...) and project id (XFS, ext4, f2fs, btrfs).
+pub fn fs_xattr(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    // struct fsxattr: xflags, extsize, nextents, projid, cowextsize, pad[8].
+    let mut buf = [0u32; 7];
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f; // _IOR('X', 31, struct fsxattr)
+    // SAFETY: the kernel writes at most 28 bytes into `buf`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, buf.as_mut_ptr()) } as c_long)?;
+    Ok((buf[0], buf[3]))
+}
+
+/// `FS_IOC_GET_ENCRYPTION_POLICY_EX` on an open file: its fscrypt policy
+/// (version, modes, flags and master key), or None if it is not encrypted.
+pub fn encryption_policy(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    // struct fscrypt_get_policy_ex_arg: u64 policy_size (in/out), then the policy.
+    let mut buf = [0u8; 8 + 24];
+    buf[..8].copy_from_slice(&24u64.to_ne_bytes());
+    const FS_IOC_GET_ENCRYPTION_POLICY_EX: libc::c_ulong = 0xc009_6616; // _IOWR('f', 22, __u8[9])
+    // SAFETY: the kernel writes at most policy_size (24) bytes after the size.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GET_ENCRYPTION_POLICY_EX, buf.as_mut_ptr()) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(e) };
+    }
+    let size = (u64::from_ne_bytes(buf[..8].try_into().expect("8")) as usize).min(24);
+    Ok(Some(buf[8..8 + size].to_vec()))
 }
