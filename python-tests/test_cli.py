@@ -157,8 +157,8 @@ def test_missing_library_exits_125_naming_the_paths_tried(tmp_path):
 
     assert proc.returncode == 125, describe(proc)
     want = (f"xrename: cannot find libxrename.so; tried: {d}/libxrename.so, "
-            f"{d}/../lib/xrename/libxrename.so, {d}/../lib/x86_64-linux-gnu/xrename/libxrename.so "
-            "(set XRENAME_LIB to its path)")
+            f"{d}/../lib/xrename/libxrename.so, {d}/../lib/x86_64-linux-gnu/xrename/libxrename.so, "
+            f"{d}/../xrename/libxrename.so (set XRENAME_LIB to its path)")
     assert want in proc.stderr, f"expected {want!r} in stderr\n{describe(proc)}"
     assert not marker.exists(), "the command ran although the library is missing"
 
@@ -837,6 +837,17 @@ def test_man_pages_render_and_say_what_help_says(tmp_path):
         assert not missing, f"{page.name} lacks {missing}"
 
 
+def test_man_pages_name_the_real_command_lines(tmp_path):
+    out = tmp_path / "man"
+    assert xrename("man", out).returncode == 0
+    page = lambda name: subprocess.run(["man", "-l", str(out / name)], capture_output=True, text=True,
+                                       env=dict(os.environ, MANWIDTH="100")).stdout.replace("\u2010", "-")
+    clean = page("xrename-clean.1")
+    assert "xrename clean [--remove]" in clean and "--version" not in clean, clean
+    top = page("xrename.1")
+    assert "xrename-help" not in top and "xrename mv" in top and "xrename-mv(1)" in top, top
+
+
 def test_bash_completion_loads_and_completes_options_and_subcommands(tmp_path):
     script = tmp_path / "xrename.bash"
     script.write_text(xrename("completions", "bash").stdout)
@@ -855,6 +866,7 @@ _xrename xrename --no mv; echo "mv: ${{COMPREPLY[*]}}"
     assert "-F _xrename xrename" in r.stdout, r.stdout
     assert "options: --summary" in r.stdout, r.stdout
     assert "subcommands: explain" in r.stdout, r.stdout
+    assert " man" not in xrename("completions", "bash").stdout.split("opts=")[1].split("\n")[0], "hidden man offered"
     assert "--no-target-directory" in r.stdout and "--no-fsync" in r.stdout, r.stdout
     for shell in ("zsh", "fish"):
         proc = xrename("completions", shell)

@@ -173,3 +173,44 @@ def test_bind_mount_and_one_filesystem(mounts, tmp_path):
     mounts.mount(["--bind", str(base / "b")], tmp_path / "bind", "a bind mount")
     check(base / "a" / "f", tmp_path / "bind" / "f", True, "into a bind mount of the same filesystem")
     check(base / "a" / "f", base / "b" / "f", False, "within one mount")
+
+
+def test_a_parent_that_is_not_a_directory_is_not_opened_and_is_enotdir(tmp_path):
+    """A FIFO where the destination's parent should be: explain must not
+    open it (that would release a writer blocked in open) and says the
+    rename fails with ENOTDIR, as the kernel does."""
+    (tmp_path / "f").write_text("f")
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    proc = run([XRENAME, "explain", tmp_path / "f", fifo / "x"])
+    assert proc.returncode == 125 and "Not a directory" in proc.stderr, describe(proc)
+    # Nobody opened the FIFO: a non-blocking open for writing finds no reader.
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        pytest.fail("something holds the FIFO open for reading")
+    except OSError as e:
+        assert e.errno == errno.ENXIO
+
+
+def test_a_mount_point_is_ebusy_not_exdev(mounts, tmp_path):
+    need(PRIVILEGED, "mounts need root here")
+    mp = tmp_path / "mp"
+    mounts.mount(["-t", "tmpfs", "t"], mp, "tmpfs")
+    assert kernel(mp, tmp_path / "elsewhere") == errno.EBUSY
+    proc = run([XRENAME, "explain", mp, tmp_path / "elsewhere"])
+    assert proc.returncode == 125 and "EBUSY" in proc.stderr, describe(proc)
+
+
+def test_an_overlay_subtree_seen_through_a_bind_mount(mounts, tmp_path):
+    """A bind mount of a directory inside an overlay: the lower layer is
+    looked up with the mount's root in front of the path."""
+    need(PRIVILEGED, "overlay mounts need root here")
+    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "work", "merged"))
+    for d in (lower / "sub" / "d", upper, work, merged):
+        d.mkdir(parents=True)
+    mounts.mount(["-t", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", "overlay"],
+                 merged, "overlay")
+    mounts.mount(["--bind", str(merged / "sub")], tmp_path / "bm", "a bind mount of the overlay's subtree")
+    bm = tmp_path / "bm"
+    check(bm / "d", bm / "d2", True, "a lower-layer directory through a bind mount of a subtree")

@@ -95,7 +95,42 @@ def test_the_wheel_installs_into_a_fresh_venv_and_moves_across_devices(fs_pair, 
         "xrename --": ([xr, "--", py, prog, src, dst], clean_env()),
         "LD_PRELOAD": ([py, prog, src, dst], clean_env(LD_PRELOAD=str(libpath))),
         "python -m xrename": ([py, "-m", "xrename", py, prog, src, dst], clean_env()),
+        "python -m xrename --summary --": ([py, "-m", "xrename", "--summary", "--", py, prog, src, dst], clean_env()),
     })
+    # Options and subcommands pass through; help and version are xrename's.
+    for argv, code in ((["--version"], 0), (["--help"], 0), (["lib"], 0), (["--bogus"], 125)):
+        proc = run([py, "-m", "xrename", *argv], env=clean_env())
+        assert proc.returncode == code, describe(proc)
+    assert run([py, "-m", "xrename", "lib"], env=clean_env()).stdout.strip() == str(libpath)
+
+    # pip install --target DIR and --prefix DIR: the package finds its own
+    # command and library (never another xrename on PATH).
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "xrename").write_text("#!/bin/sh\necho FAKE\nexit 99\n")
+    (fake / "xrename").chmod(0o755)
+    for how in ("--target", "--prefix"):
+        where = tmp_path / how.strip("-")
+        pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--quiet", "--ignore-installed", how, str(where),
+                              str(wheel)],
+                             capture_output=True, text=True)
+        assert pip.returncode == 0, describe(pip)
+        site = where if how == "--target" else next(where.glob("lib/python3*/site-packages"))
+        env = clean_env(PYTHONPATH=str(site), PATH=f"{fake}:{os.environ['PATH']}")
+        proc = run([py, "-m", "xrename", "true"], env=env)
+        assert proc.returncode == 0 and "FAKE" not in proc.stdout, f"{how}: {describe(proc)}"
+        proc = run([str(where / "bin" / "xrename"), "lib"], env=clean_env())
+        assert proc.returncode == 0 and Path(proc.stdout.strip()).is_file(), f"{how}: {describe(proc)}"
+
+    # The oldest Python the package says it supports, where there is one.
+    for old in sorted(Path("/root/.pyenv/versions").glob("3.[89].*")) if Path("/root/.pyenv/versions").is_dir() else []:
+        v = tmp_path / f"venv-{old.name}"
+        subprocess.run([str(old / "bin" / "python"), "-m", "venv", str(v)], check=True)
+        pip = subprocess.run([str(v / "bin" / "pip"), "install", "--no-index", "--quiet", str(wheel)],
+                             capture_output=True, text=True)
+        assert pip.returncode == 0, describe(pip)
+        proc = run([str(v / "bin" / "python"), "-m", "xrename", "true"], env=clean_env())
+        assert proc.returncode == 0, f"python {old.name}: {describe(proc)}"
 
 
 DEB_ARCH_DIR = "/usr/lib/x86_64-linux-gnu/xrename"

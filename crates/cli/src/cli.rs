@@ -177,11 +177,14 @@ fn clean() -> Command {
 }
 
 fn lib() -> Command {
-    Command::new("lib").about("Print the path of libxrename.so, for LD_PRELOAD=$(xrename lib)").after_help(
-        "Example:\n  LD_PRELOAD=$(xrename lib) python3 app.py\n\n\
-         The library alone handles dynamic programs that call libc's rename, renameat and renameat2; \
-         see libxrename(7).",
-    )
+    Command::new("lib")
+        .about("Print the path of libxrename.so, for LD_PRELOAD=$(xrename lib)")
+        .long_about(
+            "Print the path of libxrename.so, for LD_PRELOAD=$(xrename lib).\n\n\
+             The library alone handles dynamic programs that call libc's rename, renameat and renameat2; \
+             see libxrename(7).",
+        )
+        .after_help("Example:\n  LD_PRELOAD=$(xrename lib) python3 app.py")
 }
 
 fn completions() -> Command {
@@ -230,7 +233,12 @@ pub fn parse(args: &[OsString]) -> Result<ArgMatches, i32> {
 pub fn print_completions(shell: clap_complete::Shell) {
     use std::io::Write;
     let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut command(), "xrename", &mut buf);
+    // The hidden `man` subcommand is for packaging, not for completion.
+    let mut cmd = Command::new("xrename")
+        .version(VERSION)
+        .args(command().get_arguments().cloned())
+        .subcommands(command().get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    clap_complete::generate(shell, &mut cmd, "xrename", &mut buf);
     let _ = std::io::stdout().write_all(&buf); // a closed pipe is not our error
 }
 
@@ -241,9 +249,10 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
     let cmd = command();
     std::fs::write(dir.join("xrename.1"), man_page(&cmd, "libxrename(7)")?)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("xrename-{}", sub.get_name());
-        let sub = sub.clone().name(name.clone()).version(VERSION);
-        std::fs::write(dir.join(format!("{name}.1")), man_page(&sub, "xrename(1)")?)?;
+        let page = format!("xrename-{}", sub.get_name());
+        // The page is xrename-SUB(1); its synopsis names the real command line.
+        let sub = sub.clone().display_name(page.clone()).bin_name(format!("xrename {}", sub.get_name()));
+        std::fs::write(dir.join(format!("{page}.1")), man_page(&sub, "xrename(1)")?)?;
     }
     std::fs::write(dir.join("libxrename.7"), crate::libman::page(VERSION))?;
     Ok(())
@@ -259,8 +268,15 @@ fn man_page(cmd: &Command, see_also: &str) -> std::io::Result<Vec<u8>> {
     man.render_synopsis_section(&mut out)?;
     man.render_description_section(&mut out)?;
     man.render_options_section(&mut out)?;
-    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
-        man.render_subcommands_section(&mut out)?;
+    let subs: Vec<&Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect();
+    if !subs.is_empty() {
+        out.extend_from_slice(b".SH SUBCOMMANDS\n");
+        for sub in subs {
+            let name = sub.get_name();
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let text = format!(".TP\n\\fBxrename {name}\\fR\n{}.\nSee \\fB\\%xrename\\-{name}\\fR(1).\n", about.replace('-', "\\-"));
+            out.extend_from_slice(text.as_bytes());
+        }
     }
     if let Some(text) = cmd.get_after_help() {
         out.extend_from_slice(b".SH EXAMPLES\n.nf\n");
@@ -276,6 +292,8 @@ fn man_page(cmd: &Command, see_also: &str) -> std::io::Result<Vec<u8>> {
     }
     let (page, section) = see_also.trim_end_matches(')').split_once('(').unwrap_or((see_also, "1"));
     out.extend_from_slice(format!(".SH \"SEE ALSO\"\n.BR {page} ({section})\n").as_bytes());
-    man.render_version_section(&mut out)?;
+    if cmd.get_version().is_some() {
+        man.render_version_section(&mut out)?;
+    }
     Ok(out)
 }

@@ -50,6 +50,9 @@ fn side(path: &Path) -> Result<Side, String> {
     let st = rustix::fs::statx(rustix::fs::CWD, &parent, AtFlags::empty(), want)
         .map_err(|e| format!("{}: {e}", parent.display()))?;
     let subvol = if st.stx_mask & STATX_SUBVOL != 0 { st.stx_subvol } else { 0 };
+    if FileType::from_raw_mode(st.stx_mode.into()) != FileType::Directory {
+        return Err(format!("{}: Not a directory (rename would fail with this, not EXDEV)", parent.display()));
+    }
     let mounts = mountinfo::read().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     let mount = mounts
         .into_iter()
@@ -63,6 +66,11 @@ fn explain(src: &Path, dst: &Path) -> Result<String, String> {
     let st = rustix::fs::statx(rustix::fs::CWD, src, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
         .map_err(|e| format!("{}: {e} (rename would fail with this, not EXDEV)", src.display()))?;
     let kind = FileType::from_raw_mode(st.stx_mode.into());
+    let mount_root = st.stx_attributes_mask.contains(rustix::fs::StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(rustix::fs::StatxAttributes::MOUNT_ROOT);
+    if mount_root {
+        return Err(format!("{}: a mount point: rename would fail with EBUSY, not EXDEV", src.display()));
+    }
     let mut out = String::new();
     let mut dst = dst.to_path_buf();
     if dst.is_dir() && !same(src, &dst) {
@@ -160,7 +168,9 @@ fn overlay_lower_dir(m: &Mount, src: &Path, kind: FileType) -> Option<String> {
         return None;
     }
     let abs = src.canonicalize().ok()?;
-    let rel = abs.strip_prefix(&m.point).ok()?;
+    // Inside the filesystem: the mount's root (a bind mount of a subtree
+    // shows that directory), then the path below the mount point.
+    let rel = Path::new(m.root.trim_start_matches('/')).join(abs.strip_prefix(&m.point).ok()?);
     let lowers: Vec<String> = ["lowerdir", "lowerdir+"]
         .iter()
         .flat_map(|k| mountinfo::options(&m.super_opts, k))
@@ -168,11 +178,11 @@ fn overlay_lower_dir(m: &Mount, src: &Path, kind: FileType) -> Option<String> {
         .collect();
     if let Some(upper) = mountinfo::option(&m.super_opts, "upperdir") {
         let user_xattrs = m.super_opts.split(',').any(|o| o == "userxattr");
-        if !upper_lets_lower_show(Path::new(&upper), rel, user_xattrs) {
+        if !upper_lets_lower_show(Path::new(&upper), &rel, user_xattrs) {
             return None;
         }
     }
-    let layer = lowers.iter().find(|l| Path::new(l).join(rel).is_dir())?;
+    let layer = lowers.iter().find(|l| Path::new(l).join(&rel).is_dir())?;
     Some(format!(
         "EXDEV: {} is a directory of the overlayfs lower layer {layer}, and redirect_dir is {redirect}: \
          overlayfs cannot rename it (the Docker case).",
@@ -223,7 +233,7 @@ fn btrfs_subvolumes(s: &Side, d: &Side, src: &Path) -> Option<String> {
 /// XFS, ext4, f2fs: a destination directory with the project-inherit flag
 /// takes only objects of its own project (project quotas).
 fn project_quota(src: &Path, kind: FileType, d: &Side) -> Option<String> {
-    let dir = open_dir_or_file(&d.parent)?;
+    let dir = open_dir_or_file(&d.parent, FileType::Directory)?;
     let (flags, dst_proj) = crate::ptrace::fs_xattr(std::os::fd::AsFd::as_fd(&dir)).ok()?;
     const FS_XFLAG_PROJINHERIT: u32 = 0x200;
     if flags & FS_XFLAG_PROJINHERIT == 0 {
@@ -244,7 +254,7 @@ fn project_quota(src: &Path, kind: FileType, d: &Side) -> Option<String> {
 /// fscrypt (ext4, f2fs, ubifs): an encrypted destination directory takes
 /// only objects under its own encryption policy.
 fn fscrypt(src: &Path, kind: FileType, d: &Side) -> Option<String> {
-    let dir = open_dir_or_file(&d.parent)?;
+    let dir = open_dir_or_file(&d.parent, FileType::Directory)?;
     let dst_policy = crate::ptrace::encryption_policy(std::os::fd::AsFd::as_fd(&dir)).ok()??;
     let obj = open_object(src, kind)?;
     let src_policy = crate::ptrace::encryption_policy(std::os::fd::AsFd::as_fd(&obj)).ok()?;
@@ -258,10 +268,20 @@ fn fscrypt(src: &Path, kind: FileType, d: &Side) -> Option<String> {
     })
 }
 
-fn open_dir_or_file(p: &Path) -> Option<std::os::fd::OwnedFd> {
+/// Opens a directory, or a file already known to be a regular file or a
+/// directory (never a FIFO or a device, whose open has effects).
+fn open_dir_or_file(p: &Path, kind: FileType) -> Option<std::os::fd::OwnedFd> {
     use rustix::fs::OFlags;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    rustix::fs::open(p, flags, rustix::fs::Mode::empty()).ok()
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match kind {
+        FileType::Directory => flags |= OFlags::DIRECTORY,
+        FileType::RegularFile => {}
+        _ => return None,
+    }
+    let fd = rustix::fs::open(p, flags, rustix::fs::Mode::empty()).ok()?;
+    // Swapped meanwhile for something else: not judged.
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (FileType::from_raw_mode(st.st_mode) == kind).then_some(fd)
 }
 
 /// The source, opened for its ioctls if it is a file or a directory; any
@@ -269,8 +289,11 @@ fn open_dir_or_file(p: &Path) -> Option<std::os::fd::OwnedFd> {
 /// by its parent directory, whose project and policy it was created with.
 fn open_object(src: &Path, kind: FileType) -> Option<std::os::fd::OwnedFd> {
     match kind {
-        FileType::RegularFile | FileType::Directory => open_dir_or_file(src),
-        _ => open_dir_or_file(src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))),
+        FileType::RegularFile | FileType::Directory => open_dir_or_file(src, kind),
+        _ => open_dir_or_file(
+            src.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+            FileType::Directory,
+        ),
     }
 }
 

@@ -483,3 +483,12 @@ pub fn encryption_policy(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
     let size = (u64::from_ne_bytes(buf[..8].try_into().expect("8")) as usize).min(24);
     Ok(Some(buf[8..8 + size].to_vec()))
 }
+
+/// The width in columns of the terminal on `fd`, if it is one and says.
+pub fn terminal_width(fd: BorrowedFd<'_>) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}

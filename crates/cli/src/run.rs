@@ -156,7 +156,12 @@ fn traced(opts: &Opts, argv: &[OsString]) -> Result<i32, String> {
             Err(e) => return Ok(fail(format_args!("cannot open the summary log: {e}"))),
         }
     }
-    let settings = crate::trace::Settings { observe: opts.observe, fsync: !opts.no_fsync, dirs: !opts.no_dirs };
+    let settings = crate::trace::Settings {
+        observe: opts.observe,
+        fsync: !opts.no_fsync,
+        dirs: !opts.no_dirs,
+        log_to_stderr: opts.log.as_deref().is_some_and(|l| l == "-"),
+    };
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != "XRENAME_SUPERVISOR").collect();
     // A copy of the library preloaded anyway stands aside (see config.rs).
     env.push(("XRENAME_SUPERVISOR".into(), std::process::id().to_string().into()));
@@ -221,7 +226,13 @@ pub fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
     if let Some(p) = std::env::var_os("XRENAME_LIB").filter(|p| !p.is_empty()) {
         tried.push(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
+    // The program as started (a venv's bin may be a symlink to elsewhere),
+    // then as resolved.
+    let started = std::env::args_os().next().map(PathBuf::from).filter(|p| p.components().count() > 1);
+    let mut exes: Vec<PathBuf> = started.into_iter().collect();
+    exes.extend(std::env::current_exe());
+    exes.dedup_by(|a, b| a.parent() == b.parent());
+    for exe in exes {
         if let Some(dir) = exe.parent() {
             tried.push(dir.join("libxrename.so"));
             tried.push(dir.join("../lib/xrename/libxrename.so"));
@@ -238,6 +249,8 @@ pub fn find_library() -> Result<PathBuf, Vec<PathBuf>> {
                 tried.push(p.join("site-packages/xrename/libxrename.so"));
                 tried.push(p.join("dist-packages/xrename/libxrename.so"));
             }
+            // pip install --target DIR: DIR/bin/xrename, DIR/xrename/.
+            tried.push(dir.join("../xrename/libxrename.so"));
         }
     }
     match tried.iter().find(|p| p.is_file()) {

@@ -55,8 +55,9 @@ pub struct Display {
 impl Display {
     /// A display if stderr is a terminal (and the shared memory and the
     /// tick can be had).
-    pub fn new() -> Option<Display> {
-        if !std::io::stderr().is_terminal() {
+    pub fn new(logs_to_stderr: bool) -> Option<Display> {
+        // Log lines on the same terminal would land on the status line.
+        if logs_to_stderr || !std::io::stderr().is_terminal() {
             return None;
         }
         let counters = ptrace::shared_counters(SLOTS * 2).ok()?;
@@ -89,15 +90,19 @@ impl Display {
         let (bytes, objects) = slot.map_or((0, 0), |s| s.get());
         let secs = started.elapsed().as_secs_f64();
         let rate = (bytes as f64 / secs) as u64;
-        let text = format!(
-            "xrename: moving {} -> {}: {}, {} object{}, {}/s",
-            short(old),
-            short(new),
-            human(bytes),
-            objects,
-            if objects == 1 { "" } else { "s" },
-            human(rate)
-        );
+        // Objects are counted as they are completed: none yet for a file.
+        let objects = match objects {
+            0 => String::new(),
+            1 => ", 1 object".to_owned(),
+            n => format!(", {n} objects"),
+        };
+        let counts = format!(": {}{objects}, {}/s", human(bytes), human(rate));
+        // One row: wider than the terminal, a line would wrap, and `\r`
+        // with erase-line clears only its last row.
+        let width = ptrace::terminal_width(rustix::stdio::stderr()).unwrap_or(80).saturating_sub(1);
+        let room = width.saturating_sub("xrename: moving  -> ".len() + counts.chars().count());
+        let text = format!("xrename: moving {} -> {}{counts}", short(old, room / 2), short(new, room - room / 2));
+        let text: String = text.chars().take(width).collect();
         let _ = write!(std::io::stderr(), "\r\x1b[K{text}");
         self.shown = true;
     }
@@ -110,9 +115,15 @@ impl Display {
     }
 }
 
-/// A path cut to its last 30 characters, so that the line fits.
-fn short(path: &[u8]) -> String {
+/// A path cut to its last `room` characters (with `...` before), so that
+/// the line fits.
+fn short(path: &[u8], room: usize) -> String {
     let s = String::from_utf8_lossy(path);
     let n = s.chars().count();
-    if n <= 32 { s.into_owned() } else { format!("...{}", s.chars().skip(n - 30).collect::<String>()) }
+    if n <= room {
+        s.into_owned()
+    } else {
+        let keep = room.saturating_sub(3);
+        format!("...{}", s.chars().skip(n - keep).collect::<String>())
+    }
 }

@@ -53,6 +53,8 @@ pub struct Settings {
     pub fsync: bool,
     /// Move directories.
     pub dirs: bool,
+    /// Log lines go to stderr (`--log -`): no status line there.
+    pub log_to_stderr: bool,
 }
 
 /// Syscall numbers that stop at our filter, by architecture.
@@ -196,7 +198,7 @@ pub fn run(
     let logs = logs.iter().map(|fd| fd.as_fd()).collect();
     // Filters the program starts with: whatever xrename ran under, and ours.
     let filters = seccomp_filters(pid);
-    let display = crate::status::Display::new();
+    let display = crate::status::Display::new(s.log_to_stderr);
     let mut sup = Supervisor { main: pid, settings: s, logs, filters, display, ..Supervisor::default() };
     sup.known.insert(pid);
     let status = sup.serve();
@@ -240,7 +242,7 @@ struct Supervisor<'l> {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { observe: false, fsync: true, dirs: true }
+        Settings { observe: false, fsync: true, dirs: true, log_to_stderr: false }
     }
 }
 
@@ -619,8 +621,18 @@ fn log(
     };
     let text = logline::format(&line, std::time::SystemTime::now());
     for fd in logs {
-        // One write to a file opened O_APPEND (or stderr): lines never interleave.
-        let _ = rustix::io::write(fd, text.as_bytes());
+        // One write to a file opened O_APPEND: lines never interleave. On a
+        // terminal or pipe (`--log -`) a write can be cut short or
+        // interrupted (the status line's tick): the rest follows.
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            match rustix::io::write(fd, rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
     }
 }
 
