@@ -201,16 +201,13 @@ fn completions() -> Command {
 }
 
 fn man() -> Command {
-    Command::new("man")
-        .about("Write the man pages (xrename.1, xrename-*.1, libxrename.7) into DIR")
-        .hide(true)
-        .arg(
-            Arg::new("dir")
-                .value_name("DIR")
-                .required(true)
-                .value_parser(value_parser!(std::path::PathBuf))
-                .value_hint(clap::ValueHint::DirPath),
-        )
+    Command::new("man").about("Write the man pages (xrename.1, xrename-*.1, libxrename.7) into DIR").hide(true).arg(
+        Arg::new("dir")
+            .value_name("DIR")
+            .required(true)
+            .value_parser(value_parser!(std::path::PathBuf))
+            .value_hint(clap::ValueHint::DirPath),
+    )
 }
 
 /// Parses `args` (without the program name). Usage errors, `--help` and

@@ -222,7 +222,9 @@ fn btrfs_subvolumes(s: &Side, d: &Side, src: &Path) -> Option<String> {
     if st.stx_ino == 256 {
         return None; // the root of a subvolume: moving it is allowed
     }
-    let name = |v: &(u64, (u32, u32))| if v.0 != 0 { format!("subvolume {}", v.0) } else { format!("device {}:{}", v.1 .0, v.1 .1) };
+    let name = |v: &(u64, (u32, u32))| {
+        if v.0 != 0 { format!("subvolume {}", v.0) } else { format!("device {}:{}", v.1.0, v.1.1) }
+    };
     Some(format!(
         "EXDEV: two btrfs subvolumes on one mount ({} and {}): btrfs renames only within a subvolume.",
         name(&s.subvol),

@@ -58,9 +58,11 @@ pub fn page(version: &str) -> String {
     s.push_str(".SH SYNOPSIS\n.B LD_PRELOAD=$(xrename lib)\n.I program\n.RI [ args ...]\n");
     let _ = writeln!(s, ".SH DESCRIPTION\n{}", esc(DESCRIPTION));
     let _ = writeln!(s, ".SH GUARANTEES\n{}", esc(GUARANTEES));
-    s.push_str(".SH ENVIRONMENT\nRead once, when the library is loaded. Values are read case-insensitively; \
+    s.push_str(
+        ".SH ENVIRONMENT\nRead once, when the library is loaded. Values are read case-insensitively; \
                 an empty value counts as unset; a value that is not understood is never taken as \
-                \\(lqemulate\\(rq.\n");
+                \\(lqemulate\\(rq.\n",
+    );
     for v in vars::ALL {
         let _ = writeln!(s, ".TP\n\\fB{}\\fR=\\fI{}\\fR\n{}", v.name, esc(v.values), esc(v.meaning));
     }

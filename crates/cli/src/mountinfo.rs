@@ -117,7 +117,8 @@ mod tests {
     #[test]
     fn overlay_options_with_escaped_characters() {
         // As the kernel shows `lowerdir=/tmp/low er\,x:/a\:b`.
-        let line = "71 46 0:40 / /m rw - overlay overlay rw,lowerdir=/tmp/low\\040er\\134\\054x:/a\\134:b,upperdir=/u\n";
+        let line =
+            "71 46 0:40 / /m rw - overlay overlay rw,lowerdir=/tmp/low\\040er\\134\\054x:/a\\134:b,upperdir=/u\n";
         let m = &parse(line)[0];
         let lower = option(&m.super_opts, "lowerdir").expect("lowerdir");
         assert_eq!(lower, "/tmp/low er\\,x:/a\\:b");

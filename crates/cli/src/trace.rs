@@ -482,10 +482,9 @@ impl Supervisor<'_> {
             libc::WEXITSTATUS(st)
         } else {
             let (result, warning) = match helper.last_stage() {
-                Some(engine::Stage::Done) => (
-                    Ok(()),
-                    "the helper was killed after the move: hidden leftovers may remain (xrename clean)",
-                ),
+                Some(engine::Stage::Done) => {
+                    (Ok(()), "the helper was killed after the move: hidden leftovers may remain (xrename clean)")
+                }
                 Some(engine::Stage::Installed) => (
                     Err(engine::Error::new(rustix::io::Errno::XDEV, "helper killed after the install")),
                     "the helper was killed after the install: the destination holds the copy (the old one \
@@ -555,7 +554,14 @@ struct Asked {
 impl Asked {
     /// A call whose paths could not be read.
     fn unread(op: Op) -> Asked {
-        Asked { op, old_dir: libc::AT_FDCWD, old: CString::default(), new_dir: libc::AT_FDCWD, new: CString::default(), flags: 0 }
+        Asked {
+            op,
+            old_dir: libc::AT_FDCWD,
+            old: CString::default(),
+            new_dir: libc::AT_FDCWD,
+            new: CString::default(),
+            flags: 0,
+        }
     }
 
     fn read(tid: pid_t, op: Op, args: &[u64; 6]) -> std::io::Result<Asked> {
@@ -693,9 +699,10 @@ fn start_move(
         {
             // Cannot act as the target: its EXDEV stands.
             Err(engine::Error::new(rustix::io::Errno::XDEV, "cannot take the program's rights"))
-        } else if [(&odir, &req.old), (&ndir, &req.new)].iter().any(|(d, p)| {
-            through_magic_link(d.as_ref().map_or(rustix::fs::CWD, |d| d.as_fd()), p)
-        }) {
+        } else if [(&odir, &req.old), (&ndir, &req.new)]
+            .iter()
+            .any(|(d, p)| through_magic_link(d.as_ref().map_or(rustix::fs::CWD, |d| d.as_fd()), p))
+        {
             // /proc/self/fd/N, /proc/self/cwd, /dev/fd/N... would name the
             // helper's descriptors, not the program's: the kernel's EXDEV.
             Err(engine::Error::new(rustix::io::Errno::XDEV, "path through a /proc descriptor link"))

@@ -11,8 +11,8 @@
 //! The copy reads exactly the size seen when the source was opened: a file
 //! that grows meanwhile is copied up to that size.
 
-use std::os::fd::BorrowedFd;
 use super::report::Progress;
+use std::os::fd::BorrowedFd;
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
@@ -79,7 +79,9 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
 }
 
 /// What a mover needs besides the objects: how durable to make the copy,
-/// where to count its progress, and which files never to open.
+/// where to count its progress, which files never to open, and what holds
+/// for the whole move (the data route; whether new objects can inherit an
+/// ACL from the destination directory).
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
     /// fsync, syncfs and early writeback, or none.
@@ -88,6 +90,11 @@ pub struct Job<'a> {
     pub progress: Option<&'a dyn Progress>,
     /// Files the program holds a lease on.
     pub leases: &'a OwnLeases,
+    /// How data goes between the two filesystems.
+    pub route: &'a Route,
+    /// Whether the destination directory has a default ACL that new
+    /// objects inherit ([`meta::may_inherit`](super::meta::may_inherit)).
+    pub inherits: bool,
 }
 
 /// The inodes this process holds a lease on, as `/proc/locks` lists them
@@ -166,6 +173,40 @@ enum Method {
     ReadWrite,
 }
 
+/// The way data goes between the two filesystems of one move, found with
+/// its first file and kept for the others: a `copy_file_range` that fails
+/// with EXDEV for one file fails for all of them. Only ever falls back
+/// (`copy_file_range`, then `sendfile`, then `read`/`write`).
+#[derive(Debug, Default)]
+pub struct Route(std::sync::atomic::AtomicU8);
+
+impl Route {
+    fn get(&self) -> Method {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Method::CopyFileRange,
+            1 => Method::Sendfile,
+            _ => Method::ReadWrite,
+        }
+    }
+
+    fn fell_back(&self, to: Method) {
+        let v = match to {
+            Method::CopyFileRange => 0,
+            Method::Sendfile => 1,
+            Method::ReadWrite => 2,
+        };
+        self.0.fetch_max(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a file has holes worth looking for: fewer blocks than its size
+/// needs. A file without (nearly every file) is copied as one range,
+/// without `SEEK_DATA`/`SEEK_HOLE`; on a filesystem that compresses,
+/// looking costs only the two seeks.
+pub fn sparse(st: &rustix::fs::Statx) -> bool {
+    st.stx_blocks.saturating_mul(512) < st.stx_size
+}
+
 /// Copies the first `size` bytes of `src` into the empty file `dst`,
 /// keeping holes. Adds the bytes transferred to `copied`, and to `progress`
 /// as they go. With `early_writeback` (the copy is about to be fsynced, and
@@ -174,17 +215,24 @@ enum Method {
 pub fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
-    size: u64,
+    st: &rustix::fs::Statx,
+    route: &Route,
     copied: &mut u64,
     progress: Option<&dyn Progress>,
     early_writeback: Option<Durability>,
 ) -> Result<()> {
+    let size = st.stx_size;
     if size >= SEQUENTIAL_HINT {
         // Read-ahead for a big file; advice only, so a refusal changes nothing.
         let _ = rustix::fs::fadvise(src, 0, None, rustix::fs::Advice::Sequential);
     }
     let mut copier =
-        Copier { src, dst, method: Method::CopyFileRange, buf: Vec::new(), progress, agains: 0, early_writeback };
+        Copier { src, dst, route, buf: Vec::new(), progress, agains: 0, early_writeback, dst_offset: Some(0) };
+    if !sparse(st) {
+        // No holes to keep: one range, no seeks.
+        let done = copier.range(0, size, copied)?;
+        return set_size(dst, done.min(size), size);
+    }
     let (mut pos, mut written) = (0, 0);
     while pos < size {
         let data = match retry(|| rustix::fs::seek(src, SeekFrom::Data(pos))) {
@@ -234,7 +282,9 @@ fn set_size(dst: BorrowedFd<'_>, written: u64, size: u64) -> Result<()> {
 struct Copier<'a> {
     src: BorrowedFd<'a>,
     dst: BorrowedFd<'a>,
-    method: Method,
+    route: &'a Route,
+    /// The file offset of `dst` where known (sendfile writes there).
+    dst_offset: Option<u64>,
     buf: Vec<u8>,
     progress: Option<&'a dyn Progress>,
     /// EAGAIN answers so far: retried, but not forever.
@@ -251,7 +301,7 @@ impl Copier<'_> {
         while done < len {
             let want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
             let at = off + done;
-            let n = match self.method {
+            let n = match self.route.get() {
                 Method::CopyFileRange => {
                     let (mut i, mut o) = (at, at);
                     match rustix::fs::copy_file_range(self.src, Some(&mut i), self.dst, Some(&mut o), want) {
@@ -269,7 +319,7 @@ impl Copier<'_> {
                             | Errno::PERM
                             | Errno::ACCESS,
                         ) if done == 0 => {
-                            self.method = Method::Sendfile;
+                            self.route.fell_back(Method::Sendfile);
                             continue;
                         }
                         Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),
@@ -277,16 +327,22 @@ impl Copier<'_> {
                     }
                 }
                 Method::Sendfile => {
-                    retry(|| rustix::fs::seek(self.dst, SeekFrom::Start(at))).at("seek destination")?;
+                    if self.dst_offset != Some(at) {
+                        retry(|| rustix::fs::seek(self.dst, SeekFrom::Start(at))).at("seek destination")?;
+                        self.dst_offset = Some(at);
+                    }
                     let mut i = at;
                     match rustix::fs::sendfile(self.dst, self.src, Some(&mut i), want) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            self.dst_offset = Some(at + n as u64);
+                            n
+                        }
                         Err(Errno::INTR) => continue,
                         Err(Errno::AGAIN) if self.again() => continue,
                         Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM | Errno::ACCESS)
                             if done == 0 =>
                         {
-                            self.method = Method::ReadWrite;
+                            self.route.fell_back(Method::ReadWrite);
                             continue;
                         }
                         Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),

@@ -76,7 +76,7 @@ pub fn copy_tree<'d>(
     job: copy::Job<'_>,
     report: &mut Report,
 ) -> Result<CopiedTree<'d>> {
-    let copy::Job { durability, progress, leases } = job;
+    let copy::Job { durability, progress, leases, route, inherits } = job;
     let src_root = match open_dir(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
@@ -109,13 +109,20 @@ pub fn copy_tree<'d>(
         records: Records::default(),
         size_limit,
         leases,
+        route,
+        inherits,
     };
     cx.check_dir(dst_parent)?;
     loop {
         let Some(name) = cx.walk.next_name() else {
             // A directory is complete: its metadata now, children first.
             let Some((frame, [s, t])) = cx.walk.pop()? else { break };
-            meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(t.as_fd()), &frame.st)?;
+            meta::apply(
+                Obj::Fd(s.as_fd()),
+                Obj::Fd(t.as_fd()),
+                &frame.st,
+                meta::Made { st: None, inherits: cx.inherits },
+            )?;
             cx.report.files += 1;
             cx.progress.inspect(|p| p.object());
             let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
@@ -144,6 +151,11 @@ struct Copy<'r> {
     path: Vec<u8>,
     report: &'r mut Report,
     progress: Option<&'r dyn Progress>,
+    /// How data goes between the two filesystems.
+    route: &'r copy::Route,
+    /// Whether new objects inherit an ACL (the destination directory has a
+    /// default one).
+    inherits: bool,
     /// What each entry was when it was copied.
     records: Records,
     /// The process's file size limit.
@@ -196,8 +208,10 @@ impl Copy<'_> {
             _ => {
                 let [s, t] = self.walk.fds()?;
                 special::create(s, &name, &st, t, &name).at("create node")?;
-                self.records.add_copy(&lstat(t, &name).at("stat new node")?);
-                meta::apply(Obj::At(s, &name), Obj::At(t, &name), &st)?;
+                let made = lstat(t, &name).at("stat new node")?;
+                self.records.add_copy(&made);
+                let made = meta::Made { st: Some(&made), inherits: self.inherits };
+                meta::apply(Obj::At(s, &name), Obj::At(t, &name), &st, made)?;
                 self.records.add(&Seen::record(&st, started));
                 self.report.files += 1;
                 self.progress.inspect(|p| p.object());
@@ -266,10 +280,12 @@ impl Copy<'_> {
         }
         let seen = Seen::record(&st, started);
         copy::within_limit(st.stx_size, self.size_limit)?;
-        let t = new_file(self.walk.fd(1)?, &name)?;
-        self.records.add_copy(&fstat(t.as_fd()).at("stat new file")?);
-        copy::copy_data(s.as_fd(), t.as_fd(), st.stx_size, &mut self.report.bytes, self.progress, None)?;
-        meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(t.as_fd()), &st)?;
+        let t = new_file(self.walk.fd(1)?, &name, u32::from(st.stx_mode))?;
+        let made = fstat(t.as_fd()).at("stat new file")?;
+        self.records.add_copy(&made);
+        copy::copy_data(s.as_fd(), t.as_fd(), &st, self.route, &mut self.report.bytes, self.progress, None)?;
+        let made = meta::Made { st: Some(&made), inherits: self.inherits };
+        meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(t.as_fd()), &st, made)?;
         // Changed while it was copied: the copy may be torn. Start over.
         if !seen.unchanged(&fstat(s.as_fd()).at("stat source file")?) {
             return Err(Error::changed(TREE_CHANGED));
@@ -313,9 +329,12 @@ fn open_parent(root: BorrowedFd<'_>, path: &CStr) -> Result<(OwnedFd, CString)> 
     Ok((fd, CString::new(last).expect("no NUL")))
 }
 
-fn new_file(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
+/// Creates a file of the copy with the source's permission bits (less the
+/// umask): inside the private (0700) temp tree no one else can reach it,
+/// and the mode usually needs no `chmod` afterwards.
+fn new_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd> {
     let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))).at("create file")
+    retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode & 0o777))).at("create file")
 }
 
 /// Refuses the move (EXDEV, step `open for writing`) if a regular file of

@@ -82,7 +82,7 @@ pub fn copy_file<'d>(
     links: Option<&Links>,
     report: &mut Report,
 ) -> Result<Copied<'d>> {
-    let copy::Job { durability, progress, leases } = job;
+    let copy::Job { durability, progress, leases, route, inherits } = job;
     if leases.holds(st.stx_ino) {
         return Err(Error::new(Errno::XDEV, OWN_LEASE));
     }
@@ -114,8 +114,8 @@ pub fn copy_file<'d>(
     }
     let tmp = Temp::file(dst.dir.as_fd())?;
     let early = durability.early_writeback(st_now.stx_size).then_some(durability);
-    copy::copy_data(fd.as_fd(), tmp.fd(), st_now.stx_size, &mut report.bytes, progress, early)?;
-    meta::apply(Obj::Fd(fd.as_fd()), Obj::Fd(tmp.fd()), &st_now)?;
+    copy::copy_data(fd.as_fd(), tmp.fd(), &st_now, route, &mut report.bytes, progress, early)?;
+    meta::apply(Obj::Fd(fd.as_fd()), Obj::Fd(tmp.fd()), &st_now, meta::Made { st: None, inherits })?;
     // Changed while it was copied: the copy may be torn. Start over.
     if !seen.unchanged(&fstat(fd.as_fd()).at("stat source")?) {
         return Err(Error::changed(SOURCE_CHANGED));

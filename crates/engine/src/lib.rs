@@ -256,7 +256,9 @@ fn move_object(
         (None, FileType::RegularFile | FileType::Directory) => copy::OwnLeases::read(),
         (None, _) => copy::OwnLeases::default(),
     };
-    let job = copy::Job { durability, progress, leases: &leases };
+    let route = copy::Route::default();
+    let inherits = meta::may_inherit(dst.dir.as_fd());
+    let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits };
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
             let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;

@@ -50,19 +50,51 @@ pub enum Obj<'a> {
     At(BorrowedFd<'a>, &'a CStr),
 }
 
+/// What is known of the new object, to spare calls that would change
+/// nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Made<'a> {
+    /// Its status as made (owner and mode), if read.
+    pub st: Option<&'a Statx>,
+    /// Whether it may have inherited an ACL from its directory's default
+    /// ACL ([`may_inherit`]); if not, there is nothing to remove.
+    pub inherits: bool,
+}
+
+impl Made<'_> {
+    /// Nothing known: every step is made.
+    pub const UNKNOWN: Made<'static> = Made { st: None, inherits: true };
+}
+
 /// Applies owner, xattrs, mode and times of `st` (read from `src`) to the
-/// new object `dst`.
-pub fn apply(src: Obj<'_>, dst: Obj<'_>, st: &Statx) -> Result<()> {
+/// new object `dst`. A `chown` to the owner it already has, and a `chmod`
+/// to the mode it already has (when no ACL was written, which would have
+/// changed the mode), are left out.
+pub fn apply(src: Obj<'_>, dst: Obj<'_>, st: &Statx, made: Made<'_>) -> Result<()> {
     let kind = file_type(st);
     let mut mode = u32::from(st.stx_mode) & 0o7777;
-    if !chown(dst, st)? {
+    let same_owner = made.st.is_some_and(|m| (m.stx_uid, m.stx_gid) == (st.stx_uid, st.stx_gid));
+    if !same_owner && !chown(dst, st)? {
         mode &= !SPECIAL_BITS;
     }
-    copy_xattrs(src, dst, kind)?;
-    if kind != FileType::Symlink {
+    let wrote_acl = copy_xattrs(src, dst, kind, made.inherits)?;
+    let same_mode = !wrote_acl && made.st.is_some_and(|m| u32::from(m.stx_mode) & 0o7777 == mode);
+    if kind != FileType::Symlink && !same_mode {
         chmod(dst, mode)?;
     }
     set_times(dst, st)
+}
+
+/// Whether objects made in `dir` inherit an ACL: it has a default ACL. Asked
+/// once per move (a new directory of a copied tree gets its own default ACL
+/// only when its metadata is applied, after its children). When that
+/// cannot be told, yes.
+pub fn may_inherit(dir: BorrowedFd<'_>) -> bool {
+    match rustix::fs::fgetxattr_query(dir, c"system.posix_acl_default") {
+        Ok(n) => n > 0,
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => false,
+        Err(_) => true,
+    }
 }
 
 /// Sets owner and group; returns false when the owner could not be kept.
@@ -166,8 +198,10 @@ fn is_acl(name: &[u8]) -> bool {
 }
 
 /// Copies every extended attribute `src` has that `dst`'s filesystem takes,
-/// then removes ACLs `dst` inherited that `src` does not have.
-fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType) -> Result<()> {
+/// then removes ACLs `dst` inherited (if it could: `inherits`) that `src`
+/// does not have. Returns whether an ACL was written.
+fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType, inherits: bool) -> Result<bool> {
+    let mut wrote_acl = false;
     // Only a filesystem without extended attributes has none to list; any
     // other failure (ENOSYS or EPERM from a policy) could hide an ACL.
     let names = match read_growing(|buf| list(src, buf)) {
@@ -184,12 +218,12 @@ fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType) -> Result<()> {
             Err(e) => return Err(Error::copy_step(e, "read xattr")),
         };
         match retry(|| set(dst, &cname, &value)) {
-            Ok(()) => {}
+            Ok(()) => wrote_acl |= is_acl(name),
             Err(e) if skip_write(e, name, kind) => {}
             Err(e) => return Err(Error::copy_step(e, "write xattr")),
         }
     }
-    for acl in inherited_acls(&names) {
+    for acl in inherited_acls(&names).filter(|_| inherits) {
         match retry(|| remove(dst, acl)) {
             // Absent, or a filesystem that has no such thing: nothing was inherited.
             Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
@@ -199,7 +233,7 @@ fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType) -> Result<()> {
             Err(e) => return Err(Error::copy_step(e, "remove inherited ACL")),
         }
     }
-    Ok(())
+    Ok(wrote_acl)
 }
 
 /// `/proc/thread-self/fd/<dir>/<name>`, for the `l*xattr` calls.

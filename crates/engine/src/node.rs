@@ -40,7 +40,8 @@ pub fn copy_node<'d>(
         return Err(Error::new(Errno::XDEV, "the hidden name was taken over"));
     }
     tmp.made(&made);
-    meta::apply(Obj::At(sdir, &src.name), Obj::At(ddir, &name), st)?;
+    let made = meta::Made { st: Some(&made), inherits: meta::may_inherit(ddir) };
+    meta::apply(Obj::At(sdir, &src.name), Obj::At(ddir, &name), st, made)?;
     report.files += 1;
     Ok((tmp, Seen::record(st, started)))
 }

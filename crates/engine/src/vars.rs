@@ -38,17 +38,11 @@ pub const FSYNC: Var = Var {
     meaning: "Skip every fsync: faster, and UNSAFE: a crash may lose the moved data.",
 };
 /// Directory moves.
-pub const DIRS: Var = Var {
-    name: "XRENAME_DIRS",
-    values: "0",
-    meaning: "Leave directory moves to the program (it gets EXDEV).",
-};
+pub const DIRS: Var =
+    Var { name: "XRENAME_DIRS", values: "0", meaning: "Leave directory moves to the program (it gets EXDEV)." };
 /// The summary log.
-pub const SUMMARY_LOG: Var = Var {
-    name: "XRENAME_SUMMARY_LOG",
-    values: "/path",
-    meaning: "A second log file, used by xrename --summary.",
-};
+pub const SUMMARY_LOG: Var =
+    Var { name: "XRENAME_SUMMARY_LOG", values: "/path", meaning: "A second log file, used by xrename --summary." };
 /// Set by the supervisor.
 pub const SUPERVISOR: Var = Var {
     name: "XRENAME_SUPERVISOR",
