@@ -271,7 +271,10 @@ fn man_page(cmd: &Command, see_also: &str) -> std::io::Result<Vec<u8>> {
         for sub in subs {
             let name = sub.get_name();
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-            let text = format!(".TP\n\\fBxrename {name}\\fR\n{}.\nSee \\fB\\%xrename\\-{name}\\fR(1).\n", about.replace('-', "\\-"));
+            let text = format!(
+                ".TP\n\\fBxrename {name}\\fR\n{}.\nSee \\fB\\%xrename\\-{name}\\fR(1).\n",
+                about.replace('-', "\\-")
+            );
             out.extend_from_slice(text.as_bytes());
         }
     }
