@@ -94,3 +94,76 @@ def test_a_tree_moved_into_a_default_acl_directory_inherits_nothing(fs_pair):
     assert run.result["ok"], run.result
     after = acls(p.dst_dir / "tree")
     assert after == before, {k: (before.get(k), after.get(k)) for k in after if after.get(k) != before.get(k)}
+
+
+def segments(path: Path) -> list[tuple[int, int]]:
+    """The data segments of a file, as SEEK_DATA/SEEK_HOLE report them."""
+    out, fd = [], os.open(path, os.O_RDONLY)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, end))
+            pos = end
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_holes_are_kept_when_blocks_are_no_proof(ext4, tmpfs):
+    """A file may have as many blocks as its size and still holes: space
+    reserved past its end (fallocate --keep-size), or an xattr block
+    counted with its data (ext4). Its holes are kept all the same."""
+    from xrename_harness import run_child
+    a = ext4 / "reserved"
+    with open(a, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(255 * 4096)
+        f.write(os.urandom(4096))
+    r = subprocess.run(["fallocate", "-n", "-o", str(1 << 20), "-l", str(2 << 20), str(a)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    b = ext4 / "xattr-block"
+    with open(b, "wb") as f:
+        f.truncate(8192)
+        f.seek(4096)
+        f.write(os.urandom(4096))
+    os.setxattr(b, "user.big", b"x" * 900)
+    for src in (a, b):
+        st = os.stat(src)
+        assert st.st_blocks * 512 >= st.st_size, f"test setup: {src.name} must not look sparse"
+        want, data = segments(src), src.read_bytes()
+        dst = tmpfs / src.name
+        run = run_child("RESULTS.append(attempt(os.rename, ARGS['src'], ARGS['dst']))",
+                        {"src": str(src), "dst": str(dst)})
+        assert run.result["ok"], run.result
+        assert dst.read_bytes() == data and segments(dst) == want, (src.name, segments(dst), want)
+
+
+def test_raw_xfs_acl_attributes_are_not_copied(mounts, tmp_path, tmpfs):
+    """As root, XFS lists its ACLs also as trusted.SGI_ACL_*; mv skips
+    those (/etc/xattr.conf). Copied to tmpfs and back, a revoked ACL would
+    come back on XFS and grant access again."""
+    from conftest import loop_fs
+    from xrename_harness import PRIVILEGED, run_child
+    need(PRIVILEGED, "trusted.* needs root")
+    need(shutil.which("setfacl") is not None, "acl tools missing")
+    xfs = loop_fs(mounts, tmp_path, "xfs")
+    f = xfs / "f"
+    f.write_bytes(b"secret")
+    subprocess.run(["setfacl", "-m", "u:65534:rw", str(f)], check=True)
+
+    def move(src: Path, dst: Path) -> None:
+        run = run_child("RESULTS.append(attempt(os.rename, ARGS['src'], ARGS['dst']))", {"src": str(src), "dst": str(dst)})
+        assert run.result["ok"], run.result
+
+    move(f, tmpfs / "f")
+    assert not [n for n in os.listxattr(tmpfs / "f") if n.startswith("trusted.SGI_")], os.listxattr(tmpfs / "f")
+    subprocess.run(["setfacl", "-b", str(tmpfs / "f")], check=True)
+    os.chmod(tmpfs / "f", 0o640)
+    move(tmpfs / "f", xfs / "back")
+    facl = subprocess.run(["getfacl", "-c", "-p", str(xfs / "back")], capture_output=True, text=True).stdout
+    assert "65534" not in facl and "nobody" not in facl and "mask" not in facl, facl

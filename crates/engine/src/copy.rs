@@ -199,12 +199,30 @@ impl Route {
     }
 }
 
-/// Whether a file has holes worth looking for: fewer blocks than its size
-/// needs. A file without (nearly every file) is copied as one range,
-/// without `SEEK_DATA`/`SEEK_HOLE`; on a filesystem that compresses,
-/// looking costs only the two seeks.
-pub fn sparse(st: &rustix::fs::Statx) -> bool {
-    st.stx_blocks.saturating_mul(512) < st.stx_size
+/// Whether a file may have holes, from its status alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holes {
+    /// None possible: at most one block, and it is allocated.
+    None,
+    /// Fewer blocks than the size needs: holes (or compression): looked for
+    /// with `SEEK_DATA`/`SEEK_HOLE`.
+    Likely,
+    /// Enough blocks, but blocks are no proof (space reserved past the end
+    /// with `fallocate`, an external xattr block): one `SEEK_HOLE` tells.
+    Unknown,
+}
+
+/// What `st` says of a file's holes. A small file (nearly every file of a
+/// tree) is copied as one range, without any seek.
+pub fn holes(st: &rustix::fs::Statx) -> Holes {
+    let blocks = st.stx_blocks.saturating_mul(512);
+    if blocks < st.stx_size {
+        Holes::Likely
+    } else if st.stx_size <= u64::from(st.stx_blksize.max(512)) {
+        Holes::None
+    } else {
+        Holes::Unknown
+    }
 }
 
 /// Copies the first `size` bytes of `src` into the empty file `dst`,
@@ -228,8 +246,17 @@ pub fn copy_data(
     }
     let mut copier =
         Copier { src, dst, route, buf: Vec::new(), progress, agains: 0, early_writeback, dst_offset: Some(0) };
-    if !sparse(st) {
-        // No holes to keep: one range, no seeks.
+    let no_holes = match holes(st) {
+        Holes::None => true,
+        Holes::Likely => false,
+        Holes::Unknown => match retry(|| rustix::fs::seek(src, SeekFrom::Hole(0))) {
+            Ok(h) => h >= size,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => true, // no hole support
+            Err(_) => false,                             // the careful way below
+        },
+    };
+    if no_holes {
+        // No holes to keep: one range.
         let done = copier.range(0, size, copied)?;
         return set_size(dst, done.min(size), size);
     }

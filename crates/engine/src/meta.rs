@@ -192,6 +192,19 @@ pub fn skip_write(errno: Errno, name: &[u8], kind: FileType) -> bool {
     }
 }
 
+/// Attributes never copied, as `/etc/xattr.conf` tells mv (libattr's
+/// "skip"): XFS's raw forms of its ACLs and capabilities (the ACL itself is
+/// copied as `system.posix_acl_*`; written raw onto XFS, a revoked ACL
+/// would come back), its DMAPI and MAC attributes, the obsolete `xfsroot.`
+/// namespace, EVM signatures (the kernel's alone), AFS metadata.
+fn never_copied(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.SGI_")
+        || name.starts_with(b"xfsroot.")
+        || name == b"security.evm"
+        || name.starts_with(b"afs.")
+        || name.starts_with(b"user.Beagle.")
+}
+
 /// ACLs, in every form a filesystem exposes them as an attribute.
 fn is_acl(name: &[u8]) -> bool {
     name.starts_with(b"system.posix_acl_") || name == b"system.nfs4_acl" || name == b"system.richacl"
@@ -209,7 +222,7 @@ fn copy_xattrs(src: Obj<'_>, dst: Obj<'_>, kind: FileType, inherits: bool) -> Re
         Err(Errno::OPNOTSUPP) => Vec::new(),
         Err(e) => return Err(Error::copy_step(e, "list xattrs")),
     };
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && !never_copied(n)) {
         let cname = CString::new(name).expect("split on NUL");
         let value = match read_growing(|buf| get(src, &cname, buf)) {
             Ok(v) => v,
@@ -369,6 +382,16 @@ mod tests {
             let takes_user = matches!(kind, FileType::RegularFile | FileType::Directory);
             assert_eq!(skip_write(Errno::PERM, b"user.a", kind), !takes_user, "{kind:?}");
             assert!(!skip_write(Errno::ACCESS, b"user.a", kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn raw_xfs_acls_and_kernel_only_attributes_are_never_copied() {
+        for name in [&b"trusted.SGI_ACL_FILE"[..], b"trusted.SGI_ACL_DEFAULT", b"security.evm", b"xfsroot.x"] {
+            assert!(never_copied(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [&b"system.posix_acl_access"[..], b"user.x", b"trusted.overlay.opaque", b"security.selinux"] {
+            assert!(!never_copied(name), "{}", String::from_utf8_lossy(name));
         }
     }
 
