@@ -252,7 +252,7 @@ pub fn copy_data(
         Holes::Unknown => match retry(|| rustix::fs::seek(src, SeekFrom::Hole(0))) {
             Ok(h) => h >= size,
             Err(Errno::INVAL | Errno::OPNOTSUPP) => true, // no hole support
-            Err(_) => false,                             // the careful way below
+            Err(_) => false,                              // the careful way below
         },
     };
     if no_holes {

@@ -357,25 +357,41 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     let mut batch: Vec<OwnedFd> = Vec::new();
     let probe = writers::Probe::new();
     while !walk.is_done() {
-        let Some(n) = walk.next_name() else {
+        let Some((n, listed)) = walk.next_entry() else {
             walk.pop()?;
             continue;
         };
         let d = walk.fd(0)?;
-        let st = match tidy(|| lstat(d, &n)) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(Error::new(e, "stat source entry")),
+        // The type the listing gave is enough to open a directory
+        // (O_DIRECTORY) or a regular file (non-blocking, never following
+        // a symlink: anything else swapped in answers the probe "unknown",
+        // so EXDEV), and to pass by anything else; only where the
+        // filesystem does not say is the entry looked at.
+        let kind = match listed {
+            FileType::Unknown => match tidy(|| lstat(d, &n)) {
+                Ok(st) => file_type(&st),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(Error::new(e, "stat source entry")),
+            },
+            kind => kind,
         };
-        match file_type(&st) {
+        match kind {
             FileType::Directory => {
-                let sub = tidy(|| open_dir_noatime(d, &n)).at("open source subdirectory")?;
+                let sub = match tidy(|| open_dir_noatime(d, &n)) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => continue, // gone since the listing
+                    Err(e) => return Err(Error::new(e, "open source subdirectory")),
+                };
                 walk.push(n, [sub])?;
             }
             FileType::RegularFile => {
                 // Whatever is opened there is probed: anything but a
                 // regular file answers "unknown", so EXDEV.
-                batch.push(tidy(|| copy::open_source(d, &n)).at("open source file")?);
+                match tidy(|| copy::open_source(d, &n)) {
+                    Ok(fd) => batch.push(fd),
+                    Err(Errno::NOENT) => continue, // gone since the listing
+                    Err(e) => return Err(Error::new(e, "open source file")),
+                }
                 if batch.len() >= batch_len {
                     probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
                     batch.clear();

@@ -14,7 +14,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags, SeekFrom, Statx};
+use rustix::fs::{FileType, Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
 
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
@@ -52,6 +52,13 @@ pub fn open_dir_noatime(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<
 /// listing starts at its current offset. A failed read starts over from the
 /// beginning, a few times.
 pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
+    Ok(read_entries(dir)?.into_iter().map(|(name, _)| name).collect())
+}
+
+/// As [`read_names`], with the type each entry had when listed (`d_type`;
+/// `FileType::Unknown` where the filesystem does not say). A hint only: the
+/// entry may be replaced before it is looked at.
+pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Vec<(CString, FileType)>> {
     let mut buf = Vec::with_capacity(32 * 1024);
     let mut last = Errno::IO;
     for attempt in 0..TIDY_TRIES {
@@ -71,7 +78,7 @@ pub fn read_names(dir: BorrowedFd<'_>) -> Result<Vec<CString>> {
     Err(Error::copy_step(last, "read directory"))
 }
 
-fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<CString>> {
+fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<(CString, FileType)>> {
     let mut names = Vec::new();
     let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
     while let Some(entry) = entries.next() {
@@ -81,7 +88,7 @@ fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<CS
         };
         let name = entry.file_name();
         if name != c"." && name != c".." {
-            names.push(name.to_owned());
+            names.push((name.to_owned(), entry.file_type()));
         }
     }
     Ok(names)
@@ -97,7 +104,7 @@ pub struct Frame<const N: usize> {
     /// Its stat on side 0 (the tree being read).
     pub st: Box<Statx>,
     fds: [Option<OwnedFd>; N],
-    names: Vec<CString>,
+    names: Vec<(CString, FileType)>,
 }
 
 /// A walk over `N` trees that have the same names.
@@ -142,7 +149,7 @@ impl<const N: usize> Walk<N> {
         for (slot, fd) in ids.iter_mut().zip(&fds).skip(1) {
             *slot = id(&tidy(|| fstat(fd.as_fd())).at("stat directory")?);
         }
-        let names = read_names(fds[0].as_fd())?;
+        let names = read_entries(fds[0].as_fd())?;
         self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(Some), names });
         let len = self.frames.len();
         if len > self.window + 1 {
@@ -153,6 +160,11 @@ impl<const N: usize> Walk<N> {
 
     /// The next name to visit in the current directory.
     pub fn next_name(&mut self) -> Option<CString> {
+        self.next_entry().map(|(name, _)| name)
+    }
+
+    /// The next name to visit, with the type it was listed with (a hint).
+    pub fn next_entry(&mut self) -> Option<(CString, FileType)> {
         self.frames.last_mut().and_then(|f| f.names.pop())
     }
 
