@@ -167,3 +167,47 @@ def test_raw_xfs_acl_attributes_are_not_copied(mounts, tmp_path, tmpfs):
     move(tmpfs / "f", xfs / "back")
     facl = subprocess.run(["getfacl", "-c", "-p", str(xfs / "back")], capture_output=True, text=True).stdout
     assert "65534" not in facl and "nobody" not in facl and "mask" not in facl, facl
+
+
+def test_a_setgid_destination_gives_its_group_where_the_owner_cannot_keep_his_own(fs_pair, tmp_path):
+    """A user (uid/gid 1000, not in group 65534) moves a tree whose files
+    belong to group 65534 into a setgid directory of group 65534. mv's
+    files take the directory's group (the user cannot chown to a group he
+    is not in); xrename's copy must too, not the user's own group: its
+    private temp directory keeps the set-group-ID bit it inherited."""
+    from xrename_harness import LIBRARY, PRIVILEGED
+    need(PRIVILEGED, "needs root to set up other users' files")
+    need(shutil.which("setpriv") is not None, "setpriv missing")
+    p = fs_pair
+    for d in (p.src_dir, p.dst_dir):
+        os.chown(d, 1000, 1000)
+    target = p.dst_dir / "sgid"
+    target.mkdir()
+    os.chown(target, 1000, 65534)
+    os.chmod(target, 0o2775)
+
+    def make(root: Path) -> None:
+        (root / "sub").mkdir(parents=True)
+        for q in (root / "f", root / "sub" / "g"):
+            q.write_text(q.name)
+        for q in (root, root / "sub", root / "f", root / "sub" / "g"):
+            os.chown(q, 1000, 65534)
+
+    def groups(root: Path) -> dict[str, int]:
+        return {str(q.relative_to(root)): os.lstat(q).st_gid for q in sorted(root.rglob("*")) if not q.is_dir()}
+
+    from test_trace import searchable_for_all
+    as_user = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--"]
+    child = fh.build_child()
+    with searchable_for_all(p.src_dir, p.dst_dir, child):
+        make(p.src_dir / "by-mv")
+        r = subprocess.run([*as_user, "mv", str(p.src_dir / "by-mv"), str(target / "by-mv")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        make(p.src_dir / "by-xrename")
+        r = subprocess.run([*as_user, str(child), str(p.src_dir / "by-xrename"), str(target / "by-xrename")],
+                           capture_output=True, text=True, env=child_env())
+        assert r.returncode == 0 and r.stdout.split() == ["0", "1"], (r.stdout, r.stderr)
+    want, got = groups(target / "by-mv"), groups(target / "by-xrename")
+    assert want == {"f": 65534, "sub/g": 65534}, want
+    assert got == want, f"mv: {want}, xrename: {got}"

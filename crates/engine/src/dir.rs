@@ -307,9 +307,17 @@ impl Copy<'_> {
 }
 
 /// Makes a directory of the copy 0700 whatever the umask, so that it can be
-/// filled; its own mode comes when it is complete.
+/// filled; its own mode comes when it is complete. The set-group-ID bit it
+/// inherited from a setgid destination stays (what is made in it then
+/// takes that group, as with mv, where the owner's group cannot be set);
+/// no `chmod` at all when the umask left it so.
 fn private(dir: BorrowedFd<'_>) -> Result<()> {
-    retry(|| rustix::fs::fchmod(dir, Mode::from_raw_mode(0o700))).at("chmod temp directory")
+    let mode = u32::from(fstat(dir).at("stat temp directory")?.stx_mode);
+    let want = 0o700 | (mode & Mode::SGID.bits());
+    if mode & 0o7777 == want {
+        return Ok(());
+    }
+    retry(|| rustix::fs::fchmod(dir, Mode::from_raw_mode(want))).at("chmod temp directory")
 }
 
 /// Opens the parent of `path` (relative to `root`, inside the copy) one
