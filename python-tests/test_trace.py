@@ -1015,6 +1015,32 @@ def helper_calls(trace: Path) -> list[tuple[str, int]]:
     return reachable
 
 
+def sweep_case(p, kind: str):
+    """The object a helper sweep moves (a new file, a file replacing
+    another, a tree), and `build()`, which empties both directories and
+    makes it again."""
+    src, dst = p.src_dir / "f", p.dst_dir / "f"
+    data = os.urandom(200_000)
+    old = b"the old destination\n"
+
+    def build():
+        for d in (p.src_dir, p.dst_dir):
+            for n in os.listdir(d):
+                q = d / n
+                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else os.unlink(q)
+        if kind == "tree":
+            (src / "sub").mkdir(parents=True)
+            (src / "a").write_bytes(data)
+            (src / "sub" / "b").write_bytes(data[:1000])
+            os.symlink("a", src / "link")
+        else:
+            src.write_bytes(data)
+        if kind == "replace":
+            dst.write_bytes(old)
+
+    return src, dst, old, build
+
+
 @pytest.mark.parametrize("fault", ["EIO", "ENOSPC", "ENOSYS"])
 @pytest.mark.parametrize("kind", ["file", "replace", "tree"])
 def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path, fault, kind):
@@ -1032,24 +1058,10 @@ def test_each_call_of_the_helper_failing_keeps_the_invariants(fs_pair, tmp_path,
     from fault_harness import INJECTABLE, RENAME_ERRNOS, age
     prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
     p = fs_pair
-    src, dst = p.src_dir / "f", p.dst_dir / "f"
-    data = os.urandom(200_000)
-    old = b"the old destination\n"
+    src, dst, old, build = sweep_case(p, kind)
 
     def reset():
-        for d in (p.src_dir, p.dst_dir):
-            for n in os.listdir(d):
-                q = d / n
-                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else os.unlink(q)
-        if kind == "tree":
-            (src / "sub").mkdir(parents=True)
-            (src / "a").write_bytes(data)
-            (src / "sub" / "b").write_bytes(data[:1000])
-            os.symlink("a", src / "link")
-        else:
-            src.write_bytes(data)
-        if kind == "replace":
-            dst.write_bytes(old)
+        build()
         # Not racy: no content compare, the same calls every run.
         for q in [src, *src.rglob("*")] if kind == "tree" else [src]:
             os.utime(q, ns=(1_500_000_000_000_000_000, 1_400_000_000_000_000_000), follow_symlinks=False)
@@ -1103,25 +1115,11 @@ def test_the_helper_killed_at_any_call_never_loses_data_and_answers_truthfully(f
     from fault_harness import INJECTABLE, age
     prog = build_c(tmp_path, "waiting", WAITING_PROG, ["cc", "-static"])
     p = fs_pair
-    src, dst = p.src_dir / "f", p.dst_dir / "f"
-    data = os.urandom(200_000)
-    old = b"the old destination\n"
+    src, dst, old, build = sweep_case(p, kind)
     log = tmp_path / "moves.log"
 
     def reset():
-        for d in (p.src_dir, p.dst_dir):
-            for n in os.listdir(d):
-                q = d / n
-                shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else os.unlink(q)
-        if kind == "tree":
-            (src / "sub").mkdir(parents=True)
-            (src / "a").write_bytes(data)
-            (src / "sub" / "b").write_bytes(data[:1000])
-            os.symlink("a", src / "link")
-        else:
-            src.write_bytes(data)
-        if kind == "replace":
-            dst.write_bytes(old)
+        build()
         age(p.src_dir, p.dst_dir)  # no racy compare: the same calls every run
         if log.exists():
             log.unlink()

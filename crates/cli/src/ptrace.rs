@@ -159,14 +159,9 @@ pub fn wait_any() -> io::Result<(pid_t, c_int)> {
 /// wait with EINTR.
 pub fn wait_any_or_tick() -> io::Result<(pid_t, c_int)> {
     let mut status = 0;
-    {
-        // SAFETY: `status` is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if pid >= 0 {
-            return Ok((pid, status));
-        }
-        Err(io::Error::last_os_error())
-    }
+    // SAFETY: `status` is a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+    if pid >= 0 { Ok((pid, status)) } else { Err(io::Error::last_os_error()) }
 }
 
 extern "C" fn on_tick(_: c_int) {}

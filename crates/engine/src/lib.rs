@@ -270,7 +270,7 @@ fn move_object(
             (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
-            let (tmp, seen) = node::copy_node(src, st, started, dst, report)?;
+            let (tmp, seen) = node::copy_node(src, st, started, dst, inherits, report)?;
             (tmp, seen, None, None)
         }
     };

@@ -61,11 +61,6 @@ pub struct Made<'a> {
     pub inherits: bool,
 }
 
-impl Made<'_> {
-    /// Nothing known: every step is made.
-    pub const UNKNOWN: Made<'static> = Made { st: None, inherits: true };
-}
-
 /// Applies owner, xattrs, mode and times of `st` (read from `src`) to the
 /// new object `dst`. A `chown` to the owner it already has, and a `chmod`
 /// to the mode it already has (when no ACL was written, which would have

@@ -23,12 +23,14 @@ use super::stat::{file_type, lstat};
 
 /// Copies the symlink or special file `src` (seen as `st`, after
 /// `started`) under a hidden name in `dst`'s directory, ready to install;
-/// with what it was, for the check when the source is taken.
+/// with what it was, for the check when the source is taken. `inherits`:
+/// the destination directory has a default ACL ([`meta::may_inherit`]).
 pub fn copy_node<'d>(
     src: &Entry,
     st: &Statx,
     started: Stamp,
     dst: &'d Entry,
+    inherits: bool,
     report: &mut Report,
 ) -> Result<(Temp<'d>, Seen)> {
     let (sdir, ddir) = (src.dir.as_fd(), dst.dir.as_fd());
@@ -40,7 +42,7 @@ pub fn copy_node<'d>(
         return Err(Error::new(Errno::XDEV, "the hidden name was taken over"));
     }
     tmp.made(&made);
-    let made = meta::Made { st: Some(&made), inherits: meta::may_inherit(ddir) };
+    let made = meta::Made { st: Some(&made), inherits };
     meta::apply(Obj::At(sdir, &src.name), Obj::At(ddir, &name), st, made)?;
     report.files += 1;
     Ok((tmp, Seen::record(st, started)))
