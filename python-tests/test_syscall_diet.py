@@ -16,9 +16,9 @@ import fault_harness as fh
 from xrename_harness import LIBRARY, child_env, need
 
 FILES, DIRS = 1000, 10
-# Today's count, with a margin of 0.5 for the per-move and per-directory
-# calls; issue 15's target is 15.
-MAX_PER_FILE = 19.2
+# Issue 15's target (14.8 measured: 10 calls to copy a file, 3 to probe it for
+# writers, 2 to delete it, and the per-directory calls).
+MAX_PER_FILE = 15.0
 
 
 def make_tree(root: Path) -> None:
@@ -58,7 +58,7 @@ def test_a_tree_move_makes_few_system_calls_per_file(tmpfs, ext4, tmp_path):
     print(report)
     assert total / FILES <= MAX_PER_FILE, report
     # The decisions made once per move, not per file:
-    assert c.get("copy_file_range", 0) <= 1, report  # the data route
+    assert c.get("copy_file_range", 0) <= 8, report  # the data route (once per thread at most)
     assert c.get("lseek", 0) <= 2 * DIRS, report  # no SEEK_DATA/SEEK_HOLE for files without holes
     assert c.get("fremovexattr", 0) == 0, report  # the destination has no default ACL
     assert c.get("fchmod", 0) + c.get("fchown", 0) <= 4 * DIRS, report  # created as they must end

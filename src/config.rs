@@ -8,7 +8,7 @@
 //! [`xrename_engine::vars`] (also the source of the libxrename(7) man page).
 
 use std::ffi::{CString, OsString};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::OnceLock;
 
 use xrename_engine::{Options, vars};
@@ -113,6 +113,14 @@ impl Config {
                 }
             },
         };
+        let threads = match vars::threads(var(vars::THREADS.name).as_deref().map(|v| v.as_bytes())) {
+            Ok(n) => n,
+            Err(()) => {
+                let v = var(vars::THREADS.name).unwrap_or_default();
+                notes.push(format!("{}={} not understood", vars::THREADS.name, v.to_string_lossy()));
+                None
+            }
+        };
         let log = var(vars::LOG.name).and_then(|v| match v.to_str() {
             Some("") => None,
             Some(s) if s.eq_ignore_ascii_case("stderr") || s == "-" => Some(LogTarget::Stderr),
@@ -143,6 +151,7 @@ impl Config {
                 links: Some(std::sync::Arc::new(xrename_engine::links::Links::new())),
                 leases: None,
                 stages: None,
+                threads,
             },
         }
     }

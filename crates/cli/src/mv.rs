@@ -69,7 +69,15 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
     }
     let counter = Arc::new(AtomicU64::new(0));
     let links = Some(std::sync::Arc::new(xrename_engine::links::Links::new()));
-    let opts = Options { fsync, dirs: true, progress: Some(counter.clone()), links, leases: None, stages: None };
+    let opts = Options {
+        fsync,
+        dirs: true,
+        progress: Some(counter.clone()),
+        links,
+        leases: None,
+        stages: None,
+        threads: env_threads(),
+    };
     let run = move || {
         let req = Request {
             op: Op::Rename,
@@ -120,4 +128,11 @@ fn total_bytes(src: &Path) -> u64 {
         }
     }
     total
+}
+
+/// `XRENAME_THREADS`, as the library reads it (a value not understood: the default).
+pub fn env_threads() -> Option<usize> {
+    use std::os::unix::ffi::OsStrExt;
+    let v = std::env::var_os(xrename_engine::vars::THREADS.name);
+    xrename_engine::vars::threads(v.as_deref().map(|v| v.as_bytes())).ok().flatten()
 }

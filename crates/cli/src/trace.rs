@@ -727,6 +727,7 @@ fn start_move(
                 links: None,
                 leases: Some(leases),
                 stages: Some(stages),
+                threads: crate::mv::env_threads(),
             };
             engine::rename(&r, &opts, &mut report)
         };

@@ -95,6 +95,9 @@ pub struct Job<'a> {
     /// Whether the destination directory has a default ACL that new
     /// objects inherit ([`meta::may_inherit`](super::meta::may_inherit)).
     pub inherits: bool,
+    /// Most threads a tree copy may use, the caller's included (`None`:
+    /// as many as [`pool::workers_for_tree`](super::pool::workers_for_tree) finds).
+    pub threads: Option<usize>,
 }
 
 /// The inodes this process holds a lease on, as `/proc/locks` lists them
@@ -143,6 +146,11 @@ impl OwnLeases {
             .filter_map(|dev_ino| std::str::from_utf8(dev_ino.rsplit(|&b| b == b':').next()?).ok()?.parse().ok())
             .collect();
         OwnLeases(inodes)
+    }
+
+    /// Whether the program holds no lease at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Whether the program may hold a lease on the inode `ino`.
@@ -326,7 +334,10 @@ impl Copier<'_> {
     fn range(&mut self, off: u64, len: u64, copied: &mut u64) -> Result<u64> {
         let mut done = 0;
         while done < len {
-            let want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
+            let mut want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
+            if self.early_writeback.is_some() {
+                want = want.min(super::durable::WRITEBACK_CHUNK as usize);
+            }
             let at = off + done;
             let n = match self.route.get() {
                 Method::CopyFileRange => {
@@ -383,6 +394,11 @@ impl Copier<'_> {
             }
             if let Some(durability) = self.early_writeback {
                 durability.start_writeback(self.dst, at, n as u64);
+                // What was written back a window ago must be on disk now.
+                let end = at + n as u64;
+                if let Some(behind) = end.checked_sub(super::durable::WINDOW) {
+                    durability.wait_writeback(self.dst, behind.saturating_sub(n as u64), n as u64);
+                }
             }
             done += n as u64;
             *copied += n as u64;

@@ -28,6 +28,8 @@
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Statx};
 use rustix::io::Errno;
@@ -41,11 +43,11 @@ use super::report::{Progress, Report};
 use super::seen::{self, Records, Seen, Since};
 use super::stat::{Id, file_type, fstat, id, locked, lstat, mount_root, same_inode};
 use super::walk::{TREE_CHANGED, Walk, open_dir, open_dir_noatime};
-use super::{copy, source, special, writers};
+use super::{copy, pool, source, special, writers};
 
 /// Files whose writers are looked for at once (one probe a batch); their
 /// descriptors stay open until then.
-const WRITER_BATCH: usize = 32;
+const WRITER_BATCH: usize = 128;
 
 /// Most memory the hard-link map of one tree copy may hold (paths and
 /// their bookkeeping). An entry leaves the map once every name of its
@@ -76,7 +78,7 @@ pub fn copy_tree<'d>(
     job: copy::Job<'_>,
     report: &mut Report,
 ) -> Result<CopiedTree<'d>> {
-    let copy::Job { durability, progress, leases, route, inherits } = job;
+    let copy::Job { durability, progress, leases, route, inherits, threads } = job;
     let src_root = match open_dir(src.dir.as_fd(), &src.name) {
         Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
@@ -98,46 +100,233 @@ pub fn copy_tree<'d>(
     tmp.keep_fd(rustix::io::fcntl_dupfd_cloexec(&tmp_root, 0).at("dup")?);
 
     let walk = Walk::new([src_root, tmp_root])?;
-    let size_limit = copy::size_limit();
+    let threads = pool::workers_for_tree(threads, super::walk::free_descriptors());
+    let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false) };
+    let work = |b: Batch| copy_batch(&env, b);
     let mut cx = Copy {
         walk,
         links: HashMap::new(),
         link_bytes: 0,
         path: Vec::new(),
         report,
-        progress,
+        env: &env,
         records: Records::default(),
-        size_limit,
         leases,
-        route,
-        inherits,
+        dst_parent,
+        tmp_id,
     };
-    cx.check_dir(dst_parent)?;
-    loop {
-        let Some(name) = cx.walk.next_name() else {
-            // A directory is complete: its metadata now, children first.
-            let Some((frame, [s, t])) = cx.walk.pop()? else { break };
-            meta::apply(
-                Obj::Fd(s.as_fd()),
-                Obj::Fd(t.as_fd()),
-                &frame.st,
-                meta::Made { st: None, inherits: cx.inherits },
-            )?;
-            cx.report.files += 1;
-            cx.progress.inspect(|p| p.object());
-            let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
-            cx.path.truncate(keep);
-            if cx.walk.is_done() {
-                durability.tree(t.as_fd())?;
-                break;
-            }
-            continue;
-        };
-        cx.entry(name, dst_parent, tmp_id)?;
-    }
+    pool::crew(threads, &work, |crew| -> Result<()> {
+        cx.check_dir()?;
+        cx.files(crew)?;
+        loop {
+            let Some(name) = cx.walk.next_name() else {
+                // A directory is complete: its metadata now, children first.
+                let Some((frame, [s, t])) = cx.walk.pop()? else { break };
+                meta::apply(
+                    Obj::Fd(s.as_fd()),
+                    Obj::Fd(t.as_fd()),
+                    &frame.st,
+                    meta::Made { st: None, inherits: cx.env.inherits },
+                )?;
+                cx.report.files += 1;
+                cx.env.progress.inspect(|p| p.object());
+                let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
+                cx.path.truncate(keep);
+                if cx.walk.is_done() {
+                    durability.tree(t.as_fd())?;
+                    break;
+                }
+                continue;
+            };
+            cx.entry(name, crew)?;
+        }
+        Ok(())
+    })?;
     let mut records = cx.records;
     records.seal();
     Ok(CopiedTree { tmp, seen: root_seen, records })
+}
+
+/// Files of one directory handed to the crew at a time, at most.
+const BATCH: usize = 32;
+
+/// What the per-file work needs besides the file: the same for the whole
+/// tree, shared by the threads copying files.
+struct Env<'a> {
+    /// How data goes between the two filesystems.
+    route: &'a copy::Route,
+    progress: Option<&'a dyn Progress>,
+    /// Whether new objects inherit an ACL (the destination directory has a
+    /// default one).
+    inherits: bool,
+    /// The process's file size limit.
+    size_limit: Option<u64>,
+    /// Set when a batch failed: the others stop early.
+    stop: AtomicBool,
+}
+
+/// Files of one directory for one thread to copy.
+struct Batch {
+    /// Its place in the directory's batches, to report the first failure
+    /// in directory order whichever thread met it first.
+    index: usize,
+    /// The source directory and its copy.
+    dirs: [Arc<OwnedFd>; 2],
+    /// The source directory's status (for the sticky-bit check).
+    parent: Arc<Statx>,
+    names: Vec<CString>,
+}
+
+/// A file copied: what it was when copied, its copy, the bytes copied.
+struct Copied {
+    seen: Seen,
+    /// The copy's identity, if it was looked at (else the walk takes it
+    /// from the directory's listing).
+    copy: Option<Id>,
+    bytes: u64,
+}
+
+/// How the first file a batch created was made (asked mode, status): the
+/// others of the batch are made alike (same directory, same credentials,
+/// same umask), so they need no `fstat` of their own to know whether the
+/// owner and mode must be set.
+struct Learned {
+    asked: u32,
+    made: Statx,
+}
+
+impl Learned {
+    /// The status a file created asking `mode` has, where it can be told:
+    /// the owner the first file got, and the mode asked less what the
+    /// umask took from the first (only for bits the first file asked).
+    fn predict(&self, mode: u32) -> Option<Statx> {
+        let got = u32::from(self.made.stx_mode) & 0o7777;
+        if mode & !self.asked != 0 || got & !self.asked != 0 {
+            return None;
+        }
+        let mut st = self.made.clone();
+        let kind = u32::from(self.made.stx_mode) & !0o7777;
+        st.stx_mode = u16::try_from(kind | (mode & got)).ok()?;
+        Some(st)
+    }
+}
+
+/// What became of one file of a batch.
+enum Done {
+    /// Copied, under that name.
+    Copied(CString, Copied),
+    /// Gone since the listing: not part of the move.
+    Gone,
+    /// A file with several names: the walk, which keeps the map of them,
+    /// copies or links it.
+    Shared { name: CString, fd: OwnedFd, st: Box<Statx>, started: seen::Stamp },
+    /// Not a regular file any more: looked at again by name.
+    Other(CString),
+}
+
+type BatchResult = (usize, Result<Vec<Done>>);
+type FileCrew<'s, 'e> = pool::Crew<'s, 'e, Batch, BatchResult>;
+
+fn copy_batch(env: &Env<'_>, b: Batch) -> BatchResult {
+    let [s, t] = &b.dirs;
+    let mut out = Vec::with_capacity(b.names.len());
+    let mut learned = None;
+    for name in b.names {
+        if env.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match open_file(env, s.as_fd(), t.as_fd(), &b.parent, name, &mut learned) {
+            Ok(done) => out.push(done),
+            Err(e) => {
+                env.stop.store(true, Ordering::Relaxed);
+                return (b.index, Err(e));
+            }
+        }
+    }
+    (b.index, Ok(out))
+}
+
+/// Opens the source file `name` (listed as a regular file) and copies it,
+/// unless it has several names or is something else now.
+fn open_file(
+    env: &Env<'_>,
+    sdir: BorrowedFd<'_>,
+    tdir: BorrowedFd<'_>,
+    parent: &Statx,
+    name: CString,
+    learned: &mut Option<Learned>,
+) -> Result<Done> {
+    let s = match copy::open_source(sdir, &name) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Done::Gone), // removed meanwhile: not part of the move
+        Err(e) => return Err(Error::new(e, "open source file")),
+    };
+    let started = seen::now();
+    let st = fstat(s.as_fd()).at("stat source file")?;
+    if file_type(&st) != FileType::RegularFile {
+        return Ok(Done::Other(name));
+    }
+    removable(parent, &st)?;
+    if st.stx_nlink > 1 {
+        return Ok(Done::Shared { name, fd: s, st: Box::new(st), started });
+    }
+    let copied = copy_file(env, s.as_fd(), &st, started, tdir, &name, learned)?;
+    Ok(Done::Copied(name, copied))
+}
+
+/// What removing the entry seen as `st` from the source directory seen as
+/// `parent` later needs, checked now: as rename would refuse.
+fn removable(parent: &Statx, st: &Statx) -> Result<()> {
+    // Something mounted on an entry (a bind-mounted file or directory)
+    // can be neither copied for what it hides nor removed: as rename.
+    if mount_root(st) {
+        return Err(Error::new(Errno::BUSY, "mount point inside source"));
+    }
+    super::check::sticky(parent, st)?;
+    if locked(st) {
+        return Err(Error::new(Errno::PERM, "immutable or append-only source"));
+    }
+    Ok(())
+}
+
+/// Copies the open source file `s` (seen as `st` after `started`) to a new
+/// file `name` in `tdir`, with its metadata. `learned`: how an earlier file
+/// of the same directory was made, learned by the first one (not where
+/// the directory has a default ACL, which decides modes on its own).
+fn copy_file(
+    env: &Env<'_>,
+    s: BorrowedFd<'_>,
+    st: &Statx,
+    started: seen::Stamp,
+    tdir: BorrowedFd<'_>,
+    name: &CStr,
+    learned: &mut Option<Learned>,
+) -> Result<Copied> {
+    let seen = Seen::record(st, started);
+    copy::within_limit(st.stx_size, env.size_limit)?;
+    let asked = u32::from(st.stx_mode) & 0o777;
+    let t = new_file(tdir, name, asked)?;
+    let predicted = if env.inherits { None } else { learned.as_ref().and_then(|l| l.predict(asked)) };
+    let (made, copy) = match predicted {
+        Some(p) => (p, None),
+        None => {
+            let made = fstat(t.as_fd()).at("stat new file")?;
+            if learned.is_none() && !env.inherits {
+                *learned = Some(Learned { asked, made: made.clone() });
+            }
+            let copy = id(&made);
+            (made, Some(copy))
+        }
+    };
+    let mut bytes = 0;
+    copy::copy_data(s, t.as_fd(), st, env.route, &mut bytes, env.progress, None)?;
+    meta::apply(Obj::Fd(s), Obj::Fd(t.as_fd()), st, meta::Made { st: Some(&made), inherits: env.inherits })?;
+    // Changed while it was copied: the copy may be torn. Start over.
+    if !seen.unchanged(&fstat(s).at("stat source file")?) {
+        return Err(Error::changed(TREE_CHANGED));
+    }
+    env.progress.inspect(|p| p.object());
+    Ok(Copied { seen, copy, bytes })
 }
 
 struct Copy<'r> {
@@ -150,25 +339,22 @@ struct Copy<'r> {
     /// Path of the current directory inside the copy, for `linkat`.
     path: Vec<u8>,
     report: &'r mut Report,
-    progress: Option<&'r dyn Progress>,
-    /// How data goes between the two filesystems.
-    route: &'r copy::Route,
-    /// Whether new objects inherit an ACL (the destination directory has a
-    /// default one).
-    inherits: bool,
+    env: &'r Env<'r>,
     /// What each entry was when it was copied.
     records: Records,
-    /// The process's file size limit.
-    size_limit: Option<u64>,
     /// Files the program holds a lease on: never opened.
     leases: &'r copy::OwnLeases,
+    /// The destination's directory, and the temp root: a destination inside
+    /// the source is found by them.
+    dst_parent: Id,
+    tmp_id: Id,
 }
 
 impl Copy<'_> {
     /// Checks the current source directory can later be emptied and removed.
-    fn check_dir(&mut self, dst_parent: Id) -> Result<()> {
+    fn check_dir(&mut self) -> Result<()> {
         let top = self.walk.top();
-        if top.ids[0] == dst_parent {
+        if top.ids[0] == self.dst_parent {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
         let st = top.st.clone();
@@ -184,7 +370,90 @@ impl Copy<'_> {
         Ok(())
     }
 
-    fn entry(&mut self, name: CString, dst_parent: Id, tmp_id: Id) -> Result<()> {
+    /// Copies the files the current directory listed as regular files, in
+    /// batches on the crew's threads, before anything else in it; without
+    /// a stat by name (the open file is looked at). Not when the program
+    /// holds leases: then every file is first looked at by name
+    /// ([`Copy::file`]), never opened if it is one of the leased ones.
+    fn files(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<()> {
+        if !self.leases.is_empty() {
+            return Ok(());
+        }
+        let names = self.walk.take_files();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let dirs = self.walk.shared()?;
+        let parent = Arc::new((*self.walk.top().st).clone());
+        let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
+        let mut names = names.into_iter().peekable();
+        let mut index = 0;
+        while names.peek().is_some() {
+            let chunk: Vec<CString> = names.by_ref().take(per).collect();
+            crew.submit(Batch { index, dirs: dirs.clone(), parent: Arc::clone(&parent), names: chunk });
+            index += 1;
+        }
+        let mut results = crew.drain();
+        drop(dirs);
+        let mut batches = Vec::with_capacity(results.len());
+        for r in results.drain(..) {
+            match r {
+                Ok(b) => batches.push(b),
+                Err(_) => return Err(Error::new(Errno::XDEV, "a copying thread failed")),
+            }
+        }
+        // The first failure in directory order, whichever thread met it.
+        batches.sort_unstable_by_key(|(i, _)| *i);
+        let mut done = Vec::new();
+        for (_, b) in batches {
+            done.extend(b?);
+        }
+        let mut samples = Vec::new();
+        let mut unseen = false;
+        for d in done {
+            match d {
+                Done::Copied(name, c) => {
+                    match c.copy {
+                        Some(copy) => samples.push((name, copy.2)),
+                        None => unseen = true,
+                    }
+                    self.copied(c);
+                }
+                Done::Gone => {}
+                Done::Shared { name, fd, st, started } => self.shared_file(name, fd, &st, started)?,
+                Done::Other(name) => self.walk.revisit(name),
+            }
+        }
+        if unseen {
+            self.copies_from_listing(&samples)?;
+        }
+        Ok(())
+    }
+
+    /// Records the identities of the files just made in the current
+    /// directory of the copy from its listing (`d_ino`): one `getdents`
+    /// for the directory instead of one `fstat` a file. Trusted only if
+    /// every file that was looked at (`samples`: name, inode) is listed
+    /// with its inode number; where a filesystem lists other numbers than
+    /// `stat` gives (some FUSE servers), each entry is looked at.
+    fn copies_from_listing(&mut self, samples: &[(CString, u64)]) -> Result<()> {
+        let (major, minor, _) = self.walk.top().ids[1];
+        // The copy's side of the walk is never listed otherwise: read from
+        // its start.
+        let listed = super::walk::read_inodes(self.walk.fd(1)?)?;
+        let agree = samples.iter().all(|(name, ino)| listed.iter().any(|(n, i)| n == name && i == ino));
+        for (name, ino) in listed {
+            if agree {
+                self.records.add_copy_id((major, minor, ino));
+            } else {
+                let st = lstat(self.walk.fd(1)?, &name).at("stat new file")?;
+                self.records.add_copy(&st);
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, name: CString, crew: &mut FileCrew<'_, '_>) -> Result<()> {
         let parent_st = self.walk.top().st.clone();
         let sdir = self.walk.fd(0)?;
         let started = seen::now();
@@ -193,35 +462,27 @@ impl Copy<'_> {
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
             Err(e) => return Err(Error::new(e, "stat source entry")),
         };
-        // Something mounted on an entry (a bind-mounted file or directory)
-        // can be neither copied for what it hides nor removed: as rename.
-        if mount_root(&st) {
-            return Err(Error::new(Errno::BUSY, "mount point inside source"));
-        }
-        super::check::sticky(&parent_st, &st)?;
-        if locked(&st) {
-            return Err(Error::new(Errno::PERM, "immutable or append-only source"));
-        }
+        removable(&parent_st, &st)?;
         match file_type(&st) {
-            FileType::Directory => self.enter(name, &st, dst_parent, tmp_id),
+            FileType::Directory => self.enter(name, &st, crew),
             FileType::RegularFile => self.file(name, &st),
             _ => {
                 let [s, t] = self.walk.fds()?;
                 special::create(s, &name, &st, t, &name).at("create node")?;
                 let made = lstat(t, &name).at("stat new node")?;
                 self.records.add_copy(&made);
-                let made = meta::Made { st: Some(&made), inherits: self.inherits };
+                let made = meta::Made { st: Some(&made), inherits: self.env.inherits };
                 meta::apply(Obj::At(s, &name), Obj::At(t, &name), &st, made)?;
                 self.records.add(&Seen::record(&st, started));
                 self.report.files += 1;
-                self.progress.inspect(|p| p.object());
+                self.env.progress.inspect(|p| p.object());
                 Ok(())
             }
         }
     }
 
-    fn enter(&mut self, name: CString, st: &Statx, dst_parent: Id, tmp_id: Id) -> Result<()> {
-        if id(st) == tmp_id || self.walk.on_path(0, id(st)) {
+    fn enter(&mut self, name: CString, st: &Statx, crew: &mut FileCrew<'_, '_>) -> Result<()> {
+        if id(st) == self.tmp_id || self.walk.on_path(0, id(st)) {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
         let s = match open_dir(self.walk.fd(0)?, &name) {
@@ -245,24 +506,16 @@ impl Copy<'_> {
         self.walk.push(name, [s, t])?;
         self.records.add(&Seen::record(&self.walk.top().st, started));
         self.records.add_copy_id(self.walk.top().ids[1]);
-        self.check_dir(dst_parent)
+        self.check_dir()?;
+        self.files(crew)
     }
 
+    /// A regular file looked at by name (listed without a type, or the
+    /// program holds leases).
     fn file(&mut self, name: CString, st: &Statx) -> Result<()> {
         let key = id(st);
-        if st.stx_nlink > 1 {
-            if let Some((first, left)) = self.links.get_mut(&key) {
-                let (root, tdir) = self.walk.root_and_current(1)?;
-                let (parent, last) = open_parent(root, first)?;
-                retry(|| rustix::fs::linkat(&parent, &*last, tdir, &*name, AtFlags::empty())).at("link")?;
-                *left = left.saturating_sub(1);
-                if *left == 0 {
-                    // Every name met: the entry is no longer needed.
-                    let (first, _) = self.links.remove(&key).expect("just found");
-                    self.link_bytes -= first.as_bytes().len() + LINK_ENTRY_COST;
-                }
-                return Ok(());
-            }
+        if st.stx_nlink > 1 && self.link(&name, key)? {
+            return Ok(());
         }
         if self.leases.holds(st.stx_ino) {
             return Err(Error::new(Errno::XDEV, super::file::OWN_LEASE));
@@ -278,21 +531,49 @@ impl Copy<'_> {
         if id(&st) != key {
             return Err(Error::changed(TREE_CHANGED));
         }
-        let seen = Seen::record(&st, started);
-        copy::within_limit(st.stx_size, self.size_limit)?;
-        let t = new_file(self.walk.fd(1)?, &name, u32::from(st.stx_mode))?;
-        let made = fstat(t.as_fd()).at("stat new file")?;
-        self.records.add_copy(&made);
-        copy::copy_data(s.as_fd(), t.as_fd(), &st, self.route, &mut self.report.bytes, self.progress, None)?;
-        let made = meta::Made { st: Some(&made), inherits: self.inherits };
-        meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(t.as_fd()), &st, made)?;
-        // Changed while it was copied: the copy may be torn. Start over.
-        if !seen.unchanged(&fstat(s.as_fd()).at("stat source file")?) {
-            return Err(Error::changed(TREE_CHANGED));
+        self.copy_opened(name, s.as_fd(), &st, started)
+    }
+
+    /// A file with several names, opened by a batch: linked to the copy of
+    /// a name met before, or copied.
+    fn shared_file(&mut self, name: CString, s: OwnedFd, st: &Statx, started: seen::Stamp) -> Result<()> {
+        if self.link(&name, id(st))? {
+            return Ok(());
         }
-        self.records.add(&seen);
+        self.copy_opened(name, s.as_fd(), st, started)
+    }
+
+    /// Links `name` to the copy of another name of the inode `key` met
+    /// before; false if none was.
+    fn link(&mut self, name: &CStr, key: Id) -> Result<bool> {
+        let Some((first, left)) = self.links.get_mut(&key) else { return Ok(false) };
+        let (root, tdir) = self.walk.root_and_current(1)?;
+        let (parent, last) = open_parent(root, first)?;
+        retry(|| rustix::fs::linkat(&parent, &*last, tdir, name, AtFlags::empty())).at("link")?;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            // Every name met: the entry is no longer needed.
+            let (first, _) = self.links.remove(&key).expect("just found");
+            self.link_bytes -= first.as_bytes().len() + LINK_ENTRY_COST;
+        }
+        Ok(true)
+    }
+
+    fn copied(&mut self, c: Copied) {
+        if let Some(copy) = c.copy {
+            self.records.add_copy_id(copy);
+        }
+        self.records.add(&c.seen);
         self.report.files += 1;
-        self.progress.inspect(|p| p.object());
+        self.report.bytes += c.bytes;
+    }
+
+    /// Copies the open file `s` into the current directory of the copy,
+    /// and remembers it if it has other names to meet.
+    fn copy_opened(&mut self, name: CString, s: BorrowedFd<'_>, st: &Statx, started: seen::Stamp) -> Result<()> {
+        let tdir = self.walk.fd(1)?;
+        let copied = copy_file(self.env, s, st, started, tdir, &name, &mut None)?;
+        self.copied(copied);
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
             p.extend_from_slice(name.as_bytes());
@@ -300,7 +581,7 @@ impl Copy<'_> {
             if self.link_bytes > LINK_MAP_MAX {
                 return Err(Error::new(Errno::XDEV, "too many hard-linked files in the tree"));
             }
-            self.links.insert(key, (CString::new(p).expect("no NUL"), st.stx_nlink - 1));
+            self.links.insert(id(st), (CString::new(p).expect("no NUL"), st.stx_nlink - 1));
         }
         Ok(())
     }
@@ -401,14 +682,13 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
                     Err(e) => return Err(Error::new(e, "open source file")),
                 }
                 if batch.len() >= batch_len {
-                    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
-                    batch.clear();
+                    probe.check_and_close(std::mem::take(&mut batch))?;
                 }
             }
             _ => {}
         }
     }
-    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
+    probe.check_and_close(batch)
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is
@@ -421,6 +701,7 @@ pub fn delete_taken(
     records: &Records,
     dst: &Entry,
     durability: Durability,
+    threads: Option<usize>,
     report: &mut Report,
 ) {
     let sdir = src.dir.as_fd();
@@ -432,7 +713,8 @@ pub fn delete_taken(
     // From here the move has happened; what follows only tidies up, and
     // cannot undo it: the source is already (partly) gone.
     let victim = aside.as_deref().unwrap_or(&src.name);
-    let deleted = super::tree::delete_copied(sdir, victim, dst, seen, records);
+    let threads = pool::workers_for_tree(threads, super::walk::free_descriptors());
+    let deleted = super::tree::delete_copied(sdir, victim, dst, seen, records, threads);
     match (&aside, deleted.kept, deleted.errors) {
         (_, false, false) => {}
         // What changed during the move goes back under the source name. If

@@ -82,7 +82,7 @@ pub fn copy_file<'d>(
     links: Option<&Links>,
     report: &mut Report,
 ) -> Result<Copied<'d>> {
-    let copy::Job { durability, progress, leases, route, inherits } = job;
+    let copy::Job { durability, progress, leases, route, inherits, .. } = job;
     if leases.holds(st.stx_ino) {
         return Err(Error::new(Errno::XDEV, OWN_LEASE));
     }

@@ -32,6 +32,7 @@ pub mod logline;
 pub mod meta;
 pub mod names;
 pub mod path;
+pub mod pool;
 pub mod report;
 pub mod seen;
 pub mod special;
@@ -98,11 +99,14 @@ pub struct Options {
     /// Told where the move stands, for a caller that must answer the
     /// program even if the process moving dies (the supervisor's helper).
     pub stages: Option<Stages>,
+    /// Most threads a tree move may use, the caller's included (`None`:
+    /// one per CPU the caller may run on, at most 8; 1: the caller alone).
+    pub threads: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true, dirs: true, progress: None, links: None, leases: None, stages: None }
+        Options { fsync: true, dirs: true, progress: None, links: None, leases: None, stages: None, threads: None }
     }
 }
 
@@ -258,7 +262,7 @@ fn move_object(
     };
     let route = copy::Route::default();
     let inherits = meta::may_inherit(dst.dir.as_fd());
-    let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits };
+    let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits, threads: opts.threads };
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
             let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;
@@ -279,7 +283,7 @@ fn move_object(
     // more); anything else unlinked, or put back if `undoable`.
     let finish = |taken, undoable, report: &mut Report| match &records {
         Some(records) => {
-            dir::delete_taken(src, taken, &seen, records, dst, durability, report);
+            dir::delete_taken(src, taken, &seen, records, dst, durability, opts.threads, report);
             Ok(())
         }
         None => source::finish(src, taken, durability, undoable, report),

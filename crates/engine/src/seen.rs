@@ -322,6 +322,11 @@ impl Records {
         self.sorted = true;
     }
 
+    /// Whether the inode of `now` had several names when it was copied.
+    pub fn had_links(&self, now: &Statx) -> bool {
+        self.links.contains_key(&key(now.stx_dev_major, now.stx_dev_minor, now.stx_ino))
+    }
+
     /// The verdict on `now`, an entry of the source as it is now.
     pub fn judge(&self, now: &Statx, unlinked_names: u32) -> Verdict {
         debug_assert!(self.sorted);

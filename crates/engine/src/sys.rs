@@ -15,6 +15,8 @@ struct Job {
     fds: *const c_int,
     out: *mut c_int,
     len: usize,
+    /// Drop each lease at once (else it goes when the caller closes the file).
+    release: bool,
 }
 
 const STACK: usize = 64 << 10;
@@ -33,11 +35,16 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     for i in 0..job.len {
         // SAFETY: `i < len`, the length of both arrays.
         let fd = unsafe { *job.fds.add(i) };
-        // SAFETY: fcntl on a descriptor of the shared table; a lease
-        // taken here belongs to this child and is dropped at once.
+        // SAFETY: fcntl on a descriptor of the shared table. Unless
+        // released here, a lease taken stays on the open file until the
+        // caller closes it, right after this probe (one call a file fewer);
+        // a break meanwhile signals no one (its owner, this child, is gone)
+        // and the opener waits for that close.
         let answer = unsafe {
             if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                if job.release {
+                    libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                }
                 0
             } else {
                 *libc::__errno_location()
@@ -85,11 +92,12 @@ impl Drop for ProbeStack {
 /// Asks for a read lease on each descriptor (see
 /// the `writers` module), from a child running on `stack`: for each,
 /// `Some(0)` if one was granted, `Some(errno)` if refused, `None` if the
-/// probe could not run.
-pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int>> {
+/// probe could not run. Without `release`, a lease granted is dropped only
+/// when the caller closes the descriptor, which it must do at once.
+pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int], release: bool) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
     let mut out = vec![-1 as c_int; fds.len()];
-    let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
+    let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len(), release };
     let stack = stack.0;
     // The stack grows down from its 16-byte-aligned top.
     let top = (stack as usize + STACK) & !15;
@@ -228,6 +236,18 @@ pub(crate) fn sync_file_range_write(fd: std::os::fd::BorrowedFd<'_>, off: u64, l
     if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
 }
 
+/// `sync_file_range(fd, off, len, WAIT_BEFORE | WRITE | WAIT_AFTER)`: writes
+/// the dirty pages of the range and waits until they are written (data
+/// only, no metadata: a way to bound dirty data, not a durability step).
+pub(crate) fn sync_file_range_wait(fd: std::os::fd::BorrowedFd<'_>, off: u64, len: u64) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (off, len) = (off.min(i64::MAX as u64) as i64, len.min(i64::MAX as u64) as i64);
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: plain integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_sync_file_range, fd.as_raw_fd(), off, len, flags) };
+    if r == 0 { Ok(()) } else { Err(rustix::io::Errno::from_raw_os_error(errno())) }
+}
+
 /// `struct xattr_args` of the `*xattrat` calls (Linux 6.13).
 #[repr(C)]
 struct XattrArgs {
@@ -312,4 +332,26 @@ pub(crate) fn setxattr_nofollow(
         )
     })
     .map(|_| ())
+}
+
+/// Runs `f` (which starts a thread) with every signal but SIGSYS blocked
+/// on this thread, so that the new thread starts with them blocked; this
+/// thread's mask is restored before returning. SIGSYS stays deliverable: a
+/// seccomp filter trapping a worker's call must reach the program's handler
+/// (a blocked SIGSYS would kill the process).
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, filled and used as a mask only;
+    // pthread_sigmask changes this thread's mask and is restored below.
+    let old = unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigdelset(&mut all, libc::SIGSYS);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let out = f();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+    out
 }

@@ -10,8 +10,9 @@
 //! crossing into another mount.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, Statx};
 use rustix::io::Errno;
@@ -105,9 +106,10 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 /// changed in it, stays. When the original is gone (another rename took
 /// it first), the copy is judged alone. Returns whether the whole copy went.
 pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: Since, original: &Entry, records: &Records) -> bool {
+    // A rollback is rare, and the threads are for the common path.
     let alone = matches!(lstat(original.dir.as_fd(), &original.name), Err(Errno::NOENT));
     let rule = Withdraw { since, alone, records };
-    let pruned = prune(dir, name, original, &rule, &mut PruneState::default());
+    let pruned = prune(dir, name, original, &rule, &mut PruneState::default(), 0);
     if pruned.kept || pruned.errors {
         return false;
     }
@@ -119,12 +121,19 @@ pub fn remove_copy(dir: BorrowedFd<'_>, name: &CStr, since: Since, original: &En
 /// Deletes `dir`/`name`, an old source tree, entry by entry where the
 /// entry is provably what was copied into `dst`. A step that fails is tried
 /// again in a later pass, a few times.
-pub fn delete_copied(dir: BorrowedFd<'_>, name: &CStr, dst: &Entry, seen: &Seen, records: &Records) -> Pruned {
+pub fn delete_copied(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    dst: &Entry,
+    seen: &Seen,
+    records: &Records,
+    threads: usize,
+) -> Pruned {
     let rule = Delete { records };
     let mut pruned = Pruned::default();
     let mut state = PruneState::default();
     for _ in 0..TIDY_PASSES {
-        pruned = prune(dir, name, dst, &rule, &mut state);
+        pruned = prune(dir, name, dst, &rule, &mut state, threads);
         if !pruned.errors {
             break;
         }
@@ -171,19 +180,26 @@ struct PruneState {
 trait Rule {
     /// Whether the non-directory `name` in `d` (seen as `st`) may be
     /// deleted, given `other`, the entry of that name in the reference
-    /// directory `r`, and how many other names of its inode were deleted.
+    /// directory `r` (looked at only if the rule needs it), and how many
+    /// other names of its inode were deleted.
     fn delete(
         &self,
         d: BorrowedFd<'_>,
         r: BorrowedFd<'_>,
         name: &CStr,
         st: &Statx,
-        other: Option<&Statx>,
+        other: &Other<'_>,
         unlinked: u32,
     ) -> bool;
     /// Whether the directory seen as `st` may be removed once emptied
     /// (judged before any of its entries is touched).
     fn remove_dir(&self, st: &Statx) -> bool;
+    /// Whether the inode of the file seen as `st` had other names: its
+    /// deletion is then judged by the walk, which counts the names it
+    /// deleted.
+    fn had_links(&self, st: &Statx) -> bool {
+        st.stx_nlink > 1
+    }
     /// Whether the tree may be judged alone when the reference is gone.
     fn alone(&self) -> bool {
         false
@@ -204,7 +220,7 @@ impl Rule for Withdraw<'_> {
         _: BorrowedFd<'_>,
         _: &CStr,
         st: &Statx,
-        orig: Option<&Statx>,
+        orig: &Other<'_>,
         unlinked: u32,
     ) -> bool {
         let ctime = (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec);
@@ -213,7 +229,7 @@ impl Rule for Withdraw<'_> {
             // first name changed its ctime, not what it is.
             && (unlinked > 0
                 || ctime < self.since.ctime
-                || orig.is_some_and(|o| same_shape(st, o))
+                || orig.get().is_some_and(|o| same_shape(st, &o))
                 // Walked alone (the original was taken by another rename):
                 // untouched since the install, by the wall clock.
                 || (self.alone && ctime <= self.since.wall))
@@ -240,21 +256,29 @@ impl Rule for Delete<'_> {
         r: BorrowedFd<'_>,
         name: &CStr,
         st: &Statx,
-        copy: Option<&Statx>,
+        copy: &Other<'_>,
         unlinked: u32,
     ) -> bool {
-        let Some(copy) = copy.filter(|c| file_type(c) == file_type(st)) else {
-            return false; // not in the copy: it appeared during the move
-        };
+        // What was recorded when it was copied proves it (an entry that
+        // appeared during the move is not recorded; one replaced, renamed
+        // or written since has another ctime). Only an entry whose times
+        // cannot tell is compared with its copy.
         match self.records.judge(st, unlinked) {
             Verdict::Unchanged => true,
-            Verdict::Racy => same_as_copy(d, r, name, st, copy),
+            Verdict::Racy => match copy.get() {
+                Some(c) if file_type(&c) == file_type(st) => same_as_copy(d, r, name, st, &c),
+                _ => false, // not in the copy: it appeared during the move
+            },
             Verdict::Changed | Verdict::Unknown => false,
         }
     }
 
     fn remove_dir(&self, st: &Statx) -> bool {
         matches!(self.records.judge(st, 0), Verdict::Unchanged | Verdict::Racy)
+    }
+
+    fn had_links(&self, st: &Statx) -> bool {
+        st.stx_nlink > 1 || self.records.had_links(st)
     }
 }
 
@@ -291,13 +315,129 @@ fn same_data(d: BorrowedFd<'_>, r: BorrowedFd<'_>, name: &CStr, st: &Statx, copy
     }
 }
 
+/// The entry of a name in the reference tree, looked at only when a
+/// [`Rule`] needs it (most deletions are proven by what was recorded).
+struct Other<'a> {
+    dir: BorrowedFd<'a>,
+    name: &'a CStr,
+    /// Whether there is a reference tree at all.
+    present: bool,
+    /// Looking failed (not for want of an entry): the step failed.
+    failed: std::cell::Cell<bool>,
+}
+
+impl Other<'_> {
+    fn get(&self) -> Option<Statx> {
+        if !self.present {
+            return None;
+        }
+        match tidy(|| lstat(self.dir, self.name)) {
+            Ok(o) => Some(o),
+            Err(Errno::NOENT) => None,
+            Err(_) => {
+                self.failed.set(true);
+                None
+            }
+        }
+    }
+}
+
+/// Files of one directory for one thread to prune.
+struct Batch {
+    dirs: [Arc<OwnedFd>; 2],
+    names: Vec<CString>,
+}
+
+/// How a batch went, and the names left to the walk (directories and
+/// files with several names, which need the walk's bookkeeping).
+#[derive(Default)]
+struct BatchDone {
+    pruned: Pruned,
+    revisit: Vec<CString>,
+}
+
+fn prune_batch(rule: &(dyn Rule + Sync), has_ref: bool, b: Batch) -> BatchDone {
+    let [d, r] = &b.dirs;
+    let mut out = BatchDone::default();
+    for n in b.names {
+        match prune_file(d.as_fd(), r.as_fd(), &n, rule, has_ref, None) {
+            Step::Done(p) => {
+                out.pruned.kept |= p.kept;
+                out.pruned.errors |= p.errors;
+            }
+            Step::Dir(_) | Step::Walk => out.revisit.push(n),
+        }
+    }
+    out
+}
+
+/// What [`prune_file`] did.
+enum Step {
+    Done(Pruned),
+    /// A directory, seen so.
+    Dir(Box<Statx>),
+    /// A file with several names, left to the walk (which has the state).
+    Walk,
+}
+
+/// Deletes the non-directory `n` in `d` if `rule` accepts it.
+fn prune_file(
+    d: BorrowedFd<'_>,
+    r: BorrowedFd<'_>,
+    n: &CStr,
+    rule: &(dyn Rule + Sync),
+    has_ref: bool,
+    state: Option<&mut PruneState>,
+) -> Step {
+    let mut out = Pruned::default();
+    let st = match tidy(|| lstat(d, n)) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Step::Done(out),
+        Err(_) => {
+            out.errors = true;
+            return Step::Done(out);
+        }
+    };
+    if file_type(&st) == FileType::Directory {
+        return Step::Dir(Box::new(st));
+    }
+    if state.is_none() && rule.had_links(&st) {
+        return Step::Walk;
+    }
+    let count = state.as_ref().and_then(|s| s.unlinked.get(&id(&st)).copied()).unwrap_or(0);
+    let other = Other { dir: r, name: n, present: has_ref, failed: std::cell::Cell::new(false) };
+    if rule.delete(d, r, n, &st, &other, count) {
+        let gone = tidy(|| rustix::fs::unlinkat(d, n, AtFlags::empty())).is_ok();
+        if gone && st.stx_nlink > 1 {
+            if let Some(state) = state {
+                *state.unlinked.entry(id(&st)).or_insert(0) += 1;
+            }
+        }
+        out.errors = !gone;
+    } else if other.failed.get() {
+        out.errors = true;
+    } else {
+        out.kept = true;
+    }
+    Step::Done(out)
+}
+
 /// Deletes the entries of the tree `dir`/`name` (not its root) that `rule`
 /// accepts, given the entry and the one of the same name in `reference` (a
 /// tree with the same layout), and the directories that end up empty. A
 /// directory is entered only if `reference` has one of that name and it is
 /// on the root's device. Each step is a cleanup step ([`tidy`]).
-/// `state` carries what earlier passes did.
-fn prune(dir: BorrowedFd<'_>, name: &CStr, reference: &Entry, rule: &dyn Rule, state: &mut PruneState) -> Pruned {
+/// `state` carries what earlier passes did. The files of each directory
+/// are pruned by up to `threads` threads ([`pool`](super::pool)), before
+/// its subdirectories.
+fn prune(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    reference: &Entry,
+    rule: &(dyn Rule + Sync),
+    state: &mut PruneState,
+    threads: usize,
+) -> Pruned {
     let mut out = Pruned::default();
     // Without a reference (the original of a copy being withdrawn was taken
     // by another rename), the tree is walked alone and judged by itself.
@@ -315,31 +455,65 @@ fn prune(dir: BorrowedFd<'_>, name: &CStr, reference: &Entry, rule: &dyn Rule, s
         return out;
     };
     let dev = (walk.top().st.stx_dev_major, walk.top().st.stx_dev_minor);
-    // Directories on the current path that must stay (changed meanwhile).
-    let mut keep_dirs: Vec<bool> = vec![true];
-    loop {
-        if let Some(n) = walk.next_name() {
-            let Ok([d, r]) = walk.fds() else {
+    let work = |b: Batch| prune_batch(rule, has_ref, b);
+    super::pool::crew(threads, &work, |crew| {
+        // The files of the directory just entered, on the crew.
+        // (Without threads, every entry is judged by the walk itself.)
+        let mut files = |walk: &mut Walk<2>, out: &mut Pruned| {
+            if threads == 0 {
+                return;
+            }
+            let names = walk.take_files();
+            if names.is_empty() {
+                return;
+            }
+            let Ok(dirs) = walk.shared() else {
                 out.errors = true;
-                break;
+                return;
             };
-            let st = match tidy(|| lstat(d, &n)) {
-                Ok(st) => st,
-                Err(Errno::NOENT) => continue,
-                Err(_) => {
-                    out.errors = true;
-                    continue;
+            let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
+            let mut names = names.into_iter().peekable();
+            while names.peek().is_some() {
+                crew.submit(Batch { dirs: dirs.clone(), names: names.by_ref().take(per).collect() });
+            }
+            drop(dirs);
+            for r in crew.drain() {
+                match r {
+                    Ok(done) => {
+                        out.kept |= done.pruned.kept;
+                        out.errors |= done.pruned.errors;
+                        done.revisit.into_iter().for_each(|n| walk.revisit(n));
+                    }
+                    Err(_) => out.errors = true,
                 }
-            };
-            let other = match has_ref.then(|| tidy(|| lstat(r, &n))) {
-                None | Some(Err(Errno::NOENT)) => None,
-                Some(Ok(o)) => Some(o),
-                Some(Err(_)) => {
+            }
+        };
+        // Directories on the current path that must stay (changed meanwhile).
+        let mut keep_dirs: Vec<bool> = vec![true];
+        files(&mut walk, &mut out);
+        loop {
+            if let Some(n) = walk.next_name() {
+                let Ok([d, r]) = walk.fds() else {
                     out.errors = true;
-                    continue;
-                }
-            };
-            if file_type(&st) == FileType::Directory {
+                    break;
+                };
+                let st = match prune_file(d, r, &n, rule, has_ref, Some(state)) {
+                    Step::Dir(st) => st,
+                    Step::Done(p) => {
+                        out.kept |= p.kept;
+                        out.errors |= p.errors;
+                        continue;
+                    }
+                    Step::Walk => unreachable!("the walk has the state"),
+                };
+                let other = match has_ref.then(|| tidy(|| lstat(r, &n))) {
+                    None | Some(Err(Errno::NOENT)) => None,
+                    Some(Ok(o)) => Some(o),
+                    Some(Err(_)) => {
+                        out.errors = true;
+                        continue;
+                    }
+                };
                 if has_ref && !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
                     out.kept = true;
                     continue;
@@ -367,50 +541,45 @@ fn prune(dir: BorrowedFd<'_>, name: &CStr, reference: &Entry, rule: &dyn Rule, s
                             state.approved.insert(id(&now));
                         }
                         match walk.push(n, [a, b]) {
-                            Ok(()) => keep_dirs.push(keep),
+                            Ok(()) => {
+                                keep_dirs.push(keep);
+                                files(&mut walk, &mut out);
+                            }
                             Err(_) => out.errors = true,
                         }
                     }
                     Err(_) => out.errors = true,
                 }
-            } else {
-                let count = state.unlinked.get(&id(&st)).copied().unwrap_or(0);
-                if rule.delete(d, r, &n, &st, other.as_ref(), count) {
-                    let gone = tidy(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())).is_ok();
-                    if gone && st.stx_nlink > 1 {
-                        *state.unlinked.entry(id(&st)).or_insert(0) += 1;
+                continue;
+            }
+            match walk.pop() {
+                Ok(Some((frame, _))) if !walk.is_done() => {
+                    if keep_dirs.pop() == Some(true) {
+                        out.kept = true;
+                        continue;
                     }
-                    out.errors |= !gone;
-                } else {
-                    out.kept = true;
-                }
-            }
-            continue;
-        }
-        match walk.pop() {
-            Ok(Some((frame, _))) if !walk.is_done() => {
-                if keep_dirs.pop() == Some(true) {
-                    out.kept = true;
-                    continue;
-                }
-                match walk.fd(0) {
-                    Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
-                        Ok(()) => {}
-                        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+                    match walk.fd(0) {
+                        Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
+                            Ok(()) => {}
+                            Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+                            Err(_) => out.errors = true,
+                        },
                         Err(_) => out.errors = true,
-                    },
-                    Err(_) => out.errors = true,
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    out.errors = true;
+                    break;
                 }
             }
-            Ok(_) => break,
-            Err(_) => {
-                out.errors = true;
-                break;
-            }
         }
-    }
+    });
     out
 }
+
+/// Files of one directory handed to the crew at a time, at most.
+const BATCH: usize = 32;
 
 /// Starts a walk of two roots, trying again on a transient failure.
 fn tidy_walk(root: OwnedFd, other: OwnedFd) -> Option<Walk<2>> {

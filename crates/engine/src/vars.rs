@@ -58,5 +58,24 @@ pub const DEBUG: Var = Var {
               changes, nothing is printed).",
 };
 
+/// Threads of a tree move.
+pub const THREADS: Var = Var {
+    name: "XRENAME_THREADS",
+    values: "N",
+    meaning: "Most threads a directory tree move uses, the calling thread's included (1: no other \
+              thread). Default: one per CPU the program may run on, at most 8.",
+};
+
 /// Every variable, in the order the man page lists them.
-pub const ALL: [Var; 8] = [DISABLE, MODE, LOG, FSYNC, DIRS, SUMMARY_LOG, SUPERVISOR, DEBUG];
+pub const ALL: [Var; 9] = [DISABLE, MODE, LOG, FSYNC, DIRS, THREADS, SUMMARY_LOG, SUPERVISOR, DEBUG];
+
+/// The value of [`THREADS`], if it is a whole number from 1 up.
+pub fn threads(value: Option<&[u8]>) -> Result<Option<usize>, ()> {
+    match value {
+        None | Some(b"") => Ok(None),
+        Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(()),
+        },
+    }
+}

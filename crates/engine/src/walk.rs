@@ -13,6 +13,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use rustix::fs::{FileType, Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
@@ -78,6 +79,25 @@ pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Vec<(CString, FileType)>> {
     Err(Error::copy_step(last, "read directory"))
 }
 
+/// The names in a directory with their inode numbers as listed (`d_ino`),
+/// `.` and `..` left out, read from `dir`'s current offset.
+pub fn read_inodes(dir: BorrowedFd<'_>) -> Result<Vec<(CString, u64)>> {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut out = Vec::new();
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Err(Errno::INTR) => continue,
+            other => other.at("read directory")?,
+        };
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            out.push((name.to_owned(), entry.ino()));
+        }
+    }
+    Ok(out)
+}
+
 fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<(CString, FileType)>> {
     let mut names = Vec::new();
     let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
@@ -103,7 +123,7 @@ pub struct Frame<const N: usize> {
     pub ids: [Id; N],
     /// Its stat on side 0 (the tree being read).
     pub st: Box<Statx>,
-    fds: [Option<OwnedFd>; N],
+    fds: [Option<Arc<OwnedFd>>; N],
     names: Vec<(CString, FileType)>,
 }
 
@@ -150,7 +170,7 @@ impl<const N: usize> Walk<N> {
             *slot = id(&tidy(|| fstat(fd.as_fd())).at("stat directory")?);
         }
         let names = read_entries(fds[0].as_fd())?;
-        self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(Some), names });
+        self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(|fd| Some(Arc::new(fd))), names });
         let len = self.frames.len();
         if len > self.window + 1 {
             self.close(len - self.window - 1);
@@ -183,8 +203,34 @@ impl<const N: usize> Walk<N> {
         self.frames.is_empty()
     }
 
+    /// Takes out the names of the current directory that were listed as
+    /// regular files (a hint: each may have been replaced since), leaving
+    /// the others to visit; in directory order.
+    pub fn take_files(&mut self) -> Vec<CString> {
+        let Some(f) = self.frames.last_mut() else { return Vec::new() };
+        let (files, rest): (Vec<_>, Vec<_>) = f.names.drain(..).partition(|(_, t)| *t == FileType::RegularFile);
+        f.names = rest;
+        files.into_iter().rev().map(|(name, _)| name).collect()
+    }
+
+    /// Puts `name` back among the current directory's names to visit, next,
+    /// with no type (it is to be looked at by name).
+    pub fn revisit(&mut self, name: CString) {
+        if let Some(f) = self.frames.last_mut() {
+            f.names.push((name, FileType::Unknown));
+        }
+    }
+
+    /// The current directory's descriptors, one per side, to share with
+    /// other threads (they stay open as long as a clone is held).
+    pub fn shared(&mut self) -> Result<[Arc<OwnedFd>; N]> {
+        let j = self.frames.len() - 1;
+        self.ensure_open(j)?;
+        Ok(std::array::from_fn(|side| Arc::clone(self.frames[j].fds[side].as_ref().expect("opened"))))
+    }
+
     /// Leaves the current directory; returns it with its descriptors.
-    pub fn pop(&mut self) -> Result<Option<(Frame<N>, [OwnedFd; N])>> {
+    pub fn pop(&mut self) -> Result<Option<(Frame<N>, [Arc<OwnedFd>; N])>> {
         let Some(j) = self.frames.len().checked_sub(1) else { return Ok(None) };
         self.ensure_open(j)?;
         let mut frame = self.frames.pop().expect("checked");
@@ -241,7 +287,7 @@ impl<const N: usize> Walk<N> {
                 if id(&fstat(fd.as_fd()).at("stat directory")?) != self.frames[k].ids[side] {
                     return Err(Error::changed(TREE_CHANGED));
                 }
-                self.frames[k].fds[side] = Some(fd);
+                self.frames[k].fds[side] = Some(Arc::new(fd));
             }
             if k - 1 > i && k - 1 < keep_from {
                 self.close(k - 1);

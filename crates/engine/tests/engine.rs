@@ -396,7 +396,14 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
     let durable = Durability::new(true);
     let leases = engine::copy::OwnLeases::default();
     let route = engine::copy::Route::default();
-    let job = engine::copy::Job { durability: durable, progress: None, leases: &leases, route: &route, inherits: true };
+    let job = engine::copy::Job {
+        durability: durable,
+        progress: None,
+        leases: &leases,
+        route: &route,
+        inherits: true,
+        threads: None,
+    };
     let copied = engine::dir::copy_tree(&src, &st, &dst, job, &mut report).unwrap();
     let withdraw = engine::dir::Withdraw { original: &src, records: &copied.records };
     body(install::install(copied.tmp, &dst, install::Dest::Absent, durable, Some(&withdraw)).unwrap());
