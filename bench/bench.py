@@ -79,14 +79,18 @@ def preload(extra=None):
 BASELINE = os.environ.get("XRENAME_BENCH_BASELINE")
 
 
-def movers(src, dst):
-    """The contenders for one cross-device move of src to dst."""
+def movers(src, dst, tree=False):
+    """The contenders for one cross-device move of src to dst (a tree: also
+    xrename with one thread, to show what the crew of threads gives)."""
     sync_dir = os.path.dirname(dst)
     base = {"xrename@baseline": lambda: run([os.path.join(BIN, "rename1"), src, dst],
                                             dict(os.environ, LD_PRELOAD=BASELINE))} if BASELINE else {}
     return base | {
         "xrename": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload()),
         "xrename-nofsync": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload({"XRENAME_FSYNC": "0"})),
+    } | ({
+        "xrename 1 thread": lambda: run([os.path.join(BIN, "rename1"), src, dst], preload({"XRENAME_THREADS": "1"})),
+    } if tree else {}) | {
         "xrename --trace": lambda: run([XRENAME, "--trace", "--", os.path.join(BIN, "rename1"), src, dst]),
         "mv+sync": lambda: (lambda a, b: (a[0] + b[0], max(a[1], b[1])))(run(["mv", src, dst]), run(["sync", "-f", sync_dir])),
         "mv": lambda: run(["mv", src, dst]),
@@ -112,12 +116,16 @@ def alternate(rounds, names, prepare, contenders, cleanup):
 
 def report(title, times, base, rss=None, unit=1.0, fmt="{:.3f} s"):
     print(f"\n## {title}")
-    print(f"| contender | median | min-max | ratio to {base} |" + (" peak RSS |" if rss else ""))
-    print("|---|---|---|---|" + ("---|" if rss else ""))
+    mv = "mv" in times and base != "mv"
+    print(f"| contender | median | min-max | ratio to {base} |" + (" ratio to mv |" if mv else "")
+          + (" peak RSS |" if rss else ""))
+    print("|---|---|---|---|" + ("---|" if mv else "") + ("---|" if rss else ""))
     bmed = statistics.median(times[base])
     for n, ts in times.items():
         med = statistics.median(ts)
         row = f"| {n} | {fmt.format(med * unit)} | {fmt.format(min(ts) * unit)} - {fmt.format(max(ts) * unit)} | {med / bmed:.2f} |"
+        if mv:
+            row += f" {med / statistics.median(times['mv']):.2f} |"
         if rss:
             row += f" {rss[n] / 1024:.1f} MiB |"
         print(row)
@@ -209,8 +217,9 @@ def make_tree(root, dirs, files_per_dir, size_of):
 
 def bench_tree(a, b, dirs, per_dir, size_of, rounds, label):
     src, dst = os.path.join(a, "tree"), os.path.join(b, "tree")
-    names = [n for n in movers(src, dst) if n != "shutil.move"] + ["shutil.move"]
-    times, rss = alternate(rounds, names, lambda: make_tree(src, dirs, per_dir, size_of), lambda: movers(src, dst),
+    names = [n for n in movers(src, dst, tree=True) if n != "shutil.move"] + ["shutil.move"]
+    times, rss = alternate(rounds, names, lambda: make_tree(src, dirs, per_dir, size_of),
+                           lambda: movers(src, dst, tree=True),
                            lambda: shutil.rmtree(dst))
     report(label, times, "mv+sync", rss)
     print(f"xrename peak RSS over an idle preloaded rename1: +{(rss['xrename'] - idle_rss()) / 1024:.1f} MiB")

@@ -279,3 +279,103 @@ def test_cancelling_the_caller_leaves_no_thread_and_no_half_move(tmpfs, ext4, ro
     assert snapshot(tmpfs / "t" if at_src else ext4 / "t") == want
     assert [n for n in os.listdir(ext4) if n.startswith(".xrename")] == []
     assert [n for n in os.listdir(tmpfs) if n.startswith(".xrename")] == []
+
+
+LEASE_PROGRAM = r'''
+import errno, os, sys, threading, time
+src, dst, keep = sys.argv[1:4]
+stop = False
+kids = []
+def forker():
+    # Forks that never exec, from another thread, all through the move: a
+    # descriptor of the move's open in the program's table when one forks
+    # would be inherited (and keep its open file, and a lease on it, alive).
+    while not stop:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        kids.append(pid)
+t = threading.Thread(target=forker)
+t.start()
+while not kids:
+    time.sleep(0)
+try:
+    os.rename(src, dst)
+    result = "ok"
+finally:
+    stop = True
+    t.join()
+blocked = 0
+for n in os.listdir(keep):
+    try:
+        os.close(os.open(os.path.join(keep, n), os.O_WRONLY | os.O_NONBLOCK))
+    except BlockingIOError:
+        blocked += 1
+leases = open("/proc/locks").read().count("LEASE")
+for k in kids:
+    os.kill(k, 9)
+    os.waitpid(k, 0)
+print(result, len(kids), blocked, leases)
+'''
+
+
+def test_a_fork_during_the_writer_probe_inherits_no_descriptor_and_no_lease(tmpfs, ext4):
+    """The writer probe takes read leases on every file of the taken tree.
+    Another thread of the program forks (without exec) all through the
+    move: no descriptor of the probe may be in the program's table for a
+    child to inherit (a lease that outlives the probe makes every open for
+    writing of the file wait 45 s, lease-break-time). The probe opens the
+    files in a table of its own."""
+    src, keep = tmpfs / "t", tmpfs / "keep"
+    keep.mkdir()
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(300):
+            (src / f"d{d}" / f"f{i}").write_text("x")
+            os.link(src / f"d{d}" / f"f{i}", keep / f"d{d}f{i}")
+    p = subprocess.run([sys_executable(), "-c", LEASE_PROGRAM, str(src), str(ext4 / "t"), str(keep)],
+                       capture_output=True, text=True, env=child_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    result, forks, blocked, leases = p.stdout.split()
+    assert result == "ok" and int(forks) > 0, p.stdout
+    assert int(blocked) == 0, f"{blocked} of 1200 files stayed leased after the move"
+    assert int(leases) == 0, f"{leases} leases left in /proc/locks"
+
+
+def sys_executable() -> str:
+    import sys
+    return sys.executable
+
+
+@pytest.mark.parametrize("error", ["EIO", "ENOSPC"])
+def test_an_error_of_early_writeback_fails_the_move(tmpfs, ext4, tmp_path, error):
+    """A big file's copy waits for the data written back a window (64 MiB)
+    ago: that wait reports the file's writeback error and marks it seen for
+    the descriptor, so the final fsync would return 0 over lost data. The
+    error of the wait must fail the move: the program gets it, the source
+    stays, no temp is left. (Injected with strace: from the 10th
+    sync_file_range on, which is the first wait of a 96 MiB copy; the
+    earlier ones only start writeback, and their errors are advice.)"""
+    need(shutil.which("strace") is not None, "strace missing")
+    import fault_harness as fh
+    src = tmpfs / "big"
+    with open(src, "wb") as f:
+        block = random.Random(3).randbytes(1 << 20)
+        for _ in range(96):
+            f.write(block)
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    env = child_env()
+    trace = tmp_path / "trace"
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=sync_file_range,fsync",
+                        "-e", f"inject=sync_file_range:error={error}:when=10+",
+                        "-E", f"LD_PRELOAD={env.pop('LD_PRELOAD')}", "--", str(fh.build_child()), str(src),
+                        str(ext4 / "big")], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    errno_, preloaded = p.stdout.split()
+    assert preloaded == "1"
+    text = trace.read_text()
+    assert "(INJECTED)" in text and "SYNC_FILE_RANGE_WAIT_AFTER" in text, "no wait was injected: proves nothing"
+    assert int(errno_) == {"EIO": 5, "ENOSPC": 28}[error], p.stdout
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == want
+    assert sorted(os.listdir(ext4)) in ([], ["lost+found"])

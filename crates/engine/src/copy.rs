@@ -396,8 +396,8 @@ impl Copier<'_> {
                 durability.start_writeback(self.dst, at, n as u64);
                 // What was written back a window ago must be on disk now.
                 let end = at + n as u64;
-                if let Some(behind) = end.checked_sub(super::durable::WINDOW) {
-                    durability.wait_writeback(self.dst, behind.saturating_sub(n as u64), n as u64);
+                if let Some(behind) = end.checked_sub(super::durable::WINDOW + n as u64) {
+                    durability.wait_writeback(self.dst, behind, n as u64)?;
                 }
             }
             done += n as u64;

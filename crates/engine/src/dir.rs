@@ -217,11 +217,11 @@ enum Done {
     Copied(CString, Copied),
     /// Gone since the listing: not part of the move.
     Gone,
-    /// A file with several names: the walk, which keeps the map of them,
-    /// copies or links it.
-    Shared { name: CString, fd: OwnedFd, st: Box<Statx>, started: seen::Stamp },
-    /// Not a regular file any more: looked at again by name.
-    Other(CString),
+    /// Left to the walk, which looks at it again by name: a file with
+    /// several names (the walk keeps the map of them, and links or copies
+    /// it), or not a regular file any more. Closed meanwhile, so that a
+    /// directory of thousands of such files holds no descriptor for them.
+    Walk(CString),
 }
 
 type BatchResult = (usize, Result<Vec<Done>>);
@@ -263,13 +263,10 @@ fn open_file(
     };
     let started = seen::now();
     let st = fstat(s.as_fd()).at("stat source file")?;
-    if file_type(&st) != FileType::RegularFile {
-        return Ok(Done::Other(name));
+    if file_type(&st) != FileType::RegularFile || st.stx_nlink > 1 {
+        return Ok(Done::Walk(name));
     }
     removable(parent, &st)?;
-    if st.stx_nlink > 1 {
-        return Ok(Done::Shared { name, fd: s, st: Box::new(st), started });
-    }
     let copied = copy_file(env, s.as_fd(), &st, started, tdir, &name, learned)?;
     Ok(Done::Copied(name, copied))
 }
@@ -409,40 +406,50 @@ impl Copy<'_> {
             done.extend(b?);
         }
         let mut samples = Vec::new();
-        let mut unseen = false;
+        let mut unseen = std::collections::HashSet::new();
         for d in done {
             match d {
                 Done::Copied(name, c) => {
                     match c.copy {
                         Some(copy) => samples.push((name, copy.2)),
-                        None => unseen = true,
+                        None => {
+                            unseen.insert(name);
+                        }
                     }
                     self.copied(c);
                 }
                 Done::Gone => {}
-                Done::Shared { name, fd, st, started } => self.shared_file(name, fd, &st, started)?,
-                Done::Other(name) => self.walk.revisit(name),
+                Done::Walk(name) => self.walk.revisit(name),
             }
         }
-        if unseen {
-            self.copies_from_listing(&samples)?;
+        if !unseen.is_empty() {
+            self.copies_from_listing(&samples, &unseen)?;
         }
         Ok(())
     }
 
     /// Records the identities of the files just made in the current
-    /// directory of the copy from its listing (`d_ino`): one `getdents`
-    /// for the directory instead of one `fstat` a file. Trusted only if
-    /// every file that was looked at (`samples`: name, inode) is listed
-    /// with its inode number; where a filesystem lists other numbers than
-    /// `stat` gives (some FUSE servers), each entry is looked at.
-    fn copies_from_listing(&mut self, samples: &[(CString, u64)]) -> Result<()> {
+    /// directory of the copy and not looked at (`unseen`), from its listing
+    /// (`d_ino`): one `getdents` for the directory instead of one `fstat` a
+    /// file. Trusted only if every file that was looked at (`samples`:
+    /// name, inode) is listed with its inode number; where a filesystem
+    /// lists other numbers than `stat` gives (some FUSE servers), each is
+    /// looked at. Only names xrename made count: anything else found in the
+    /// private temp is not ours (a rollback leaves it).
+    fn copies_from_listing(
+        &mut self,
+        samples: &[(CString, u64)],
+        unseen: &std::collections::HashSet<CString>,
+    ) -> Result<()> {
         let (major, minor, _) = self.walk.top().ids[1];
         // The copy's side of the walk is never listed otherwise: read from
         // its start.
         let listed = super::walk::read_inodes(self.walk.fd(1)?)?;
         let agree = samples.iter().all(|(name, ino)| listed.iter().any(|(n, i)| n == name && i == ino));
         for (name, ino) in listed {
+            if !unseen.contains(&name) {
+                continue;
+            }
             if agree {
                 self.records.add_copy_id((major, minor, ino));
             } else {
@@ -532,15 +539,6 @@ impl Copy<'_> {
             return Err(Error::changed(TREE_CHANGED));
         }
         self.copy_opened(name, s.as_fd(), &st, started)
-    }
-
-    /// A file with several names, opened by a batch: linked to the copy of
-    /// a name met before, or copied.
-    fn shared_file(&mut self, name: CString, s: OwnedFd, st: &Statx, started: seen::Stamp) -> Result<()> {
-        if self.link(&name, id(st))? {
-            return Ok(());
-        }
-        self.copy_opened(name, s.as_fd(), st, started)
     }
 
     /// Links `name` to the copy of another name of the inode `key` met
@@ -643,7 +641,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     let mut walk = Walk::new([root])?;
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
-    let mut batch: Vec<OwnedFd> = Vec::new();
+    let mut batch: Vec<(Arc<OwnedFd>, CString)> = Vec::new();
     let probe = writers::Probe::new();
     while !walk.is_done() {
         let Some((n, listed)) = walk.next_entry() else {
@@ -674,21 +672,38 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
                 walk.push(n, [sub])?;
             }
             FileType::RegularFile => {
-                // Whatever is opened there is probed: anything but a
-                // regular file answers "unknown", so EXDEV.
-                match tidy(|| copy::open_source(d, &n)) {
-                    Ok(fd) => batch.push(fd),
-                    Err(Errno::NOENT) => continue, // gone since the listing
-                    Err(e) => return Err(Error::new(e, "open source file")),
-                }
+                let [dir] = walk.shared()?;
+                batch.push((dir, n));
                 if batch.len() >= batch_len {
-                    probe.check_and_close(std::mem::take(&mut batch))?;
+                    probe_batch(&probe, std::mem::take(&mut batch))?;
                 }
             }
             _ => {}
         }
     }
-    probe.check_and_close(batch)
+    probe_batch(&probe, batch)
+}
+
+/// Probes a batch of files (name in its directory) for writers: the probe
+/// opens them itself; whatever is opened there is probed (anything but a
+/// regular file answers "unknown", so EXDEV). A file the probe could not
+/// open is opened here as the copy opens a source (waiting out another
+/// process's lease, trying a transient failure again) and probed alone;
+/// one gone since the listing is passed by.
+fn probe_batch(probe: &writers::Probe, batch: Vec<(Arc<OwnedFd>, CString)>) -> Result<()> {
+    let files: Vec<(BorrowedFd<'_>, &CStr)> = batch.iter().map(|(d, n)| (d.as_fd(), n.as_c_str())).collect();
+    for (i, why) in probe.check_at(&files)? {
+        if why == Errno::NOENT {
+            continue; // gone since the listing
+        }
+        let (dir, name) = files[i];
+        match tidy(|| copy::open_source(dir, name)) {
+            Ok(fd) => probe.check(&[fd.as_fd()])?,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(Error::new(e, "open source file")),
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

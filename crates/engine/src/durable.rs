@@ -24,7 +24,9 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::error::{At, Result, retry};
+use rustix::io::Errno;
+
+use super::error::{At, Error, Result, retry};
 use super::path::Entry;
 
 /// From this size on, a copy's writeback starts while it is copied.
@@ -79,11 +81,19 @@ impl Durability {
     }
 
     /// Waits until `len` bytes of `fd` at `off` (written back early) are on
-    /// disk, so that dirty data stays within [`WINDOW`] (advice: a refusal
-    /// changes nothing; the final fsync decides).
-    pub fn wait_writeback(self, fd: BorrowedFd<'_>, off: u64, len: u64) {
-        if self.on {
-            let _ = super::sys::sync_file_range_wait(fd, off, len);
+    /// disk, so that dirty data stays within [`WINDOW`]. Not advice: the
+    /// wait reports a writeback error of the file (EIO, ENOSPC) and marks
+    /// it seen for this open file, so the final `fsync` on the same
+    /// descriptor would not report it again: the error fails the copy here
+    /// (as the fsync's would). Only a filesystem that cannot do it
+    /// (EINVAL, ESPIPE, ENOSYS, EOPNOTSUPP) is passed over.
+    pub fn wait_writeback(self, fd: BorrowedFd<'_>, off: u64, len: u64) -> Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        match retry(|| super::sys::sync_file_range_wait(fd, off, len)) {
+            Ok(()) | Err(Errno::INVAL | Errno::SPIPE | Errno::NOSYS | Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(Error::copy_step(e, "write back")),
         }
     }
 

@@ -13,10 +13,11 @@ pub(crate) fn fsuid() -> u32 {
 
 struct Job {
     fds: *const c_int,
+    /// With `names`: each file is `names[i]` in the directory `fds[i]`,
+    /// opened by the child itself in its own descriptor table.
+    names: *const *const core::ffi::c_char,
     out: *mut c_int,
     len: usize,
-    /// Drop each lease at once (else it goes when the caller closes the file).
-    release: bool,
 }
 
 const STACK: usize = 64 << 10;
@@ -34,15 +35,34 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     unsafe { libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_CORE, &no_core as *const libc::rlimit, 0usize) };
     for i in 0..job.len {
         // SAFETY: `i < len`, the length of both arrays.
-        let fd = unsafe { *job.fds.add(i) };
-        // SAFETY: fcntl on a descriptor of the shared table. Unless
-        // released here, a lease taken stays on the open file until the
-        // caller closes it, right after this probe (one call a file fewer);
-        // a break meanwhile signals no one (its owner, this child, is gone)
-        // and the opener waits for that close.
+        let mut fd = unsafe { *job.fds.add(i) };
+        if !job.names.is_null() {
+            // SAFETY: `names` has `len` pointers to NUL-terminated names the
+            // parent keeps alive; openat only reads them. The descriptor is
+            // in this child's own table (no CLONE_FILES): no thread of the
+            // program can inherit it through a fork, and the child's exit
+            // closes it, which drops the lease (no F_UNLCK, no close).
+            let name = unsafe { *job.names.add(i) };
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+            // SAFETY: as above.
+            fd = unsafe { libc::syscall(libc::SYS_openat, fd, name, flags | libc::O_NOATIME, 0) } as c_int;
+            if fd < 0 && errno() == libc::EPERM {
+                // O_NOATIME is for the owner and CAP_FOWNER only.
+                // SAFETY: as above.
+                fd = unsafe { libc::syscall(libc::SYS_openat, *job.fds.add(i), name, flags, 0) } as c_int;
+            }
+            if fd < 0 {
+                // SAFETY: as below.
+                unsafe { *job.out.add(i) = -errno() };
+                continue;
+            }
+        }
+        // SAFETY: fcntl on a descriptor of the shared table (the caller's
+        // files: the lease is dropped at once) or of the child's own (it
+        // goes with the child's exit).
         let answer = unsafe {
             if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-                if job.release {
+                if job.names.is_null() {
                     libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
                 }
                 0
@@ -90,18 +110,41 @@ impl Drop for ProbeStack {
 }
 
 /// Asks for a read lease on each descriptor (see
-/// the `writers` module), from a child running on `stack`: for each,
-/// `Some(0)` if one was granted, `Some(errno)` if refused, `None` if the
-/// probe could not run. Without `release`, a lease granted is dropped only
-/// when the caller closes the descriptor, which it must do at once.
-pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int], release: bool) -> Vec<Option<c_int>> {
+/// the `writers` module), from a child running on `stack`, sharing the
+/// caller's descriptor table: for each, `Some(0)` if one was granted (and
+/// dropped at once), `Some(errno)` if refused, `None` if the probe could
+/// not run.
+pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int>> {
+    run_probe(stack, fds, None)
+}
+
+/// As [`lease_probe`], for the files `names[i]` in the directories `dirs[i]`,
+/// which the child opens itself (read-only, non-blocking, never following
+/// a symlink) in a descriptor table of its own: `Some(0)` if a lease was
+/// granted, `Some(errno)` if refused, `Some(-errno)` if the file could not
+/// be opened, `None` if the probe could not run. Nothing is left open: the
+/// child's exit closes what it opened, and with that drops its leases.
+pub(crate) fn lease_probe_at(stack: &ProbeStack, dirs: &[c_int], names: &[&core::ffi::CStr]) -> Vec<Option<c_int>> {
+    let ptrs: Vec<*const core::ffi::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+    run_probe(stack, dirs, Some(&ptrs))
+}
+
+fn run_probe(stack: &ProbeStack, fds: &[c_int], names: Option<&[*const core::ffi::c_char]>) -> Vec<Option<c_int>> {
     let unknown = || vec![None; fds.len()];
-    let mut out = vec![-1 as c_int; fds.len()];
-    let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len(), release };
+    const UNREACHED: c_int = c_int::MIN;
+    let mut out = vec![UNREACHED; fds.len()];
+    let job = Job {
+        fds: fds.as_ptr(),
+        names: names.map_or(core::ptr::null(), |n| n.as_ptr()),
+        out: out.as_mut_ptr(),
+        len: fds.len(),
+    };
     let stack = stack.0;
     // The stack grows down from its 16-byte-aligned top.
     let top = (stack as usize + STACK) & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
+    // exit signal 0: no SIGCHLD. Opening in the child: a table of its own.
+    let files = if names.is_some() { 0 } else { libc::CLONE_FILES };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | files;
     let saved_errno = errno();
     // SAFETY: sigset_t is plain data; filled and used as a mask only.
     let pid = unsafe {
@@ -122,7 +165,8 @@ pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int], release: bool) -> V
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         pid
     };
-    let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
+    let answers =
+        if pid > 0 && reap(pid) { out.iter().map(|&r| (r != UNREACHED).then_some(r)).collect() } else { unknown() };
     set_errno(saved_errno);
     answers
 }

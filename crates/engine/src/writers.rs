@@ -28,7 +28,8 @@
 //! PID namespace nor the kernel's own writers. The move is refused (EXDEV):
 //! fail closed.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use rustix::io::Errno;
 
@@ -53,31 +54,43 @@ impl Probe {
     /// Fails with EXDEV if any of `files` (descriptors open read-only) is
     /// open for writing anywhere, or if that cannot be told.
     pub fn check(&self, files: &[BorrowedFd<'_>]) -> Result<()> {
-        self.probe(files.iter().map(|fd| fd.as_raw_fd()).collect(), true)
-    }
-
-    /// As [`Probe::check`], for descriptors that are closed at once:
-    /// closing them drops the leases the probe took (one call a file
-    /// fewer). Closes them.
-    pub fn check_and_close(&self, files: Vec<OwnedFd>) -> Result<()> {
-        let r = self.probe(files.iter().map(|fd| fd.as_raw_fd()).collect(), false);
-        drop(files);
-        r
-    }
-
-    fn probe(&self, fds: Vec<i32>, release: bool) -> Result<()> {
-        if fds.is_empty() {
+        if files.is_empty() {
             return Ok(());
         }
         let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
-        for answer in super::sys::lease_probe(stack, &fds, release) {
+        let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
+        super::sys::lease_probe(stack, &fds).into_iter().try_for_each(verdict)
+    }
+
+    /// As [`Probe::check`], for the files `name` in the directories `dir`
+    /// of `files`, which the probe opens itself, in a descriptor table of
+    /// its own (two calls a file, nothing left open, nothing a fork of the
+    /// program could inherit). Returns the files that could not be opened,
+    /// with why (by index), for the caller to decide.
+    pub fn check_at(&self, files: &[(BorrowedFd<'_>, &CStr)]) -> Result<Vec<(usize, Errno)>> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
+        let dirs: Vec<i32> = files.iter().map(|(d, _)| d.as_raw_fd()).collect();
+        let names: Vec<&CStr> = files.iter().map(|(_, n)| *n).collect();
+        let mut unopened = Vec::new();
+        for (i, answer) in super::sys::lease_probe_at(stack, &dirs, &names).into_iter().enumerate() {
             match answer {
-                Some(0) => {}
-                Some(libc::EAGAIN) => return Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
-                _ => return Err(Error::new(Errno::XDEV, UNCHECKABLE)),
+                Some(e) if e < 0 => unopened.push((i, Errno::from_raw_os_error(-e))),
+                other => verdict(other)?,
             }
         }
-        Ok(())
+        Ok(unopened)
+    }
+}
+
+/// What one answer of the probe means.
+fn verdict(answer: Option<i32>) -> Result<()> {
+    match answer {
+        Some(0) => Ok(()),
+        Some(libc::EAGAIN) => Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
+        _ => Err(Error::new(Errno::XDEV, UNCHECKABLE)),
     }
 }
 
