@@ -181,7 +181,7 @@ def build_child() -> Path:
 # traces
 # --------------------------------------------------------------------------
 
-LINE = re.compile(r"^(?:\d+\s+)?(?P<name>\w+)\((?P<rest>.*)$")
+LINE = re.compile(r"^(?:(?P<tid>\d+)\s+)?(?P<name>\w+)\((?P<rest>.*)$")
 RET = re.compile(r"\)\s+=\s+(?P<ret>-?\d+|\?)(?:\s+(?P<err>E[A-Z0-9]+))?")
 
 
@@ -189,25 +189,35 @@ RET = re.compile(r"\)\s+=\s+(?P<ret>-?\d+|\?)(?:\s+(?P<err>E[A-Z0-9]+))?")
 class Call:
     index: int        # position in the trace
     name: str
-    ordinal: int      # this call is the ordinal-th call of `name` since process start
+    ordinal: int      # this call is the ordinal-th call of `name` by its thread (strace's when= counts per tracee)
     ret: str
     err: str | None
     text: str
+    tid: int = 0      # the thread (tracee) that made it
 
 
 def parse_trace(text: str) -> list[Call]:
+    """The calls of a trace. Ordinals count per thread: strace's `when=N`
+    counts the calls of each tracee apart (the engine's lease-probe child
+    and its threads are tracees of their own)."""
     calls: list[Call] = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[int, str], int] = {}
     for line in text.splitlines():
         m = LINE.match(line)
         if not m:
             continue  # --- signals ---, +++ exits +++
-        name = m["name"]
-        seen[name] = seen.get(name, 0) + 1
+        name, tid = m["name"], int(m["tid"] or 0)
+        seen[(tid, name)] = seen.get((tid, name), 0) + 1
         r = RET.search(line)
-        calls.append(Call(len(calls), name, seen[name], r["ret"] if r else "?",
-                          r["err"] if r else None, line))
+        calls.append(Call(len(calls), name, seen[(tid, name)], r["ret"] if r else "?",
+                          r["err"] if r else None, line, tid))
     return calls
+
+
+def main_tid(calls: list[Call]) -> int:
+    """The thread that called rename (and got EXDEV): the one injections by
+    ordinal aim at."""
+    return next((c.tid for c in calls if c.name in RENAME_FAMILY and c.err == "EXDEV"), 0)
 
 
 def move_window(calls: list[Call]) -> tuple[int, int]:
@@ -285,9 +295,12 @@ def count_move_calls(child: Path, src: Path, dst: Path, trace_file: Path) -> tup
     outcome = run_move(child, src, dst, trace_file, ",".join(TRACE_SET))
     calls = parse_trace(outcome.trace)
     first, end = move_window(calls)
+    me = main_tid(calls)
     counts: dict[str, list[int]] = {}
     for c in calls[first:end]:
-        if c.name in INJECTABLE:
+        # Only the calling thread's calls: another tracee's N-th call is
+        # not the N-th call strace counts for the caller.
+        if c.name in INJECTABLE and c.tid == me:
             counts.setdefault(c.name, []).append(c.ordinal)
     return outcome, counts
 
@@ -300,7 +313,8 @@ def injection_landed(outcome: Outcome, syscall: str, ordinal: int) -> str | None
         first, end = move_window(calls)
     except AssertionError as e:
         return str(e)
-    hit = [c for c in calls if c.name == syscall and c.ordinal == ordinal]
+    me = main_tid(calls)
+    hit = [c for c in calls if c.name == syscall and c.ordinal == ordinal and c.tid == me]
     if not hit:
         return f"the trace has no call #{ordinal} of {syscall}: the move made fewer calls than when counted"
     c = hit[0]

@@ -938,7 +938,7 @@ def kill_scan(child, tmp_path, reset, src: Path, dst: Path, old: bytes, extra_in
     install = install_call(calls, first, end, dst.name)
     data = last_data_call(calls, first, install.index)
     begin = next(c.index for c in calls[data.index:end] if c.name in ("linkat", "renameat2", "renameat"))
-    points = [c for c in calls[begin:end] if c.name != "openat"]
+    points = [c for c in calls[begin:end] if c.name != "openat" and c.tid == fh.main_tid(calls)]
     assert any("RENAME_EXCHANGE" in c.text or c.name in ("renameat", "linkat") for c in points)
     violations = []
     xrename = REPO_ROOT / "target" / "release" / "xrename"
@@ -1071,7 +1071,7 @@ def test_transient_eio_from_statx_while_deleting_old_source_tree_is_retried(chil
     opened = [c for c in calls[install.index:end] if c.name == "openat" and c.ret.isdigit()
               and any(q.startswith(".xrename-src-") for q in quoted(c.text))]
     assert opened, "calibration: the old source tree is never opened under a .xrename-src-* name"
-    points = [c for c in calls[opened[0].index:end] if c.name == "statx"]
+    points = [c for c in calls[opened[0].index:end] if c.name == "statx" and c.tid == fh.main_tid(calls)]
     assert points, "calibration: no statx while deleting the old source"
     failures = []
     for c in points:
@@ -1617,7 +1617,8 @@ def test_claim_lost_at_any_step_of_the_move_gives_enoent_or_moves_exactly_once(
     calls, first, end = window(out)
     # Calls strace names by number (a syscall newer than it) cannot be
     # injected into by name.
-    points = [c for c in calls[first + 1:end] if c.name != "getppid" and not c.name.startswith("syscall_")]
+    points = [c for c in calls[first + 1:end]
+              if c.name != "getppid" and not c.name.startswith("syscall_") and c.tid == fh.main_tid(calls)]
     step = max(1, len(points) // 24)
     problems = []
     for c in points[::step]:

@@ -17,7 +17,10 @@
 //! shares the program's memory and descriptor table (`CLONE_VM |
 //! CLONE_VFORK | CLONE_FILES`, as posix_spawn does), has every signal but
 //! SIGSYS blocked, takes and drops the leases on the descriptors it is
-//! given, and exits (`sys::lease_probe`). It
+//! given, and exits (`sys::lease_probe`); for the files of a tree it opens
+//! them itself in a descriptor table of its own, so that nothing is left
+//! open in the program for a fork to inherit, and its exit drops the
+//! leases (`sys::lease_probe_at`, [`Probe::check_at`]). It
 //! raises no SIGCHLD (exit signal 0) and is reaped with `__WCLONE`, so the
 //! program's ordinary `wait` never sees it.
 //!
