@@ -379,3 +379,28 @@ def test_an_error_of_early_writeback_fails_the_move(tmpfs, ext4, tmp_path, error
     assert int(errno_) == {"EIO": 5, "ENOSPC": 28}[error], p.stdout
     assert hashlib.sha256(src.read_bytes()).hexdigest() == want
     assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
+
+
+def test_a_copy_withdrawn_from_an_overlay_with_layers_on_two_filesystems_leaves_nothing(mounts, tmpfs, ext4, tmp_path):
+    """An overlay whose lower layer is on a tmpfs and upper on ext4
+    (xino=off) gives its directories its own device and its files the upper
+    filesystem's. The identities of the files of a batch that were not
+    looked at come from the listing; their device must be the files' own,
+    or the withdrawal of the copy (an open writer found after the install)
+    takes them for someone else's and leaves them at the destination."""
+    lower, upper, work, merged = tmpfs / "lower", ext4 / "upper", ext4 / "work", tmp_path / "merged"
+    for d in (lower, upper, work, merged):
+        d.mkdir()
+    mounts.mount(["-t", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work},xino=off", "xr-ovl"],
+                 merged, "overlayfs with xino=off")
+    src = tmpfs / "t"
+    (src / "d").mkdir(parents=True)
+    for i in range(100):
+        (src / "d" / f"f{i}").write_bytes(b"x" * i)
+    before = snapshot(src)
+    with open(src / "d" / "f50", "ab"):
+        errno_, _, after = run("plain", src, merged / "t")
+    assert errno_ == 18 and after == 1  # EXDEV: a writer
+    assert snapshot(src) == before
+    assert not (merged / "t").exists(), sorted(str(p) for p in (merged / "t").rglob("*"))[:10]
+    assert [n for n in os.listdir(merged) if n.startswith(".xrename")] == []

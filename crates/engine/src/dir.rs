@@ -411,7 +411,7 @@ impl Copy<'_> {
             match d {
                 Done::Copied(name, c) => {
                     match c.copy {
-                        Some(copy) => samples.push((name, copy.2)),
+                        Some(copy) => samples.push((name, copy)),
                         None => {
                             unseen.insert(name);
                         }
@@ -432,20 +432,29 @@ impl Copy<'_> {
     /// directory of the copy and not looked at (`unseen`), from its listing
     /// (`d_ino`): one `getdents` for the directory instead of one `fstat` a
     /// file. Trusted only if every file that was looked at (`samples`:
-    /// name, inode) is listed with its inode number; where a filesystem
+    /// name, identity) has one device and is listed with its inode number;
+    /// where a filesystem
     /// lists other numbers than `stat` gives (some FUSE servers), each is
     /// looked at. Only names xrename made count: anything else found in the
     /// private temp is not ours (a rollback leaves it).
     fn copies_from_listing(
         &mut self,
-        samples: &[(CString, u64)],
+        samples: &[(CString, Id)],
         unseen: &std::collections::HashSet<CString>,
     ) -> Result<()> {
-        let (major, minor, _) = self.walk.top().ids[1];
+        // The device is the one `stat` gave the files looked at, not the
+        // directory's: an overlay whose layers are on different filesystems
+        // gives its directories its own device and its files their layer's.
+        // All samples must have one device, and be listed as they are.
+        let dev = samples.first().map(|(_, (major, minor, _))| (*major, *minor));
         // The copy's side of the walk is never listed otherwise: read from
         // its start.
         let listed = super::walk::read_inodes(self.walk.fd(1)?)?;
-        let agree = samples.iter().all(|(name, ino)| listed.iter().any(|(n, i)| n == name && i == ino));
+        let agree = dev.is_some()
+            && samples.iter().all(|(name, (major, minor, ino))| {
+                Some((*major, *minor)) == dev && listed.iter().any(|(n, i)| n == name && i == ino)
+            });
+        let (major, minor) = dev.unwrap_or_default();
         for (name, ino) in listed {
             if !unseen.contains(&name) {
                 continue;
