@@ -404,3 +404,78 @@ def test_a_copy_withdrawn_from_an_overlay_with_layers_on_two_filesystems_leaves_
     assert snapshot(src) == before
     assert not (merged / "t").exists(), sorted(str(p) for p in (merged / "t").rglob("*"))[:10]
     assert [n for n in os.listdir(merged) if n.startswith(".xrename")] == []
+
+
+def test_the_writer_probe_opens_files_only_in_a_table_of_its_own(tmpfs, ext4, tmp_path):
+    """The probe's child must neither copy the program's descriptor table
+    (its exit would close every copy: one FUSE flush, or one NFS writeback,
+    per descriptor of the program, per batch) nor open files in the
+    program's table (a fork by another thread would inherit them, and their
+    leases): it unshares an empty table (close_range(CLOSE_RANGE_UNSHARE))
+    before its first open, and opens with openat2 beneath the root."""
+    need(shutil.which("strace") is not None, "strace missing")
+    make_tree(tmpfs / "t")
+    trace = tmp_path / "trace"
+    env = child_env()
+    import fault_harness as fh
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=clone,close_range,openat2,fcntl",
+                        "-E", f"LD_PRELOAD={env.pop('LD_PRELOAD')}", "--", str(fh.build_child()), str(tmpfs / "t"),
+                        str(ext4 / "t")], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and p.stdout.split()[0] == "0", p.stdout + p.stderr
+    by_tid: dict[str, list[str]] = {}
+    for line in trace.read_text().splitlines():
+        tid, _, call = line.partition(" ")
+        by_tid.setdefault(tid, []).append(call.strip())
+    probes = [calls for calls in by_tid.values() if any(c.startswith("openat2(") for c in calls)]
+    assert probes, "no probe child opened files"
+    for calls in probes:
+        first_open = next(i for i, c in enumerate(calls) if c.startswith("openat2("))
+        unshared = [c for c in calls[:first_open] if c.startswith("close_range(0, 4294967295, CLOSE_RANGE_UNSHARE)")]
+        assert unshared and unshared[0].endswith("= 0"), calls[:first_open + 1]
+        assert all("RESOLVE_BENEATH" in c and "RESOLVE_NO_SYMLINKS" in c for c in calls if c.startswith("openat2("))
+    assert sum(c.startswith("openat2(") for calls in probes for c in calls) >= DIRS * PER_DIR
+
+
+LOCK_PROGRAM = r'''
+import fcntl, os, sys
+path, src, dst = sys.argv[1:4]
+fd = os.open(path, os.O_RDONLY)
+fcntl.lockf(fd, fcntl.LOCK_SH)
+try:
+    os.rename(src, dst)
+    print(0)
+except OSError as e:
+    print(e.errno)
+# Still held? Another process cannot take a write lock while it is.
+r, w = os.pipe()
+if os.fork() == 0:
+    other = os.open(path if os.path.exists(path) else os.path.join(dst, os.path.relpath(path, src)), os.O_RDWR)
+    try:
+        fcntl.lockf(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(w, b"free")
+    except OSError:
+        os.write(w, b"held")
+    os._exit(0)
+os.wait()
+print(os.read(r, 4).decode())
+'''
+
+
+@pytest.mark.parametrize("what", ["file", "tree"])
+def test_a_record_lock_of_the_program_on_the_source_is_never_dropped(tmpfs, ext4, what):
+    """Closing any descriptor of a file drops every POSIX record lock the
+    process holds on it; the kernel's rename never does. A file the program
+    holds such a lock on is never opened by the move (as a file it holds a
+    lease on): EXDEV, the lock still held, nothing changed."""
+    make_tree(tmpfs / "t")
+    src = tmpfs / "t" if what == "tree" else tmpfs / "t" / "d0" / "f005"
+    locked = tmpfs / "t" / "d0" / "f005"
+    before = snapshot(tmpfs / "t")
+    p = subprocess.run([sys_executable(), "-c", LOCK_PROGRAM, str(locked), str(src), str(ext4 / "moved")],
+                       capture_output=True, text=True, env=child_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    errno_, state = p.stdout.split()
+    assert errno_ == "18", p.stdout  # EXDEV
+    assert state == "held", "the program's record lock was dropped"
+    assert snapshot(tmpfs / "t") == before
+    assert sorted(os.listdir(ext4)) in ([], ["lost+found"])

@@ -101,8 +101,8 @@ pub struct Job<'a> {
 }
 
 /// The inodes this process holds a lease on, as `/proc/locks` lists them
-/// (`N: LEASE ACTIVE|BREAKING TYPE PID MAJ:MIN:INO ...`), read once per
-/// move. Opening such a file, even to read it and even non-blocking, starts
+/// (`N: LEASE ACTIVE|BREAKING TYPE PID MAJ:MIN:INO ...`), or (for the
+/// process itself) a POSIX record lock, read once per move. Opening such a file, even to read it and even non-blocking, starts
 /// a break of the program's own lease (SIGIO to it, its lease downgraded),
 /// which the kernel's rename never does: such a file is not opened at all
 /// (EXDEV). Matched by inode number alone (btrfs and overlayfs show another
@@ -115,7 +115,7 @@ impl OwnLeases {
     /// Reads `/proc/locks` for this process; none if it cannot be read.
     pub fn read() -> OwnLeases {
         match rustix::fs::readlinkat(rustix::fs::CWD, c"/proc/self", Vec::new()) {
-            Ok(me) => OwnLeases::held_by(me.to_bytes()),
+            Ok(me) => OwnLeases::held_by(me.to_bytes(), true),
             Err(_) => OwnLeases::default(),
         }
     }
@@ -123,10 +123,12 @@ impl OwnLeases {
     /// The leases of process `pid` (as this process's `/proc` numbers it):
     /// for a supervisor that moves on another process's behalf.
     pub fn of(pid: u32) -> OwnLeases {
-        OwnLeases::held_by(pid.to_string().as_bytes())
+        // Its record locks are its own process's: a helper's closes cannot
+        // drop them.
+        OwnLeases::held_by(pid.to_string().as_bytes(), false)
     }
 
-    fn held_by(me: &[u8]) -> OwnLeases {
+    fn held_by(me: &[u8], record_locks: bool) -> OwnLeases {
         let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
             return OwnLeases::default();
         };
@@ -140,7 +142,13 @@ impl OwnLeases {
             .filter_map(|line| {
                 let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
                 // "BREAKER" entries are openers waiting, not holders; "->" lines are waiters.
-                let holder = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
+                // A POSIX record lock of the program's counts too: closing
+                // any descriptor of the file in the program's process (the
+                // copy's source, the writer probe's) drops every such lock
+                // it holds on the file, which the kernel's rename never does.
+                // (OFD locks and flock belong to an open file: untouched.)
+                let lease = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
+                let holder = lease || (record_locks && f.get(1) == Some(&&b"POSIX"[..]));
                 if holder && f.get(4) == Some(&me) { f.get(5).copied() } else { None }
             })
             .filter_map(|dev_ino| std::str::from_utf8(dev_ino.rsplit(|&b| b == b':').next()?).ok()?.parse().ok())

@@ -34,7 +34,7 @@ use super::stat::{fstat, same_inode};
 use super::{copy, writers};
 
 /// The step name when the program holds a lease on a file to be moved.
-pub const OWN_LEASE: &str = "the program holds a lease on the source";
+pub const OWN_LEASE: &str = "the program holds a lease or a record lock on the source";
 
 /// From this size on, writers are also looked for before the copy.
 const EARLY_PROBE: u64 = 1 << 20;

@@ -65,26 +65,27 @@ impl Probe {
         super::sys::lease_probe(stack, &fds).into_iter().try_for_each(verdict)
     }
 
-    /// As [`Probe::check`], for the files `name` in the directories `dir`
-    /// of `files`, which the probe opens itself, in a descriptor table of
-    /// its own (two calls a file, nothing left open, nothing a fork of the
-    /// program could inherit). Returns the files that could not be opened,
-    /// with why (by index), for the caller to decide.
-    pub fn check_at(&self, files: &[(BorrowedFd<'_>, &CStr)]) -> Result<Vec<(usize, Errno)>> {
-        if files.is_empty() {
-            return Ok(Vec::new());
+    /// As [`Probe::check`], for the files at `paths` below the directory
+    /// `root`, which the probe opens itself in an empty descriptor table of
+    /// its own (two calls a file, nothing left open, nothing of the
+    /// program's touched, nothing a fork of the program could inherit).
+    /// Returns the files that could not be opened, with why (by index), for
+    /// the caller to decide; `None` where the probe cannot have a table of
+    /// its own (Linux before 5.9): then nothing was probed.
+    pub fn check_at(&self, root: BorrowedFd<'_>, paths: &[&CStr]) -> Result<Option<Vec<(usize, Errno)>>> {
+        if paths.is_empty() {
+            return Ok(Some(Vec::new()));
         }
         let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
-        let dirs: Vec<i32> = files.iter().map(|(d, _)| d.as_raw_fd()).collect();
-        let names: Vec<&CStr> = files.iter().map(|(_, n)| *n).collect();
         let mut unopened = Vec::new();
-        for (i, answer) in super::sys::lease_probe_at(stack, &dirs, &names).into_iter().enumerate() {
+        for (i, answer) in super::sys::lease_probe_at(stack, root.as_raw_fd(), paths).into_iter().enumerate() {
             match answer {
+                Some(super::sys::NO_OWN_TABLE) => return Ok(None),
                 Some(e) if e < 0 => unopened.push((i, Errno::from_raw_os_error(-e))),
                 other => verdict(other)?,
             }
         }
-        Ok(unopened)
+        Ok(Some(unopened))
     }
 }
 
