@@ -479,3 +479,28 @@ def test_a_record_lock_of_the_program_on_the_source_is_never_dropped(tmpfs, ext4
     assert state == "held", "the program's record lock was dropped"
     assert snapshot(tmpfs / "t") == before
     assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
+
+
+def test_an_error_of_the_background_flush_fails_the_tree_move(tmpfs, ext4, tmp_path):
+    """While a big tree is copied, a thread of the crew writes back the
+    destination filesystem over and over (syncfs), so that the one barrier
+    before the install has little left. An error it meets must fail the
+    move, even if the final barrier (another descriptor, another call) does
+    not see it again: injected EIO from the second syncfs of any thread on
+    (the caller makes only one, the final barrier: not injected)."""
+    need(shutil.which("strace") is not None, "strace missing")
+    need(len(os.sched_getaffinity(0)) >= 2, "one CPU: no worker threads, no background flush")
+    import fault_harness as fh
+    make_tree(tmpfs / "t")
+    before = snapshot(tmpfs / "t")
+    trace = tmp_path / "trace"
+    env = child_env()
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=syncfs",
+                        "-e", "inject=syncfs:error=EIO:when=2+",
+                        "-E", f"LD_PRELOAD={env.pop('LD_PRELOAD')}", "--", str(fh.build_child()), str(tmpfs / "t"),
+                        str(ext4 / "t")], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "(INJECTED)" in trace.read_text(), "the background flush never ran twice: the test proves nothing"
+    assert p.stdout.split()[0] == "5", p.stdout  # EIO
+    assert snapshot(tmpfs / "t") == before
+    assert sorted(os.listdir(ext4)) in ([], ["lost+found"])

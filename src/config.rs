@@ -115,9 +115,8 @@ impl Config {
         };
         let threads = match vars::threads(var(vars::THREADS.name).as_deref().map(|v| v.as_bytes())) {
             Ok(n) => n,
-            Err(()) => {
-                let v = var(vars::THREADS.name).unwrap_or_default();
-                notes.push(format!("{}={} not understood", vars::THREADS.name, v.to_string_lossy()));
+            Err(v) => {
+                notes.push(format!("{}={v} not understood", vars::THREADS.name));
                 None
             }
         };
@@ -227,5 +226,22 @@ mod tests {
         assert!(!from(&[("XRENAME_DIRS", "sometimes")]).engine.dirs);
         assert!(from(&[("XRENAME_FSYNC", "lazy")]).engine.fsync);
         assert!(from(&[]).note.is_none());
+    }
+
+    #[test]
+    fn threads_are_a_whole_number_from_one_up_or_the_default() {
+        assert_eq!(from(&[]).engine.threads, None);
+        assert_eq!(from(&[("XRENAME_THREADS", "")]).engine.threads, None);
+        assert_eq!(from(&[("XRENAME_THREADS", "1")]).engine.threads, Some(1));
+        assert_eq!(from(&[("XRENAME_THREADS", " 4 ")]).engine.threads, Some(4));
+        for bad in ["0", "-2", "many", "2.5"] {
+            let c = from(&[("XRENAME_THREADS", bad)]);
+            assert_eq!(c.engine.threads, None, "{bad}");
+            assert_eq!(
+                c.note.map(str::to_owned),
+                Some(format!("XRENAME_THREADS={bad} not understood: the safe choice taken"))
+            );
+            assert!(!c.disabled, "{bad}");
+        }
     }
 }

@@ -115,33 +115,56 @@ pub fn copy_tree<'d>(
         dst_parent,
         tmp_id,
     };
-    pool::crew(threads, &work, |crew| -> Result<()> {
-        cx.check_dir()?;
-        cx.files(crew)?;
-        loop {
-            let Some(name) = cx.walk.next_name() else {
-                // A directory is complete: its metadata now, children first.
-                let Some((frame, [s, t])) = cx.walk.pop()? else { break };
-                meta::apply(
-                    Obj::Fd(s.as_fd()),
-                    Obj::Fd(t.as_fd()),
-                    &frame.st,
-                    meta::Made { st: None, inherits: cx.env.inherits },
-                )?;
-                cx.report.files += 1;
-                cx.env.progress.inspect(|p| p.object());
-                let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
-                cx.path.truncate(keep);
-                if cx.walk.is_done() {
-                    durability.tree(t.as_fd())?;
-                    break;
-                }
-                continue;
-            };
-            cx.entry(name, crew)?;
+    // With durability, the filesystem is written back all through the copy
+    // (on a thread of its own, with a descriptor of its own), so that the
+    // one barrier before the install has little left to wait for.
+    let flush_fd = match durability.is_on() && threads > 0 {
+        true => open_dir(cx.walk.fd(1)?, c".").ok(),
+        false => None,
+    };
+    let flush_failed = std::sync::atomic::AtomicI32::new(0);
+    let flush = |stop: &AtomicBool| {
+        if let Some(fd) = &flush_fd {
+            durability.flush_until(fd.as_fd(), stop, &flush_failed);
         }
-        Ok(())
+    };
+    // Started once the tree proves big enough for the crew to have a thread.
+    pool::alongside(flush, |flusher| {
+        pool::crew(threads, &work, |crew| -> Result<()> {
+            cx.check_dir()?;
+            cx.files(crew)?;
+            loop {
+                let Some(name) = cx.walk.next_name() else {
+                    // A directory is complete: its metadata now, children first.
+                    let Some((frame, [s, t])) = cx.walk.pop()? else { break };
+                    meta::apply(
+                        Obj::Fd(s.as_fd()),
+                        Obj::Fd(t.as_fd()),
+                        &frame.st,
+                        meta::Made { st: None, inherits: cx.env.inherits },
+                    )?;
+                    cx.report.files += 1;
+                    cx.env.progress.inspect(|p| p.object());
+                    let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
+                    cx.path.truncate(keep);
+                    if cx.walk.is_done() {
+                        durability.tree(t.as_fd())?;
+                        break;
+                    }
+                    continue;
+                };
+                cx.entry(name, crew)?;
+                if crew.workers() > 0 {
+                    flusher.start();
+                }
+            }
+            Ok(())
+        })
     })?;
+    match flush_failed.into_inner() {
+        0 => {}
+        e => return Err(Error::copy_step(Errno::from_raw_os_error(e), "syncfs destination")),
+    }
     let mut records = cx.records;
     records.seal();
     Ok(CopiedTree { tmp, seen: root_seen, records })
@@ -204,7 +227,7 @@ impl Learned {
         if mode & !self.asked != 0 || got & !self.asked != 0 {
             return None;
         }
-        let mut st = self.made.clone();
+        let mut st = self.made;
         let kind = u32::from(self.made.stx_mode) & !0o7777;
         st.stx_mode = u16::try_from(kind | (mode & got)).ok()?;
         Some(st)
@@ -309,7 +332,7 @@ fn copy_file(
         None => {
             let made = fstat(t.as_fd()).at("stat new file")?;
             if learned.is_none() && !env.inherits {
-                *learned = Some(Learned { asked, made: made.clone() });
+                *learned = Some(Learned { asked, made });
             }
             let copy = id(&made);
             (made, Some(copy))
@@ -381,7 +404,7 @@ impl Copy<'_> {
             return Ok(());
         }
         let dirs = self.walk.shared()?;
-        let parent = Arc::new((*self.walk.top().st).clone());
+        let parent = Arc::new(*self.walk.top().st);
         let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
         let mut names = names.into_iter().peekable();
         let mut index = 0;
@@ -726,6 +749,11 @@ impl Probing {
                 let paths: Vec<&CStr> = files.iter().map(|(_, _, p)| p.as_c_str()).collect();
                 match self.probe.check_at(self.root.as_fd(), &paths)? {
                     Some(unopened) => {
+                        // No openat2 (before Linux 5.6, or refused by a
+                        // filter): from now on the files are opened here.
+                        if unopened.iter().any(|&(_, why)| why == Errno::NOSYS) {
+                            self.own_table = false;
+                        }
                         unopened.into_iter().filter(|&(_, why)| why != Errno::NOENT).map(|(i, _)| i).collect()
                     }
                     None => {
@@ -754,6 +782,7 @@ impl Probing {
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is
 /// not provably what was copied into `dst`; what is kept goes back under
 /// the source name. Cannot fail: the move has happened.
+#[allow(clippy::too_many_arguments)] // what the deletion needs, each from another step of the move
 pub fn delete_taken(
     src: &Entry,
     taken: source::Taken,

@@ -23,6 +23,7 @@
 //! With `XRENAME_FSYNC=0` none of this happens: faster, and unsafe on a crash.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use rustix::io::Errno;
 
@@ -103,6 +104,20 @@ impl Durability {
             retry(|| rustix::fs::fsync(fd)).at_copy("fsync temp file")?;
         }
         Ok(())
+    }
+
+    /// While a tree is copied: writes back what is dirty on the filesystem
+    /// of `fd`, over and over until `stop`, so that the tree's one barrier
+    /// ([`Durability::tree`]) finds most of it on disk already. An error is
+    /// kept in `failed` (the barrier might not report it again) and ends
+    /// the loop.
+    pub fn flush_until(self, fd: BorrowedFd<'_>, stop: &AtomicBool, failed: &AtomicI32) {
+        while self.on && !stop.load(Ordering::Relaxed) {
+            if let Err(e) = retry(|| rustix::fs::syncfs(fd)) {
+                failed.store(e.raw_os_error(), Ordering::Relaxed);
+                return;
+            }
+        }
     }
 
     /// A copied tree, before it gets a name: one barrier for the whole

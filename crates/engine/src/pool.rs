@@ -26,7 +26,8 @@
 //! - A job that panics is reported as a panic result; the others go on.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Jobs waiting before the first worker is spawned; each further worker
 /// when more jobs wait than there are workers.
@@ -220,6 +221,49 @@ fn worker<J, R>(shared: &Shared<J, R>, work: &(dyn Fn(J) -> R + Sync)) {
         st.sleeping += 1;
         st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
         st.sleeping -= 1;
+    }
+}
+
+/// Runs `body`, which may start `background` (once: [`Later::start`]) on a
+/// thread of its own (every signal but SIGSYS blocked); that thread is
+/// told to stop (its flag set) when the body has ended, and is joined
+/// before this returns. Without a thread to be had, only `body` runs.
+pub fn alongside<'env, T, B>(background: B, body: impl for<'scope> FnOnce(&Later<'scope, 'env, B>) -> T) -> T
+where
+    B: FnOnce(&AtomicBool) + Send + 'env,
+{
+    std::thread::scope(|scope| {
+        let later = Later { scope, stop: Arc::new(AtomicBool::new(false)), background: Mutex::new(Some(background)) };
+        // Told to stop however the body ends (a panic included).
+        struct Stop(Arc<AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(Arc::clone(&later.stop));
+        body(&later)
+    })
+}
+
+/// A background job [`alongside`] a body, not started yet.
+pub struct Later<'scope, 'env, B> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    stop: Arc<AtomicBool>,
+    background: Mutex<Option<B>>,
+}
+
+impl<'env, B: FnOnce(&AtomicBool) + Send + 'env> Later<'_, 'env, B> {
+    /// Starts the background job, if it has not been started yet.
+    pub fn start(&self) {
+        let Some(job) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let stop = Arc::clone(&self.stop);
+        let _ = super::sys::with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("xrename".into())
+                .stack_size(STACK)
+                .spawn_scoped(self.scope, move || job(&stop))
+        });
     }
 }
 

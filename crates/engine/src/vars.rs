@@ -69,13 +69,14 @@ pub const THREADS: Var = Var {
 /// Every variable, in the order the man page lists them.
 pub const ALL: [Var; 9] = [DISABLE, MODE, LOG, FSYNC, DIRS, THREADS, SUMMARY_LOG, SUPERVISOR, DEBUG];
 
-/// The value of [`THREADS`], if it is a whole number from 1 up.
-pub fn threads(value: Option<&[u8]>) -> Result<Option<usize>, ()> {
+/// The value of [`THREADS`] (`None` if unset or empty), or `Err` with the
+/// value when it is not a whole number from 1 up.
+pub fn threads(value: Option<&[u8]>) -> Result<Option<usize>, String> {
     match value {
         None | Some(b"") => Ok(None),
         Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<usize>().ok()) {
             Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(()),
+            _ => Err(String::from_utf8_lossy(v).into_owned()),
         },
     }
 }
