@@ -323,10 +323,10 @@ print(result, len(kids), blocked, leases)
 def test_a_fork_during_the_writer_probe_inherits_no_descriptor_and_no_lease(tmpfs, ext4):
     """The writer probe takes read leases on every file of the taken tree.
     Another thread of the program forks (without exec) all through the
-    move: no descriptor of the probe may be in the program's table for a
-    child to inherit (a lease that outlives the probe makes every open for
-    writing of the file wait 45 s, lease-break-time). The probe opens the
-    files in a table of its own."""
+    move: a child may inherit the probe's descriptors, but never a lease (a
+    lease that outlives the probe makes every open for writing of the file
+    wait 45 s, lease-break-time): each lease is dropped as soon as it was
+    granted."""
     src, keep = tmpfs / "t", tmpfs / "keep"
     keep.mkdir()
     for d in range(4):
@@ -404,36 +404,6 @@ def test_a_copy_withdrawn_from_an_overlay_with_layers_on_two_filesystems_leaves_
     assert snapshot(src) == before
     assert not (merged / "t").exists(), sorted(str(p) for p in (merged / "t").rglob("*"))[:10]
     assert [n for n in os.listdir(merged) if n.startswith(".xrename")] == []
-
-
-def test_the_writer_probe_opens_files_only_in_a_table_of_its_own(tmpfs, ext4, tmp_path):
-    """The probe's child must neither copy the program's descriptor table
-    (its exit would close every copy: one FUSE flush, or one NFS writeback,
-    per descriptor of the program, per batch) nor open files in the
-    program's table (a fork by another thread would inherit them, and their
-    leases): it unshares an empty table (close_range(CLOSE_RANGE_UNSHARE))
-    before its first open, and opens with openat2 beneath the root."""
-    need(shutil.which("strace") is not None, "strace missing")
-    make_tree(tmpfs / "t")
-    trace = tmp_path / "trace"
-    env = child_env()
-    import fault_harness as fh
-    p = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=clone,close_range,openat2,fcntl",
-                        "-E", f"LD_PRELOAD={env.pop('LD_PRELOAD')}", "--", str(fh.build_child()), str(tmpfs / "t"),
-                        str(ext4 / "t")], capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0 and p.stdout.split()[0] == "0", p.stdout + p.stderr
-    by_tid: dict[str, list[str]] = {}
-    for line in trace.read_text().splitlines():
-        tid, _, call = line.partition(" ")
-        by_tid.setdefault(tid, []).append(call.strip())
-    probes = [calls for calls in by_tid.values() if any(c.startswith("openat2(") for c in calls)]
-    assert probes, "no probe child opened files"
-    for calls in probes:
-        first_open = next(i for i, c in enumerate(calls) if c.startswith("openat2("))
-        unshared = [c for c in calls[:first_open] if c.startswith("close_range(0, 4294967295, CLOSE_RANGE_UNSHARE)")]
-        assert unshared and unshared[0].endswith("= 0"), calls[:first_open + 1]
-        assert all("RESOLVE_BENEATH" in c and "RESOLVE_NO_SYMLINKS" in c for c in calls if c.startswith("openat2("))
-    assert sum(c.startswith("openat2(") for calls in probes for c in calls) >= DIRS * PER_DIR
 
 
 LOCK_PROGRAM = r'''

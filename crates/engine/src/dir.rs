@@ -671,17 +671,13 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     // is tried again rather than undoing it.
     let root = tidy(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
     let mut walk = Walk::new([root])?;
-    let [root] = walk.shared()?;
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
-    let mut batch = Probing { root, probe: writers::Probe::new(), files: Vec::new(), own_table: true };
-    // Path of the current directory below the root.
-    let mut path: Vec<u8> = Vec::new();
+    let mut batch: Vec<OwnedFd> = Vec::new();
+    let probe = writers::Probe::new();
     while !walk.is_done() {
         let Some((n, listed)) = walk.next_entry() else {
-            if let Some((frame, _)) = walk.pop()? {
-                path.truncate(path.len().saturating_sub(frame.name.as_bytes().len() + 1));
-            }
+            walk.pop()?;
             continue;
         };
         let d = walk.fd(0)?;
@@ -702,81 +698,36 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
             FileType::Directory => {
                 let sub = match tidy(|| open_dir_noatime(d, &n)) {
                     Ok(fd) => fd,
-                    Err(Errno::NOENT) => continue, // gone since the listing
+                    // Gone from its name since the listing: renamed (maybe
+                    // to a place already walked, whose files would then go
+                    // unprobed and, unchanged themselves, be deleted) or
+                    // removed. Nothing can tell which: fail closed.
+                    Err(Errno::NOENT) => return Err(Error::new(Errno::XDEV, TREE_CHANGED)),
                     Err(e) => return Err(Error::new(e, "open source subdirectory")),
                 };
-                path.extend_from_slice(n.as_bytes());
-                path.push(b'/');
                 walk.push(n, [sub])?;
             }
             FileType::RegularFile => {
-                let [dir] = walk.shared()?;
-                let mut at = path.clone();
-                at.extend_from_slice(n.as_bytes());
-                batch.files.push((dir, n, CString::new(at).expect("no NUL")));
-                if batch.files.len() >= batch_len {
-                    batch.probe()?;
+                // Opened here, through its directory (whatever that
+                // directory is called now), and probed in batches: the
+                // probe's child takes and drops each lease at once, so a
+                // fork of the program meanwhile inherits no lease.
+                match tidy(|| copy::open_source(d, &n)) {
+                    Ok(fd) => batch.push(fd),
+                    // Gone since the listing: removed, or renamed, which
+                    // changed its ctime: its deletion keeps it.
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(Error::new(e, "open source file")),
+                }
+                if batch.len() >= batch_len {
+                    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
+                    batch.clear();
                 }
             }
             _ => {}
         }
     }
-    batch.probe()
-}
-
-/// Files of the taken tree waiting for the writer probe.
-struct Probing {
-    root: Arc<OwnedFd>,
-    probe: writers::Probe,
-    /// Each file's directory, name in it, and path below the root.
-    files: Vec<(Arc<OwnedFd>, CString, CString)>,
-    /// Whether the probe can open files in a table of its own (else they
-    /// are opened here, and the probe takes and drops leases on them).
-    own_table: bool,
-}
-
-impl Probing {
-    /// Probes the files waiting: whatever is opened there is probed
-    /// (anything but a regular file answers "unknown", so EXDEV). A file
-    /// the probe could not open (another process's lease on it, a path too
-    /// long, a transient error) is opened here as the copy opens a source
-    /// (waiting out the lease, trying again) and probed alone; one gone
-    /// since the listing is passed by.
-    fn probe(&mut self) -> Result<()> {
-        let files = std::mem::take(&mut self.files);
-        let alone: Vec<usize> = match self.own_table {
-            true => {
-                let paths: Vec<&CStr> = files.iter().map(|(_, _, p)| p.as_c_str()).collect();
-                match self.probe.check_at(self.root.as_fd(), &paths)? {
-                    Some(unopened) => {
-                        // No openat2 (before Linux 5.6, or refused by a
-                        // filter): from now on the files are opened here.
-                        if unopened.iter().any(|&(_, why)| why == Errno::NOSYS) {
-                            self.own_table = false;
-                        }
-                        unopened.into_iter().filter(|&(_, why)| why != Errno::NOENT).map(|(i, _)| i).collect()
-                    }
-                    None => {
-                        // No table of its own to be had: from now on the
-                        // files are opened here, the leases dropped at once.
-                        self.own_table = false;
-                        (0..files.len()).collect()
-                    }
-                }
-            }
-            false => (0..files.len()).collect(),
-        };
-        let mut opened = Vec::with_capacity(alone.len());
-        for i in alone {
-            let (dir, name, _) = &files[i];
-            match tidy(|| copy::open_source(dir.as_fd(), name)) {
-                Ok(fd) => opened.push(fd),
-                Err(Errno::NOENT) => continue, // gone since the listing
-                Err(e) => return Err(Error::new(e, "open source file")),
-            }
-        }
-        self.probe.check(&opened.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
-    }
+    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

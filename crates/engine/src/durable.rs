@@ -39,6 +39,9 @@ pub const WRITEBACK_CHUNK: u64 = 8 << 20;
 /// Most data of one copy written back early that may still be dirty.
 pub const WINDOW: u64 = 64 << 20;
 
+/// The background flush of a tree's copy waits this long between calls.
+pub const FLUSH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Whether, and how, a move is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Durability {
@@ -111,12 +114,19 @@ impl Durability {
     /// ([`Durability::tree`]) finds most of it on disk already. An error is
     /// kept in `failed` (the barrier might not report it again) and ends
     /// the loop.
+    /// Paced ([`FLUSH_PAUSE`] between calls, woken at once to stop): a
+    /// filesystem with nothing to write (tmpfs, some FUSE) is not asked in
+    /// a loop, and the journal commits each call forces stay few.
     pub fn flush_until(self, fd: BorrowedFd<'_>, stop: &AtomicBool, failed: &AtomicI32) {
         while self.on && !stop.load(Ordering::Relaxed) {
             if let Err(e) = retry(|| rustix::fs::syncfs(fd)) {
                 failed.store(e.raw_os_error(), Ordering::Relaxed);
                 return;
             }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::park_timeout(FLUSH_PAUSE);
         }
     }
 

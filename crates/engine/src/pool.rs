@@ -233,15 +233,24 @@ where
     B: FnOnce(&AtomicBool) + Send + 'env,
 {
     std::thread::scope(|scope| {
-        let later = Later { scope, stop: Arc::new(AtomicBool::new(false)), background: Mutex::new(Some(background)) };
-        // Told to stop however the body ends (a panic included).
-        struct Stop(Arc<AtomicBool>);
-        impl Drop for Stop {
+        let later = Later {
+            scope,
+            stop: Arc::new(AtomicBool::new(false)),
+            background: Mutex::new(Some(background)),
+            thread: Mutex::new(None),
+        };
+        // Told to stop (and woken, if it waits) however the body ends, a
+        // panic included.
+        struct Stop<'a, 's, 'e, B>(&'a Later<'s, 'e, B>);
+        impl<B> Drop for Stop<'_, '_, '_, B> {
             fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.0.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(t) = self.0.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    t.unpark();
+                }
             }
         }
-        let _stop = Stop(Arc::clone(&later.stop));
+        let _stop = Stop(&later);
         body(&later)
     })
 }
@@ -251,6 +260,8 @@ pub struct Later<'scope, 'env, B> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     stop: Arc<AtomicBool>,
     background: Mutex<Option<B>>,
+    /// The background thread once started, to wake when it is to stop.
+    thread: Mutex<Option<std::thread::Thread>>,
 }
 
 impl<'env, B: FnOnce(&AtomicBool) + Send + 'env> Later<'_, 'env, B> {
@@ -258,12 +269,15 @@ impl<'env, B: FnOnce(&AtomicBool) + Send + 'env> Later<'_, 'env, B> {
     pub fn start(&self) {
         let Some(job) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         let stop = Arc::clone(&self.stop);
-        let _ = super::sys::with_signals_blocked(|| {
+        let started = super::sys::with_signals_blocked(|| {
             std::thread::Builder::new()
                 .name("xrename".into())
                 .stack_size(STACK)
                 .spawn_scoped(self.scope, move || job(&stop))
         });
+        if let Ok(handle) = started {
+            *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.thread().clone());
+        }
     }
 }
 

@@ -12,36 +12,12 @@ pub(crate) fn fsuid() -> u32 {
 }
 
 struct Job {
-    /// Descriptors of the files (legacy), or, with `paths`, unused.
     fds: *const c_int,
-    /// With `paths`: each file is `paths[i]` below the directory `root`,
-    /// opened by the child itself in a descriptor table of its own.
-    paths: *const *const core::ffi::c_char,
-    root: c_int,
     out: *mut c_int,
     len: usize,
 }
 
 const STACK: usize = 64 << 10;
-
-/// A probe answer: the child could not make a descriptor table of its own
-/// (no `close_range(CLOSE_RANGE_UNSHARE)`, Linux 5.9, or no way into the
-/// root): nothing was probed.
-pub(crate) const NO_OWN_TABLE: c_int = c_int::MIN + 1;
-
-/// `struct open_how` of openat2(2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-const CLOSE_RANGE_UNSHARE: c_int = 1 << 1;
 
 /// Runs in the child: its stack is ours, its signals all blocked.
 extern "C" fn child(arg: *mut c_void) -> c_int {
@@ -54,71 +30,16 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: prlimit64 on this process (pid 0) with a valid new limit.
     unsafe { libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_CORE, &no_core as *const libc::rlimit, 0usize) };
-    if !job.paths.is_null() {
-        // Into the root (this child's own working directory: no CLONE_FS),
-        // then a descriptor table of its own, empty: nothing of the
-        // program's is copied (whose closing at our exit would flush a FUSE
-        // or NFS file of the program's), and nothing we open can be
-        // inherited by a fork of another thread of the program.
-        // SAFETY: plain integer arguments.
-        let ok = unsafe {
-            libc::fchdir(job.root) == 0
-                && libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, CLOSE_RANGE_UNSHARE) == 0
-        };
-        if !ok {
-            for i in 0..job.len {
-                // SAFETY: `i < len`, the length of `out`.
-                unsafe { *job.out.add(i) = NO_OWN_TABLE };
-            }
-            return 0;
-        }
-    }
     for i in 0..job.len {
-        let fd = if job.paths.is_null() {
-            // SAFETY: `i < len`, the length of both arrays.
-            unsafe { *job.fds.add(i) }
-        } else {
-            // SAFETY: `paths` has `len` pointers to NUL-terminated paths
-            // the parent keeps alive; openat2 only reads them and `how`.
-            // Below the root only, no symlink in any component, no other
-            // mount. The child's exit closes what it opens, and with that
-            // drops the lease (no F_UNLCK, no close).
-            let path = unsafe { *job.paths.add(i) };
-            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
-            let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-            let open = |flags: c_int| {
-                let how = OpenHow { flags: flags as u64, mode: 0, resolve };
-                // SAFETY: as above; `how` is a valid open_how of its size.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_openat2,
-                        libc::AT_FDCWD,
-                        path,
-                        &how as *const OpenHow,
-                        core::mem::size_of::<OpenHow>(),
-                    )
-                }
-            };
-            let mut fd = open(flags | libc::O_NOATIME);
-            if fd < 0 && errno() == libc::EPERM {
-                // O_NOATIME is for the owner and CAP_FOWNER only.
-                fd = open(flags);
-            }
-            if fd < 0 {
-                // SAFETY: `i < len`, the length of `out`.
-                unsafe { *job.out.add(i) = -errno() };
-                continue;
-            }
-            fd as c_int
-        };
-        // SAFETY: fcntl on a descriptor: of the shared table (the caller's
-        // files: the lease is dropped at once) or of the child's own (it
-        // goes with the child's exit).
+        // SAFETY: `i < len`, the length of both arrays.
+        let fd = unsafe { *job.fds.add(i) };
+        // SAFETY: fcntl on a descriptor of the shared table; a lease
+        // taken here is dropped at once, so that no fork of the program
+        // (another thread's, while the caller still holds the descriptor)
+        // can inherit it, and no writer ever waits for it.
         let answer = unsafe {
             if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-                if job.paths.is_null() {
-                    libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
-                }
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
                 0
             } else {
                 *libc::__errno_location()
@@ -169,46 +90,13 @@ impl Drop for ProbeStack {
 /// dropped at once), `Some(errno)` if refused, `None` if the probe could
 /// not run.
 pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int>> {
-    run_probe(stack, fds, -1, None, fds.len())
-}
-
-/// As [`lease_probe`], for the files at `paths` (relative, below the
-/// directory `root`), which the child opens itself (read-only,
-/// non-blocking, `openat2` beneath the root with no symlink in any
-/// component and no other mount) in an empty descriptor table of its own:
-/// `Some(0)` if a lease was granted, `Some(errno)` if refused,
-/// `Some(-errno)` if the file could not be opened, `Some(NO_OWN_TABLE)` if
-/// the child could not get a table of its own, `None` if the probe could
-/// not run. Nothing is left open: the child's exit closes what it opened,
-/// and with that drops its leases.
-pub(crate) fn lease_probe_at(stack: &ProbeStack, root: c_int, paths: &[&core::ffi::CStr]) -> Vec<Option<c_int>> {
-    let ptrs: Vec<*const core::ffi::c_char> = paths.iter().map(|n| n.as_ptr()).collect();
-    run_probe(stack, &[], root, Some(&ptrs), paths.len())
-}
-
-fn run_probe(
-    stack: &ProbeStack,
-    fds: &[c_int],
-    root: c_int,
-    paths: Option<&[*const core::ffi::c_char]>,
-    len: usize,
-) -> Vec<Option<c_int>> {
-    let unknown = || vec![None; len];
-    const UNREACHED: c_int = c_int::MIN;
-    let mut out = vec![UNREACHED; len];
-    let job = Job {
-        fds: fds.as_ptr(),
-        paths: paths.map_or(core::ptr::null(), |n| n.as_ptr()),
-        root,
-        out: out.as_mut_ptr(),
-        len,
-    };
+    let unknown = || vec![None; fds.len()];
+    let mut out = vec![-1 as c_int; fds.len()];
+    let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
     let stack = stack.0;
     // The stack grows down from its 16-byte-aligned top.
     let top = (stack as usize + STACK) & !15;
-    // exit signal 0: no SIGCHLD. The descriptor table is shared (nothing
-    // copied); a child opening files unshares an empty one of its own.
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
     let saved_errno = errno();
     // SAFETY: sigset_t is plain data; filled and used as a mask only.
     let pid = unsafe {
@@ -229,8 +117,7 @@ fn run_probe(
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
         pid
     };
-    let answers =
-        if pid > 0 && reap(pid) { out.iter().map(|&r| (r != UNREACHED).then_some(r)).collect() } else { unknown() };
+    let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
     set_errno(saved_errno);
     answers
 }

@@ -17,10 +17,7 @@
 //! shares the program's memory and descriptor table (`CLONE_VM |
 //! CLONE_VFORK | CLONE_FILES`, as posix_spawn does), has every signal but
 //! SIGSYS blocked, takes and drops the leases on the descriptors it is
-//! given, and exits (`sys::lease_probe`); for the files of a tree it opens
-//! them itself in a descriptor table of its own, so that nothing is left
-//! open in the program for a fork to inherit, and its exit drops the
-//! leases (`sys::lease_probe_at`, [`Probe::check_at`]). It
+//! given, and exits (`sys::lease_probe`). It
 //! raises no SIGCHLD (exit signal 0) and is reaped with `__WCLONE`, so the
 //! program's ordinary `wait` never sees it.
 //!
@@ -31,7 +28,6 @@
 //! PID namespace nor the kernel's own writers. The move is refused (EXDEV):
 //! fail closed.
 
-use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use rustix::io::Errno;
@@ -63,29 +59,6 @@ impl Probe {
         let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
         let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
         super::sys::lease_probe(stack, &fds).into_iter().try_for_each(verdict)
-    }
-
-    /// As [`Probe::check`], for the files at `paths` below the directory
-    /// `root`, which the probe opens itself in an empty descriptor table of
-    /// its own (two calls a file, nothing left open, nothing of the
-    /// program's touched, nothing a fork of the program could inherit).
-    /// Returns the files that could not be opened, with why (by index), for
-    /// the caller to decide; `None` where the probe cannot have a table of
-    /// its own (Linux before 5.9): then nothing was probed.
-    pub fn check_at(&self, root: BorrowedFd<'_>, paths: &[&CStr]) -> Result<Option<Vec<(usize, Errno)>>> {
-        if paths.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
-        let mut unopened = Vec::new();
-        for (i, answer) in super::sys::lease_probe_at(stack, root.as_raw_fd(), paths).into_iter().enumerate() {
-            match answer {
-                Some(super::sys::NO_OWN_TABLE) => return Ok(None),
-                Some(e) if e < 0 => unopened.push((i, Errno::from_raw_os_error(-e))),
-                other => verdict(other)?,
-            }
-        }
-        Ok(Some(unopened))
     }
 }
 
