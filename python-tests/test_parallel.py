@@ -474,3 +474,52 @@ def test_an_error_of_the_background_flush_fails_the_tree_move(tmpfs, ext4, tmp_p
     assert p.stdout.split()[0] == "5", p.stdout  # EIO
     assert snapshot(tmpfs / "t") == before
     assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
+
+
+def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4, tmp_path, mounts):
+    """The writer probe walks the taken tree; a directory listed in it but
+    gone from its name when the probe reaches it was renamed (perhaps to a
+    place already walked, perhaps back again before the deletion): its
+    files would go unprobed, and one held open for writing be deleted under
+    its writer. The move must fail (EXDEV) and the file must survive. The
+    mover is stopped (strace SIGSTOP) on the call just before the probe
+    opens the directory, which is then renamed."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import fault_harness as fh
+    from test_data_round2 import Mover, stop_spec
+    src = tmpfs / "t"
+    for d in ("d0", "d1"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+    writer = open(src / "d1" / "f1", "ab")
+    try:
+        child = fh.build_child()
+        fh.age(tmpfs)
+        calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace")
+        out = calib.finish()
+        assert out.kind == "error" and out.errno == 18, out.describe()  # the writer: EXDEV
+        calls = fh.parse_trace(calib.trace())
+        me = fh.main_tid(calls)
+        mine = [c for c in calls if c.tid == me]
+        root = next(i for i, c in enumerate(mine) if c.name == "openat" and ".xrename-src-" in c.text
+                    and "O_DIRECTORY" in c.text)
+        d1 = next(i for i, c in enumerate(mine) if i > root and c.name == "openat" and '"d1"' in c.text)
+        before = mine[d1 - 1]
+        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(before),))
+        try:
+            assert m.wait_stopped(), m.finish().describe()
+            taken = [n for n in os.listdir(tmpfs) if n.startswith(".xrename-src-")]
+            assert len(taken) == 1, os.listdir(tmpfs)
+            os.rename(tmpfs / taken[0] / "d1", tmpfs / taken[0] / "moved")
+            m.cont()
+            out = m.finish()
+        finally:
+            m.kill()
+        assert out.kind == "error" and out.errno == 18, out.describe()
+        os.fstat(writer.fileno())  # still open
+        assert os.fstat(writer.fileno()).st_nlink == 1, "the file held open for writing was deleted"
+        assert (src / "moved" / "f1").read_text() == "d11"
+        assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
+    finally:
+        writer.close()

@@ -110,13 +110,12 @@ impl Durability {
     }
 
     /// While a tree is copied: writes back what is dirty on the filesystem
-    /// of `fd`, over and over until `stop`, so that the tree's one barrier
-    /// ([`Durability::tree`]) finds most of it on disk already. An error is
-    /// kept in `failed` (the barrier might not report it again) and ends
-    /// the loop.
-    /// Paced ([`FLUSH_PAUSE`] between calls, woken at once to stop): a
-    /// filesystem with nothing to write (tmpfs, some FUSE) is not asked in
-    /// a loop, and the journal commits each call forces stay few.
+    /// of `fd`, every [`FLUSH_PAUSE`] until `stop` (which wakes it), so that
+    /// the tree's one barrier ([`Durability::tree`]) finds most of it on
+    /// disk already. Paced, so that a filesystem with nothing to write
+    /// (tmpfs, some FUSE) is not asked in a loop, and the journal commits
+    /// each call forces stay few. An error is kept in `failed` (the
+    /// barrier might not report it again) and ends the loop.
     pub fn flush_until(self, fd: BorrowedFd<'_>, stop: &AtomicBool, failed: &AtomicI32) {
         while self.on && !stop.load(Ordering::Relaxed) {
             if let Err(e) = retry(|| rustix::fs::syncfs(fd)) {

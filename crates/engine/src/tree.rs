@@ -200,7 +200,8 @@ trait Rule {
     fn had_links(&self, st: &Statx) -> bool {
         st.stx_nlink > 1
     }
-    /// Whether the tree may be judged alone when the reference is gone.
+    /// Whether the tree (or a directory of it) may be judged alone where
+    /// the reference has none.
     fn alone(&self) -> bool {
         false
     }
@@ -345,6 +346,8 @@ impl Other<'_> {
 /// Files of one directory for one thread to prune.
 struct Batch {
     dirs: [Arc<OwnedFd>; 2],
+    /// Whether the directory has one in the reference tree.
+    has_ref: bool,
     names: Vec<CString>,
 }
 
@@ -356,7 +359,8 @@ struct BatchDone {
     revisit: Vec<CString>,
 }
 
-fn prune_batch(rule: &(dyn Rule + Sync), has_ref: bool, b: Batch) -> BatchDone {
+fn prune_batch(rule: &(dyn Rule + Sync), b: Batch) -> BatchDone {
+    let has_ref = b.has_ref;
     let [d, r] = &b.dirs;
     let mut out = BatchDone::default();
     for n in b.names {
@@ -455,11 +459,11 @@ fn prune(
         return out;
     };
     let dev = (walk.top().st.stx_dev_major, walk.top().st.stx_dev_minor);
-    let work = |b: Batch| prune_batch(rule, has_ref, b);
+    let work = |b: Batch| prune_batch(rule, b);
     super::pool::crew(threads, &work, |crew| {
         // The files of the directory just entered, on the crew.
         // (Without threads, every entry is judged by the walk itself.)
-        let mut files = |walk: &mut Walk<2>, out: &mut Pruned| {
+        let mut files = |walk: &mut Walk<2>, out: &mut Pruned, has_ref: bool| {
             if threads == 0 {
                 return;
             }
@@ -474,7 +478,7 @@ fn prune(
             let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
             let mut names = names.into_iter().peekable();
             while names.peek().is_some() {
-                crew.submit(Batch { dirs: dirs.clone(), names: names.by_ref().take(per).collect() });
+                crew.submit(Batch { dirs: dirs.clone(), has_ref, names: names.by_ref().take(per).collect() });
             }
             drop(dirs);
             for r in crew.drain() {
@@ -490,8 +494,13 @@ fn prune(
         };
         // Directories on the current path that must stay (changed meanwhile).
         let mut keep_dirs: Vec<bool> = vec![true];
-        files(&mut walk, &mut out);
+        // Whether each directory on the current path has one in the
+        // reference tree (a withdrawn copy's directory may not: the
+        // original's was renamed meanwhile; it is then judged alone).
+        let mut refs: Vec<bool> = vec![has_ref];
+        files(&mut walk, &mut out, has_ref);
         loop {
+            let has_ref = *refs.last().expect("the root's");
             if let Some(n) = walk.next_name() {
                 let Ok([d, r]) = walk.fds() else {
                     out.errors = true;
@@ -514,7 +523,8 @@ fn prune(
                         continue;
                     }
                 };
-                if has_ref && !other.is_some_and(|o| file_type(&o) == FileType::Directory) {
+                let sub_ref = has_ref && other.is_some_and(|o| file_type(&o) == FileType::Directory);
+                if has_ref && !sub_ref && !rule.alone() {
                     out.kept = true;
                     continue;
                 }
@@ -522,7 +532,7 @@ fn prune(
                     out.errors = true;
                     continue;
                 };
-                let b = match has_ref {
+                let b = match sub_ref {
                     true => tidy(|| open_dir(r, &n)),
                     false => rustix::io::fcntl_dupfd_cloexec(&a, 0),
                 };
@@ -543,7 +553,8 @@ fn prune(
                         match walk.push(n, [a, b]) {
                             Ok(()) => {
                                 keep_dirs.push(keep);
-                                files(&mut walk, &mut out);
+                                refs.push(sub_ref);
+                                files(&mut walk, &mut out, sub_ref);
                             }
                             Err(_) => out.errors = true,
                         }
@@ -554,6 +565,7 @@ fn prune(
             }
             match walk.pop() {
                 Ok(Some((frame, _))) if !walk.is_done() => {
+                    refs.pop();
                     if keep_dirs.pop() == Some(true) {
                         out.kept = true;
                         continue;
