@@ -523,3 +523,74 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
         assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
     finally:
         writer.close()
+
+
+def withdrawn_while(tmpfs: Path, ext4: Path, tmp_path: Path, act) -> "fh.Outcome":
+    """Moves a small tree whose d1/f1 is held open for writing (so the move
+    ends in EXDEV and the installed copy is withdrawn), with the mover
+    stopped (strace SIGSTOP) right after the install, at the writer probe's
+    open of the taken source, while `act(installed copy)` runs."""
+    import fault_harness as fh
+    from test_data_round2 import Mover, stop_spec
+    src = tmpfs / "t"
+    for d in ("d0", "d1"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+    with open(src / "d1" / "f1", "ab"):
+        child = fh.build_child()
+        fh.age(tmpfs)
+        calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace")
+        out = calib.finish()
+        assert out.kind == "error" and out.errno == 18, out.describe()
+        calls = fh.parse_trace(calib.trace())
+        mine = [c for c in calls if c.tid == fh.main_tid(calls)]
+        probe = next(c for c in mine if c.name == "openat" and ".xrename-src-" in c.text and "O_DIRECTORY" in c.text)
+        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(probe),))
+        try:
+            assert m.wait_stopped(), m.finish().describe()
+            assert (ext4 / "t" / "d0").is_dir(), "not stopped after the install"
+            act(ext4 / "t")
+            m.cont()
+            return m.finish()
+        finally:
+            m.kill()
+
+
+def relative_listing(p: Path) -> list[str]:
+    return sorted(str(x.relative_to(p)) for x in p.rglob("*"))
+
+
+def test_a_withdrawal_keeps_directories_others_made_in_the_installed_copy(tmpfs, ext4, tmp_path, mounts):
+    """Directories someone made in the installed tree between its install
+    and its withdrawal are theirs, empty or not: only directories xrename
+    made are removed."""
+    def act(t: Path) -> None:
+        (t / "mine" / "sub").mkdir(parents=True)
+        (t / "d0" / "mine2").mkdir()
+    out = withdrawn_while(tmpfs, ext4, tmp_path, act)
+    assert out.kind == "error" and out.errno == 18, out.describe()
+    assert relative_listing(ext4 / "t") == ["d0", "d0/mine2", "mine", "mine/sub"]
+
+
+def test_a_withdrawal_never_enters_a_bind_mount_in_the_installed_copy(tmpfs, ext4, tmp_path, mounts):
+    """A bind mount of another directory of the same filesystem placed in
+    the installed tree: the withdrawal must not enter it (a different device
+    is not the only sign of a mount)."""
+    user = ext4 / "userdata"
+    (user / "a").mkdir(parents=True)
+    (user / "b" / "c").mkdir(parents=True)
+    (user / "file").write_text("mine")
+    bound: list[Path] = []
+
+    def act(t: Path) -> None:
+        (t / "mnt").mkdir()
+        subprocess.run(["mount", "--bind", str(user), str(t / "mnt")], check=True)
+        bound.append(t / "mnt")
+    try:
+        out = withdrawn_while(tmpfs, ext4, tmp_path, act)
+    finally:
+        for p in bound:
+            subprocess.run(["umount", str(p)], capture_output=True)
+    assert out.kind == "error" and out.errno == 18, out.describe()
+    assert relative_listing(user) == ["a", "b", "b/c", "file"]

@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
 use super::path::Entry;
 use super::seen::{Records, Seen, Since, Verdict, same_content};
-use super::stat::{Id, file_type, fstat, id, lstat, same_inode};
+use super::stat::{Id, file_type, fstat, id, lstat, mount_root, same_inode};
 use super::walk::{Walk, open_dir, open_dir_noatime};
 
 /// Whether the directory tree `dir`/`name` contains the directory `target`
@@ -236,8 +236,10 @@ impl Rule for Withdraw<'_> {
                 || (self.alone && ctime <= self.since.wall))
     }
 
-    fn remove_dir(&self, _: &Statx) -> bool {
-        true
+    fn remove_dir(&self, st: &Statx) -> bool {
+        // A directory xrename made in the copy; one someone else made in
+        // the installed tree (empty or not) stays.
+        self.records.is_copy(st)
     }
 
     fn alone(&self) -> bool {
@@ -541,8 +543,16 @@ fn prune(
                     continue;
                 };
                 match tidy(|| fstat(a.as_fd())) {
-                    // Replaced meanwhile, or something mounted there: keep.
-                    Ok(now) if !same_inode(&now, &st) || (now.stx_dev_major, now.stx_dev_minor) != dev => {
+                    // Replaced meanwhile, or something mounted there (another
+                    // device, or a bind mount of this one): keep. Judged
+                    // alone (no directory of that name to compare with), only
+                    // a directory xrename made is entered.
+                    Ok(now)
+                        if !same_inode(&now, &st)
+                            || (now.stx_dev_major, now.stx_dev_minor) != dev
+                            || mount_root(&now)
+                            || (!sub_ref && !rule.remove_dir(&now)) =>
+                    {
                         out.kept = true
                     }
                     Ok(now) => {
