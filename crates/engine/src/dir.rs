@@ -116,15 +116,12 @@ pub fn copy_tree<'d>(
         tmp_id,
     };
     // With durability, the filesystem is written back all through the copy
-    // (on a thread of its own, with a descriptor of its own), so that the
-    // one barrier before the install has little left to wait for.
-    let flush_fd = match durability.is_on() && threads > 0 {
-        true => open_dir(cx.walk.fd(1)?, c".").ok(),
-        false => None,
-    };
+    // (on a thread of its own, with a descriptor of its own on the
+    // destination's filesystem), so that the one barrier before the install
+    // has little left to wait for.
     let flush_failed = std::sync::atomic::AtomicI32::new(0);
     let flush = |stop: &AtomicBool| {
-        if let Some(fd) = &flush_fd {
+        if let Ok(fd) = open_dir(dst_dir, c".") {
             durability.flush_until(fd.as_fd(), stop, &flush_failed);
         }
     };
@@ -154,7 +151,7 @@ pub fn copy_tree<'d>(
                     continue;
                 };
                 cx.entry(name, crew)?;
-                if crew.workers() > 0 {
+                if crew.workers() > 0 && durability.is_on() {
                     flusher.start();
                 }
             }
@@ -169,9 +166,6 @@ pub fn copy_tree<'d>(
     records.seal();
     Ok(CopiedTree { tmp, seen: root_seen, records })
 }
-
-/// Files of one directory handed to the crew at a time, at most.
-const BATCH: usize = 32;
 
 /// What the per-file work needs besides the file: the same for the whole
 /// tree, shared by the threads copying files.
@@ -405,18 +399,12 @@ impl Copy<'_> {
         }
         let dirs = self.walk.shared()?;
         let parent = Arc::new(*self.walk.top().st);
-        let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
-        let mut names = names.into_iter().peekable();
-        let mut index = 0;
-        while names.peek().is_some() {
-            let chunk: Vec<CString> = names.by_ref().take(per).collect();
-            crew.submit(Batch { index, dirs: dirs.clone(), parent: Arc::clone(&parent), names: chunk });
-            index += 1;
+        for (index, names) in crew.batches(names).into_iter().enumerate() {
+            crew.submit(Batch { index, dirs: dirs.clone(), parent: Arc::clone(&parent), names });
         }
-        let mut results = crew.drain();
         drop(dirs);
-        let mut batches = Vec::with_capacity(results.len());
-        for r in results.drain(..) {
+        let mut batches = Vec::new();
+        for r in crew.drain() {
             match r {
                 Ok(b) => batches.push(b),
                 Err(_) => return Err(Error::new(Errno::XDEV, "a copying thread failed")),

@@ -98,25 +98,17 @@ pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int
     let top = (stack as usize + STACK) & !15;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
     let saved_errno = errno();
-    // SAFETY: sigset_t is plain data; filled and used as a mask only.
-    let pid = unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        // SIGSYS stays deliverable: a seccomp filter that traps the clone
-        // (SECCOMP_RET_TRAP) reaches the program's handler, which may answer
-        // an error, instead of killing it as a blocked SIGSYS does.
-        libc::sigdelset(&mut all, libc::SIGSYS);
-        // Blocked here, so blocked in the child: a lease break (SIGIO)
-        // or any other signal dies with it, never run as a handler.
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    // Signals blocked here are blocked in the child: a lease break (SIGIO)
+    // or any other signal dies with it, never run as a handler; SIGSYS
+    // stays deliverable, so that a seccomp filter trapping the clone
+    // (SECCOMP_RET_TRAP) reaches the program's handler, which may answer
+    // an error, instead of killing it as a blocked SIGSYS does.
+    let pid = with_signals_blocked(|| {
         // SAFETY: `child` only reads `job` and writes `out`, both alive
-        // until it has exited (CLONE_VFORK suspends us until then), on
-        // its own stack.
-        let pid = libc::clone(child, top as *mut c_void, flags, &job as *const Job as *mut c_void);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
-        pid
-    };
+        // until it has exited (CLONE_VFORK suspends us until then), on its
+        // own stack.
+        unsafe { libc::clone(child, top as *mut c_void, flags, &job as *const Job as *mut c_void) }
+    });
     let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
     set_errno(saved_errno);
     answers
@@ -329,11 +321,11 @@ pub(crate) fn setxattr_nofollow(
     .map(|_| ())
 }
 
-/// Runs `f` (which starts a thread) with every signal but SIGSYS blocked
-/// on this thread, so that the new thread starts with them blocked; this
-/// thread's mask is restored before returning. SIGSYS stays deliverable: a
-/// seccomp filter trapping a worker's call must reach the program's handler
-/// (a blocked SIGSYS would kill the process).
+/// Runs `f` (which starts a thread or a child) with every signal but
+/// SIGSYS blocked on this thread, so that what it starts begins with them
+/// blocked; this thread's mask is restored before returning. SIGSYS stays
+/// deliverable: a seccomp filter trapping a call must reach the program's
+/// handler (a blocked SIGSYS would kill the process).
 pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: sigset_t is plain data, filled and used as a mask only;
     // pthread_sigmask changes this thread's mask and is restored below.

@@ -477,10 +477,8 @@ fn prune(
                 out.errors = true;
                 return;
             };
-            let per = names.len().div_ceil(4 * (crew.threads() + 1)).clamp(8, BATCH);
-            let mut names = names.into_iter().peekable();
-            while names.peek().is_some() {
-                crew.submit(Batch { dirs: dirs.clone(), has_ref, names: names.by_ref().take(per).collect() });
+            for names in crew.batches(names) {
+                crew.submit(Batch { dirs: dirs.clone(), has_ref, names });
             }
             drop(dirs);
             for r in crew.drain() {
@@ -599,9 +597,6 @@ fn prune(
     });
     out
 }
-
-/// Files of one directory handed to the crew at a time, at most.
-const BATCH: usize = 32;
 
 /// Starts a walk of two roots, trying again on a transient failure.
 fn tidy_walk(root: OwnedFd, other: OwnedFd) -> Option<Walk<2>> {
