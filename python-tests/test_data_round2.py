@@ -151,7 +151,7 @@ class Mover:
 
     def __init__(self, child: Path, src: Path, dst: Path, trace_file: Path | None = None,
                  injects: tuple[str, ...] = (), env_extra: dict[str, str] | None = None,
-                 preload: str | None = None):
+                 preload: str | None = None, nofile: int | None = None):
         self.trace_file = trace_file
         preload = preload or str(LIBRARY)
         if trace_file is None:
@@ -164,8 +164,13 @@ class Mover:
             argv += ["-E", f"LD_PRELOAD={preload}", "--", str(child), str(src), str(dst)]
             env = child_env(preload=False)
         env.update(env_extra or {})
+        limit = None
+        if nofile is not None:
+            import resource
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))  # noqa: E731
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=limit)
         self.pid: int | None = None  # the traced child's pid, once it stopped
         self.outcome: fh.Outcome | None = None
 
@@ -1352,13 +1357,16 @@ def sys_python() -> str:
 # 1b. a writer that opens the file during the move (after the first look)
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["file", "tree"])
+@pytest.mark.parametrize("kind,nofile", [("file", None), ("tree", None), ("tree", 128)],
+                         ids=["file", "tree", "tree-probed-by-name"])
 def test_writer_opening_the_source_during_the_move_is_seen_and_its_writes_survive(
-        child, tmpfs, ext4, tmp_path, movers, kind):
+        child, tmpfs, ext4, tmp_path, movers, kind, nofile):
     """The mover stops after its install; a writer opens the source (by
     path, before it is taken from its name) and holds it. The move must see
     it once the source has left its name: EXDEV, everything as before, and
-    the writer's later write lands in the source."""
+    the writer's later write lands in the source. A tree is probed through
+    the descriptors its copy kept, or (under a descriptor limit of 128,
+    which keeps none) by name."""
     need_strace()
     p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
     src = p.src_dir / ("f" if kind == "file" else "tree")
@@ -1375,12 +1383,12 @@ def test_writer_opening_the_source_during_the_move_is_seen_and_its_writes_surviv
         fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
     reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", nofile=nofile)
     assert out.kind == "ok", out.describe()
     calls, first, end = window(out)
     install = install_call(calls, first, end, dst.name)
     reset()
-    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(install),))
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(install),), nofile=nofile)
     stop_and(m, install, "after-install")
     fd = os.open(target_file, os.O_WRONLY | os.O_APPEND)
     try:

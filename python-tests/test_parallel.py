@@ -483,7 +483,9 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
     files would go unprobed, and one held open for writing be deleted under
     its writer. The move must fail (EXDEV) and the file must survive. The
     mover is stopped (strace SIGSTOP) on the call just before the probe
-    opens the directory, which is then renamed."""
+    opens the directory, which is then renamed. (The probe walks by name
+    only where the copy could not keep every file's descriptor: here a
+    descriptor limit of 128 keeps none.)"""
     need(shutil.which("strace") is not None, "strace missing")
     import fault_harness as fh
     from test_data_round2 import Mover, stop_spec
@@ -496,7 +498,7 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
     try:
         child = fh.build_child()
         fh.age(tmpfs)
-        calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace")
+        calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace", nofile=128)
         out = calib.finish()
         assert out.kind == "error" and out.errno == 18, out.describe()  # the writer: EXDEV
         calls = fh.parse_trace(calib.trace())
@@ -506,7 +508,7 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
                     and "O_DIRECTORY" in c.text)
         d1 = next(i for i, c in enumerate(mine) if i > root and c.name == "openat" and '"d1"' in c.text)
         before = mine[d1 - 1]
-        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(before),))
+        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(before),), nofile=128)
         try:
             assert m.wait_stopped(), m.finish().describe()
             taken = [n for n in os.listdir(tmpfs) if n.startswith(".xrename-src-")]
@@ -528,8 +530,8 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
 def withdrawn_while(tmpfs: Path, ext4: Path, tmp_path: Path, act) -> "fh.Outcome":
     """Moves a small tree whose d1/f1 is held open for writing (so the move
     ends in EXDEV and the installed copy is withdrawn), with the mover
-    stopped (strace SIGSTOP) right after the install, at the writer probe's
-    open of the taken source, while `act(installed copy)` runs."""
+    stopped (strace SIGSTOP) right after the install, at the rename that
+    takes the source from its name, while `act(installed copy)` runs."""
     import fault_harness as fh
     from test_data_round2 import Mover, stop_spec
     src = tmpfs / "t"
@@ -545,8 +547,8 @@ def withdrawn_while(tmpfs: Path, ext4: Path, tmp_path: Path, act) -> "fh.Outcome
         assert out.kind == "error" and out.errno == 18, out.describe()
         calls = fh.parse_trace(calib.trace())
         mine = [c for c in calls if c.tid == fh.main_tid(calls)]
-        probe = next(c for c in mine if c.name == "openat" and ".xrename-src-" in c.text and "O_DIRECTORY" in c.text)
-        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(probe),))
+        take = next(c for c in mine if c.name == "renameat2" and ".xrename-src-" in c.text)
+        m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(take),))
         try:
             assert m.wait_stopped(), m.finish().describe()
             assert (ext4 / "t" / "d0").is_dir(), "not stopped after the install"

@@ -67,6 +67,8 @@ pub struct CopiedTree<'d> {
     pub seen: Seen,
     /// What every entry below it was when it was copied.
     pub records: Records,
+    /// The copied files' source descriptors, for the writer probe.
+    pub kept: writers::Kept,
 }
 
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
@@ -100,8 +102,10 @@ pub fn copy_tree<'d>(
     tmp.keep_fd(rustix::io::fcntl_dupfd_cloexec(&tmp_root, 0).at("dup")?);
 
     let walk = Walk::new([src_root, tmp_root])?;
-    let threads = pool::workers_for_tree(threads, super::walk::free_descriptors());
-    let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false) };
+    let free = super::walk::free_descriptors();
+    let threads = pool::workers_for_tree(threads, free);
+    let kept = writers::Kept::new(writers::Kept::budget(free));
+    let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false), kept };
     let work = |b: Batch| copy_batch(&env, b);
     let mut cx = Copy {
         walk,
@@ -164,7 +168,7 @@ pub fn copy_tree<'d>(
     }
     let mut records = cx.records;
     records.seal();
-    Ok(CopiedTree { tmp, seen: root_seen, records })
+    Ok(CopiedTree { tmp, seen: root_seen, records, kept: env.kept })
 }
 
 /// What the per-file work needs besides the file: the same for the whole
@@ -180,6 +184,8 @@ struct Env<'a> {
     size_limit: Option<u64>,
     /// Set when a batch failed: the others stop early.
     stop: AtomicBool,
+    /// The copied files' source descriptors, for the writer probe.
+    kept: writers::Kept,
 }
 
 /// Files of one directory for one thread to copy.
@@ -285,6 +291,7 @@ fn open_file(
     }
     removable(parent, &st)?;
     let copied = copy_file(env, s.as_fd(), &st, started, tdir, &name, learned)?;
+    env.kept.keep(s);
     Ok(Done::Copied(name, copied))
 }
 
@@ -558,7 +565,7 @@ impl Copy<'_> {
         if id(&st) != key {
             return Err(Error::changed(TREE_CHANGED));
         }
-        self.copy_opened(name, s.as_fd(), &st, started)
+        self.copy_opened(name, s, &st, started)
     }
 
     /// Links `name` to the copy of another name of the inode `key` met
@@ -588,9 +595,10 @@ impl Copy<'_> {
 
     /// Copies the open file `s` into the current directory of the copy,
     /// and remembers it if it has other names to meet.
-    fn copy_opened(&mut self, name: CString, s: BorrowedFd<'_>, st: &Statx, started: seen::Stamp) -> Result<()> {
+    fn copy_opened(&mut self, name: CString, s: OwnedFd, st: &Statx, started: seen::Stamp) -> Result<()> {
         let tdir = self.walk.fd(1)?;
-        let copied = copy_file(self.env, s, st, started, tdir, &name, &mut None)?;
+        let copied = copy_file(self.env, s.as_fd(), st, started, tdir, &name, &mut None)?;
+        self.env.kept.keep(s);
         self.copied(copied);
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
@@ -649,8 +657,13 @@ fn new_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd> {
 /// any process. Made once the tree has left its name, so no one can open a
 /// file of it by path any more (but through a working directory or an
 /// open directory inside it): a writer that opened one during the copy is
-/// seen here, before anything is deleted.
-pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
+/// seen here, before anything is deleted. Through the descriptors the copy
+/// kept, where it kept them all ([`writers::Kept`]); else by name.
+pub fn check_writers(src: &Entry, taken: &source::Taken, kept: writers::Kept) -> Result<()> {
+    let probe = writers::Probe::new();
+    if let Some(done) = kept.check(&probe) {
+        return done;
+    }
     let name = match taken {
         source::Taken::Aside(name) => name.as_c_str(),
         source::Taken::InPlace => &src.name,
@@ -662,7 +675,6 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
     let mut batch: Vec<OwnedFd> = Vec::new();
-    let probe = writers::Probe::new();
     while !walk.is_done() {
         let Some((n, listed)) = walk.next_entry() else {
             walk.pop()?;
