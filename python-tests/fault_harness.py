@@ -83,10 +83,20 @@ WRITE_LIKE = frozenset({
 # Data-path calls that also get EAGAIN.
 READ_WRITE_COPY = frozenset({"read", "pread64", "write", "pwrite64", "copy_file_range", "sendfile"})
 
+# Calls that only move data or make it durable, steps the kernel's rename
+# never makes: a policy's (seccomp, LSM, FUSE server) refusal there, or a
+# filesystem's EINVAL, is nothing rename(2) could say. Injected with
+# POLICY_FAULTS, the program must get 0 (a fallback worked) or EXDEV.
+DATA_ONLY = frozenset({
+    "read", "pread64", "write", "pwrite64", "copy_file_range", "sendfile", "lseek",
+    "fsync", "fdatasync", "syncfs", "ftruncate",
+})
+POLICY_FAULTS = ("EPERM", "EACCES", "EINVAL")
+
 KILL = "SIGKILL"
 
 # Fault classes: one pytest test per (object kind x pair x class).
-FAULT_CLASSES = ("errors", "eintr", "eagain", "kill")
+FAULT_CLASSES = ("errors", "eintr", "eagain", "policy", "kill")
 
 
 def faults_for(fault_class: str, syscall: str) -> list[str]:
@@ -99,6 +109,8 @@ def faults_for(fault_class: str, syscall: str) -> list[str]:
         return ["EINTR"]
     if fault_class == "eagain":
         return ["EAGAIN"] if syscall in READ_WRITE_COPY else []
+    if fault_class == "policy":
+        return list(POLICY_FAULTS) if syscall in DATA_ONLY else []
     if fault_class == "kill":
         return [KILL]
     raise ValueError(fault_class)
@@ -557,6 +569,10 @@ def check_outcome(sc: Scenario, out: Outcome, before: Before, src_dir: Path, dst
             v.append(f"EINTR was not retried: {out.describe()}")
         elif out.errname not in RENAME_ERRNOS:
             v.append(f"rename reported {out.errname}, which rename(2) never returns ({sc.fault} was injected)")
+        elif sc.fault in POLICY_FAULTS and sc.syscall in DATA_ONLY:
+            if out.errname != "EXDEV":
+                    v.append(f"rename reported {out.errname} for {sc.fault} at {sc.syscall}, a step rename never "
+                         "makes (must be EXDEV)")
         elif out.errname != sc.fault and not (out.errname == "EXDEV" and sc.fault not in RENAME_ERRNOS):
             v.append(f"rename reported {out.errname}, but {sc.fault} was injected")
         d = record_diff(before.src, src_now)

@@ -142,3 +142,42 @@ RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
     assert not os.path.lexists(tree) and entries(p.src_dir) == set()
     assert not diff_listings(before, listing(p.dst_dir / "tree"), ignore=("atime_ns",))
     assert entries(p.dst_dir) == {"tree"}
+
+
+# --------------------------------------------------------------------------
+# Data calls: only rename's meanings reach the program (issue 11, section 5)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,error", [("pwrite64", "EPERM"), ("pwrite64", "EINVAL"), ("pwrite64", "EACCES"),
+                                        ("pread64", "EIO"), ("pread64", "EPERM")])
+def test_a_data_call_refused_on_the_read_write_path_gives_exdev_with_nothing_changed(fs_pair, tmp_path, call, error):
+    """copy_file_range and sendfile refused by a policy (EPERM: the copy
+    falls back to read/write), then the write refused (a policy's EPERM or
+    EACCES, a filesystem's EINVAL: nothing rename(2) could mean) or the
+    read failing (reading is nothing rename does, even EIO): the program
+    gets EXDEV, the source is as it was, nothing is at the destination.
+    (The write's EPERM and the read's EIO reached the program before.)"""
+    need(shutil.which("strace") is not None, "strace missing")
+    import fault_harness as fh
+    from test_data_round2 import Mover
+    src, dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    data = os.urandom(300_000)
+    src.write_bytes(data)
+    child = fh.build_child()
+    refuse = ("copy_file_range:error=EPERM", "sendfile:error=EPERM")
+    # Calibration: which of the mover's calls is the copy's first read or write.
+    fh.age(fs_pair.src_dir)
+    calib = Mover(child, src, dst, tmp_path / "calibrate.trace", refuse).finish()
+    assert calib.kind == "ok", calib.describe()
+    calls = fh.parse_trace(calib.trace)
+    first, end = fh.move_window(calls)
+    target = next(c for c in calls[first:end] if c.name == call)
+    dst.unlink()
+    src.write_bytes(data)
+    fh.age(fs_pair.src_dir)
+    injects = refuse + (f"{call}:error={error}:when={target.ordinal}",)
+    out = Mover(child, src, dst, tmp_path / "move.trace", injects).finish()
+    assert out.kind == "error" and out.errname == "EXDEV", out.describe()
+    assert f"{call}(" in out.trace and f"= -1 {error}" in out.trace, "the injection did not land"
+    assert src.read_bytes() == data
+    assert entries(fs_pair.dst_dir) == set() and entries(fs_pair.src_dir) == {"f"}

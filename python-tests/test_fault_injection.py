@@ -236,6 +236,8 @@ test_enospc_eio_edquot_at_any_syscall_completes_the_move_or_leaves_everything_as
     "test_enospc_eio_edquot_at_any_syscall_completes_the_move_or_leaves_everything_as_before", "errors")
 test_eagain_on_data_calls_completes_the_move_or_leaves_everything_as_before = fault_class_test(
     "test_eagain_on_data_calls_completes_the_move_or_leaves_everything_as_before", "eagain")
+test_a_policy_refusing_a_data_call_gives_exdev_or_a_fallback = fault_class_test(
+    "test_a_policy_refusing_a_data_call_gives_exdev_or_a_fallback", "policy")
 test_eintr_at_any_syscall_is_retried_and_the_move_succeeds = fault_class_test(
     "test_eintr_at_any_syscall_is_retried_and_the_move_succeeds", "eintr")
 test_sigkill_at_any_syscall_leaves_a_complete_source_or_destination = fault_class_test(

@@ -283,7 +283,7 @@ pub fn copy_data(
             Err(Errno::NXIO) => break, // only a hole remains
             // No hole support: the rest is data.
             Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
-            Err(e) => return Err(super::Error::new(e, "seek data")),
+            Err(e) => return Err(super::Error::read_step(e, "seek data")),
         };
         if data >= size {
             break;
@@ -291,7 +291,7 @@ pub fn copy_data(
         let hole = match retry(|| rustix::fs::seek(src, SeekFrom::Hole(data))) {
             Ok(h) => h.min(size),
             Err(Errno::INVAL | Errno::OPNOTSUPP) => size,
-            Err(e) => return Err(super::Error::new(e, "seek hole")),
+            Err(e) => return Err(super::Error::read_step(e, "seek hole")),
         };
         let done = copier.range(data, hole - data, copied)?;
         if done < hole - data {
@@ -369,12 +369,12 @@ impl Copier<'_> {
                             continue;
                         }
                         Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),
-                        Err(e) => return Err(super::Error::new(e, "copy_file_range")),
+                        Err(e) => return Err(super::Error::copy_step(e, "copy_file_range")),
                     }
                 }
                 Method::Sendfile => {
                     if self.dst_offset != Some(at) {
-                        retry(|| rustix::fs::seek(self.dst, SeekFrom::Start(at))).at("seek destination")?;
+                        retry(|| rustix::fs::seek(self.dst, SeekFrom::Start(at))).at_copy("seek destination")?;
                         self.dst_offset = Some(at);
                     }
                     let mut i = at;
@@ -392,7 +392,7 @@ impl Copier<'_> {
                             continue;
                         }
                         Err(Errno::AGAIN) => return Err(super::Error::new(Errno::XDEV, "copy: source stays busy")),
-                        Err(e) => return Err(super::Error::new(e, "sendfile")),
+                        Err(e) => return Err(super::Error::copy_step(e, "sendfile")),
                     }
                 }
                 Method::ReadWrite => self.read_write(at, want)?,
@@ -432,10 +432,11 @@ impl Copier<'_> {
             self.buf = vec![0; BUF];
         }
         let want = want.min(self.buf.len());
-        let n = retry(|| rustix::io::pread(self.src, &mut self.buf[..want], at)).at("read")?;
+        let n = retry(|| rustix::io::pread(self.src, &mut self.buf[..want], at)).at_read("read")?;
         let mut written = 0;
         while written < n {
-            let w = retry(|| rustix::io::pwrite(self.dst, &self.buf[written..n], at + written as u64)).at("write")?;
+            let w =
+                retry(|| rustix::io::pwrite(self.dst, &self.buf[written..n], at + written as u64)).at_copy("write")?;
             if w == 0 {
                 return Err(super::Error::new(Errno::NOSPC, "write"));
             }

@@ -29,8 +29,11 @@ pub struct Error {
 pub(crate) enum Origin {
     /// A check or an effect of the kernel's rename as well.
     Rename,
-    /// A step of the copy alone.
+    /// A step of the copy alone: writing, metadata, syncing.
     Copy,
+    /// Reading the source's data (its holes included), which the kernel's
+    /// rename never does: whatever fails there, the program gets EXDEV.
+    Read,
 }
 
 /// What the orchestrator does with a failed attempt: an internal verdict,
@@ -53,6 +56,11 @@ impl Error {
     /// An error at `step`, one the kernel's rename never makes.
     pub fn copy_step(errno: Errno, step: &'static str) -> Error {
         Error { errno, step, next: Next::Fail, origin: Origin::Copy }
+    }
+
+    /// An error at `step`, reading the source's data.
+    pub fn read_step(errno: Errno, step: &'static str) -> Error {
+        Error { errno, step, next: Next::Fail, origin: Origin::Read }
     }
 
     /// The source changed under the move at `step`: undo, then try again.
@@ -79,6 +87,8 @@ pub(crate) trait At<T> {
     fn at(self, step: &'static str) -> Result<T>;
     /// A step of the copy alone (see [`Origin`]).
     fn at_copy(self, step: &'static str) -> Result<T>;
+    /// Reading the source's data (see [`Origin`]).
+    fn at_read(self, step: &'static str) -> Result<T>;
 }
 
 impl<T> At<T> for rustix::io::Result<T> {
@@ -88,6 +98,10 @@ impl<T> At<T> for rustix::io::Result<T> {
 
     fn at_copy(self, step: &'static str) -> Result<T> {
         self.map_err(|errno| Error::copy_step(errno, step))
+    }
+
+    fn at_read(self, step: &'static str) -> Result<T> {
+        self.map_err(|errno| Error::read_step(errno, step))
     }
 }
 

@@ -187,12 +187,14 @@ pub const RENAME_ERRNOS: [Errno; 20] = [
 /// (metadata, sizing or syncing the copy: [`error::Origin::Copy`]) keeps
 /// only the errnos that mean there what they mean for rename (no space, no
 /// quota, an I/O error, no memory); anything else from it (a policy's EPERM
-/// or EACCES, a filesystem's EINVAL) gives EXDEV.
+/// or EACCES, a filesystem's EINVAL) gives EXDEV. Reading the source's data
+/// ([`error::Origin::Read`]) is nothing rename does: EXDEV, whatever failed.
 pub fn program_errno(e: &Error) -> Errno {
     const COPY_ERRNOS: [Errno; 4] = [Errno::NOSPC, Errno::DQUOT, Errno::IO, Errno::NOMEM];
     let keeps = match e.origin {
         Origin::Rename => RENAME_ERRNOS.contains(&e.errno),
         Origin::Copy => COPY_ERRNOS.contains(&e.errno),
+        Origin::Read => false,
     };
     if keeps { e.errno } else { Errno::XDEV }
 }
@@ -263,19 +265,19 @@ fn move_object(
     let route = copy::Route::default();
     let inherits = meta::may_inherit(dst.dir.as_fd());
     let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits, threads: opts.threads };
-    let (tmp, seen, check, records) = match kind {
+    let (tmp, seen, check, records, kept) = match kind {
         FileType::RegularFile => {
             let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;
-            (c.tmp, c.seen, Some(c.check), None)
+            (c.tmp, c.seen, Some(c.check), None, None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
             let c = dir::copy_tree(src, st, dst, job, report)?;
-            (c.tmp, c.seen, None, Some(c.records))
+            (c.tmp, c.seen, None, Some(c.records), Some(c.kept))
         }
         _ => {
             let (tmp, seen) = node::copy_node(src, st, started, dst, inherits, report)?;
-            (tmp, seen, None, None)
+            (tmp, seen, None, None, None)
         }
     };
     let verify = check.as_ref().and_then(|c| c.verify());
@@ -292,11 +294,12 @@ fn move_object(
     // that opened it by name during the copy is seen now, when no one can
     // any more. If there is one, the source goes back (and the install is
     // undone): EXDEV.
-    let take = |report: &mut Report| {
+    let mut kept = kept;
+    let mut take = |report: &mut Report| {
         let taken = source::take(src, &seen, verify, report)?;
-        let rechecked = match (&check, &records) {
+        let rechecked = match (&check, kept.take()) {
             (Some(check), _) => check.writers(),
-            (None, Some(_)) => dir::check_writers(src, &taken),
+            (None, Some(kept)) => dir::check_writers(src, &taken, kept),
             (None, None) => Ok(()),
         };
         if let Err(e) = rechecked {

@@ -469,5 +469,16 @@ fn program_sees_only_errnos_rename_documents() {
     assert_eq!(program_errno(&Error::copy_step(Errno::AGAIN, "fsync temp file")), Errno::XDEV);
     for e in [Errno::NOSPC, Errno::DQUOT, Errno::IO] {
         assert_eq!(program_errno(&Error::copy_step(e, "set size")), e, "{e:?}");
+        assert_eq!(program_errno(&Error::copy_step(e, "write")), e, "{e:?}");
+    }
+    // Data steps are the copy's alone: a policy's EPERM or a filesystem's
+    // EINVAL while writing is not rename's; reading the source's data is
+    // nothing rename does at all, whatever fails.
+    for e in [Errno::PERM, Errno::ACCESS, Errno::INVAL, Errno::BADF] {
+        assert_eq!(program_errno(&Error::copy_step(e, "write")), Errno::XDEV, "{e:?}");
+        assert_eq!(program_errno(&Error::copy_step(e, "sendfile")), Errno::XDEV, "{e:?}");
+    }
+    for e in [Errno::IO, Errno::PERM, Errno::INVAL, Errno::NOSPC] {
+        assert_eq!(program_errno(&Error::read_step(e, "read")), Errno::XDEV, "{e:?}");
     }
 }
