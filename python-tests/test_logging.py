@@ -189,3 +189,30 @@ def test_a_panic_inside_a_move_prints_nothing_and_gives_the_kernels_exdev(fs_pai
     assert entries(fs_pair.dst_dir) == set() and entries(fs_pair.src_dir) == {"a"}
     (line,) = parse_log_lines(log.read_text())
     assert line["result"] == "EXDEV" and "panic" in json.dumps(line), line
+
+
+def test_a_panic_on_a_thread_of_the_crew_prints_nothing_and_gives_the_kernels_exdev(fs_pair, tmp_path):
+    """A panic on one of a tree move's own threads (forced with
+    XRENAME_DEBUG=panic-in-thread: it panics as soon as a crew thread copies
+    a file) is caught by the crew: the program gets EXDEV, the tree is
+    unchanged at the source, nothing is at the destination, and not one
+    byte reached the program's fd 2 (the panic hook was silent only on the
+    calling thread before)."""
+    src, dst = fs_pair.src_dir / "t", fs_pair.dst_dir / "t"
+    want = {}
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(300):
+            p = src / f"d{d}" / f"f{i}"
+            p.write_bytes(b"x" * (i % 7))
+            want[p.relative_to(src).as_posix()] = p.read_bytes()
+    log = tmp_path / "panic.log"
+    env = {"XRENAME_DEBUG": "panic-in-thread", "XRENAME_THREADS": "4", "XRENAME_LOG": str(log)}
+    run = move_with("os.rename", src, dst, env=env)
+    assert not run.result["ok"] and run.result["errname"] == "EXDEV", run.result
+    assert run.stderr == "", f"the panic printed on the program's stderr: {run.stderr!r}"
+    got = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    assert got == want
+    assert not dst.exists() and entries(fs_pair.dst_dir) == set() and entries(fs_pair.src_dir) == {"t"}
+    (line,) = parse_log_lines(log.read_text())
+    assert line["result"] == "EXDEV" and "thread" in json.dumps(line), line

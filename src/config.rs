@@ -18,8 +18,14 @@ use xrename_engine::{Options, vars};
 pub enum LogTarget {
     /// File descriptor 2.
     Stderr,
-    /// A file opened with `O_APPEND` for each line.
+    /// A file opened with `O_APPEND` for each line (created if missing).
     File(CString),
+    /// The summary log `xrename --summary` made: opened with `O_APPEND`
+    /// for each line, never created and never through a symlink (its name
+    /// sits in a shared temp directory; once the command has removed it, a
+    /// process that outlives the command must not write through whatever
+    /// someone put there).
+    Made(CString),
 }
 
 /// The settings.
@@ -127,13 +133,17 @@ impl Config {
         });
         let summary = var(vars::SUMMARY_LOG.name)
             .filter(|v| !v.is_empty())
-            .and_then(|v| CString::new(v.into_vec()).ok().map(LogTarget::File));
+            .and_then(|v| CString::new(v.into_vec()).ok().map(LogTarget::Made));
         // Leaked once per process, so that log lines can carry it.
         let disabled = disabled || mode_passthrough;
         let verdict = if disabled { "pass-through" } else { "the safe choice taken" };
         let note: Option<&'static str> =
             (!notes.is_empty()).then(|| &*Box::leak(format!("{}: {verdict}", notes.join(", ")).into_boxed_str()));
-        let debug_panic = var(vars::DEBUG.name).is_some_and(|v| v.eq_ignore_ascii_case("panic"));
+        let debug = var(vars::DEBUG.name);
+        let debug_panic = debug.as_ref().is_some_and(|v| v.eq_ignore_ascii_case("panic"));
+        let progress = debug
+            .is_some_and(|v| v.eq_ignore_ascii_case("panic-in-thread"))
+            .then(|| std::sync::Arc::new(PanicInThread) as std::sync::Arc<dyn xrename_engine::Progress>);
         let supervised = var(vars::SUPERVISOR.name).is_some_and(|v| !v.is_empty());
         Config {
             debug_panic,
@@ -145,13 +155,31 @@ impl Config {
             engine: Options {
                 fsync,
                 dirs,
-                progress: None,
+                progress,
                 // Other names of a multi-link file moved earlier become links.
                 links: Some(std::sync::Arc::new(xrename_engine::links::Links::new())),
                 leases: None,
                 stages: None,
                 threads,
             },
+        }
+    }
+}
+
+/// `XRENAME_DEBUG=panic-in-thread`: counting progress panics on a thread
+/// of the engine's crew (named "xrename"), so that a test can see what a
+/// panic there does (EXDEV, nothing printed).
+#[derive(Debug)]
+struct PanicInThread;
+
+impl xrename_engine::Progress for PanicInThread {
+    fn bytes(&self, _: u64) {
+        self.object();
+    }
+
+    fn object(&self) {
+        if std::thread::current().name() == Some("xrename") {
+            panic!("XRENAME_DEBUG=panic-in-thread");
         }
     }
 }
@@ -186,7 +214,7 @@ mod tests {
         assert_eq!(from(&[("XRENAME_LOG", "/tmp/x.log")]).logs, [LogTarget::File(c"/tmp/x.log".into())]);
         assert!(from(&[("XRENAME_LOG", "")]).logs.is_empty());
         let both = from(&[("XRENAME_LOG", "-"), ("XRENAME_SUMMARY_LOG", "/s")]).logs;
-        assert_eq!(both, [LogTarget::Stderr, LogTarget::File(c"/s".into())]);
+        assert_eq!(both, [LogTarget::Stderr, LogTarget::Made(c"/s".into())]);
     }
 
     #[test]

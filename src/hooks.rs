@@ -84,15 +84,12 @@ extern "C" fn init() {
     real::resolve_all();
     config::init();
     log::init();
-    // A panic inside a move is caught at the boundary and becomes EXDEV; it
-    // must print nothing on the program's fd 2, which a daemon may use for
-    // data. Panics elsewhere (the command linking this crate) still print.
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !BUSY.with(Cell::get) {
-            previous(info);
-        }
-    }));
+    // A panic inside a move is caught (at the boundary, or by the crew of a
+    // tree move for its threads) and becomes EXDEV; it must print nothing
+    // on the program's fd 2, which a daemon may use for data. This hook is
+    // the library's own (its copy of std runs no code but ours), so it is
+    // silent for every thread, the crew's and the background flush's too.
+    std::panic::set_hook(Box::new(|_| {}));
 }
 
 #[used]

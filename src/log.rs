@@ -91,16 +91,19 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
                 }
             }
         }
-        LogTarget::File(path) => {
+        LogTarget::File(path) | LogTarget::Made(path) => {
+            let made = matches!(target, LogTarget::Made(_));
             // Not even opened if it is not a regular file: opening a FIFO to
             // write would wake its reader (an EOF when closed again).
-            match rustix::fs::stat(&**path) {
+            let st = if made { rustix::fs::lstat(&**path) } else { rustix::fs::stat(&**path) };
+            match st {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => return,
-                Ok(_) | Err(Errno::NOENT) => {}
+                Ok(_) => {}
+                Err(Errno::NOENT) if !made => {}
                 Err(_) => return,
             }
-            let flags =
-                OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+            let mut flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+            flags |= if made { OFlags::NOFOLLOW } else { OFlags::CREATE };
             let Ok(fd) = rustix::fs::open(&**path, flags, Mode::from_raw_mode(0o644)) else {
                 return;
             };

@@ -53,9 +53,10 @@ pub const SUPERVISOR: Var = Var {
 /// Test knob.
 pub const DEBUG: Var = Var {
     name: "XRENAME_DEBUG",
-    values: "panic",
-    meaning: "For tests only: every move panics inside the library (the program gets EXDEV, nothing \
-              changes, nothing is printed).",
+    values: "panic | panic-in-thread",
+    meaning: "For tests only: every move panics inside the library, on the calling thread (panic) or \
+              on a thread of a tree move's crew, as soon as it copies a file (panic-in-thread); the \
+              program gets EXDEV, nothing changes, nothing is printed.",
 };
 
 /// Threads of a tree move.
