@@ -149,3 +149,45 @@ fn engine_modules_import_only_downward_and_never_in_a_loop() {
         }
     }
 }
+
+/// README's code map: for each layer of its engine table, the modules of
+/// its rows (`| 2 facts | `stat.rs` | ... |`, then `| | `names.rs` | ... |`).
+fn readme_layers() -> Vec<Vec<String>> {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let text = std::fs::read_to_string(readme).unwrap();
+    let map = &text[text.find("\n## Code map").expect("README has a code map")..];
+    let table = &map[map.find("| layer | module | what |").expect("the layer table")..];
+    let mut layers: Vec<Vec<String>> = Vec::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (layer, module) = (cells[1], cells[2]);
+        assert!(
+            module.starts_with('`') && module.ends_with(".rs`") && module.matches('`').count() == 2,
+            "one module a line in README's layer table: {row}"
+        );
+        if !layer.is_empty() {
+            layers.push(Vec::new());
+        }
+        layers
+            .last_mut()
+            .expect("a row with its layer first")
+            .push(module.trim_matches('`').trim_end_matches(".rs").to_owned());
+    }
+    layers
+}
+
+#[test]
+fn readme_layer_table_is_this_table() {
+    let mut readme = readme_layers();
+    assert_eq!(readme.pop(), Some(vec!["lib".to_owned()]), "the orchestrator is README's last layer");
+    let ours: Vec<Vec<String>> = LAYERS.iter().map(|l| l.iter().map(|m| m.to_string()).collect()).collect();
+    let sorted = |v: Vec<Vec<String>>| -> Vec<Vec<String>> {
+        v.into_iter()
+            .map(|mut l| {
+                l.sort();
+                l
+            })
+            .collect()
+    };
+    assert_eq!(sorted(readme), sorted(ours), "README's layer table and LAYERS differ");
+}
