@@ -1787,6 +1787,33 @@ def test_a_source_under_a_write_lease_is_moved_once_the_holder_lets_go(fs_pair):
     assert read(dst) == b"under a lease\n" and not os.path.lexists(src)
 
 
+def test_a_tree_whose_file_is_under_a_write_lease_is_moved_once_the_holder_lets_go(fs_pair):
+    """The tree version: a file deep in a directory is under another
+    process's write lease, released on SIGIO. The tree is moved across
+    devices (the writer probe and the copy both open that file): the move
+    succeeds as mv's does, the leased file's content arrives, the holder saw
+    the break, and nothing is left at the source."""
+    p = fs_pair
+    tree = p.src_dir / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "before").write_bytes(b"next to the leased file\n")
+    leased = tree / "sub" / "leased"
+    leased.write_bytes(b"under a lease, in a tree\n" * 100)
+    holder = subprocess.Popen([sys_python(), "-c", LEASE_HOLDER, str(leased)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "leased"
+        run = move_with("os.rename", tree, p.dst_dir / "tree")
+        assert run.result["ok"], run.result
+        assert holder.stdout.readline().strip() == "released"
+        assert holder.wait(DEADLINE_S) == 0
+    finally:
+        holder.kill()
+    assert read(p.dst_dir / "tree" / "sub" / "leased") == b"under a lease, in a tree\n" * 100
+    assert read(p.dst_dir / "tree" / "before") == b"next to the leased file\n"
+    assert not os.path.lexists(tree) and os.listdir(p.src_dir) == []
+    assert hidden(p.src_dir, p.dst_dir) == []
+
+
 def test_mv_under_the_shim_works_with_few_descriptors_as_mv_alone_does(fs_pair):
     """RLIMIT_NOFILE of 20 and a tree 6 levels deep: the shim runs out of
     descriptors (it keeps some per level, and 32 files for the writer
