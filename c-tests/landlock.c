@@ -113,11 +113,12 @@ static int sandbox(const char *const *dirs, const uint64_t *rights, int n)
 /* ------------------------------------------------------------------ */
 /* Calls made inside the sandbox                                       */
 
-enum { FN_RENAME, FN_RENAMEAT, FN_RENAMEAT2, FN_NOREPLACE, FN_EXCHANGE, FN_RAW, FN_RAW_EXCHANGE };
+enum { FN_RENAME, FN_RENAMEAT, FN_RENAMEAT2, FN_NOREPLACE, FN_EXCHANGE, FN_RAW, FN_RAW_EXCHANGE,
+       FN_FTRUNCATE };
 static const char *const fn_labels[] = {"rename",           "renameat(dirfds)",
                                         "renameat2(dirfds)", "renameat2(NOREPLACE)",
                                         "renameat2(EXCHANGE)", "raw renameat2",
-                                        "raw renameat2(EXCHANGE)"};
+                                        "raw renameat2(EXCHANGE)", "ftruncate of a new file D/dname"};
 
 struct call {
     int fn;
@@ -157,6 +158,15 @@ static struct res make_call(const struct call *c)
     case FN_RAW:
         r.rc = (int)syscall(SYS_renameat2, AT_FDCWD, sp, AT_FDCWD, dp, 0);
         break;
+    case FN_FTRUNCATE: { /* what the sandbox allows on a file its caller made */
+        int fd = open(dp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        r.rc = fd < 0 ? -1 : ftruncate(fd, 1 << 20);
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        errno = e;
+        break;
+    }
     default:
         r.rc = (int)syscall(SYS_renameat2, AT_FDCWD, sp, AT_FDCWD, dp, RENAME_EXCHANGE);
         break;
@@ -370,6 +380,102 @@ static void landlock_without_refer_and_truncate_across_devices_is_emulated(void)
 }
 
 /*
+ * Without REFER and TRUNCATE, a sparse file that ends in a hole (1 MiB of
+ * data, then a hole to 8 MiB), alone and inside a tree: its copy needs its
+ * size set past the data, and ftruncate is refused (EACCES) even on the
+ * temp xrename made itself.  The moves must succeed with the size and the
+ * data right, and the hole kept where the destination has holes
+ * (copy.rs set_size: a zero byte written at the last offset).
+ */
+#define SPARSE_DATA (1 << 20)
+#define SPARSE_SIZE (8 << 20)
+
+static void make_sparse(const char *path)
+{
+    write_pattern_file(path, SPARSE_DATA, 11);
+    CHECK(truncate(path, SPARSE_SIZE) == 0, "truncate %s: %s", path, strerror(errno));
+}
+
+/* Whether files on `dir`'s filesystem can end in a hole. */
+static int has_holes(const char *dir)
+{
+    char *p = path_of("%s/.xt-hole-probe", dir);
+    make_sparse(p);
+    struct stat st;
+    CHECK(stat(p, &st) == 0, "stat %s: %s", p, strerror(errno));
+    CHECK(unlink(p) == 0, "unlink %s: %s", p, strerror(errno));
+    free(p);
+    return (long long)st.st_blocks * 512 < SPARSE_SIZE;
+}
+
+static void check_sparse_tail(const char *path, int holes, const char *what)
+{
+    struct stat st;
+    CHECK(lstat(path, &st) == 0 && S_ISREG(st.st_mode), "%s: %s missing or not a file", what, path);
+    CHECK(st.st_size == SPARSE_SIZE, "%s: size %lld, expected %d", what, (long long)st.st_size,
+          SPARSE_SIZE);
+    size_t n;
+    unsigned char *got = read_file(path, &n), *want = malloc(SPARSE_DATA);
+    fill_pattern(want, SPARSE_DATA, 11, 0);
+    CHECK(memcmp(got, want, SPARSE_DATA) == 0, "%s: the first MiB differs", what);
+    for (size_t i = SPARSE_DATA; i < n; i++)
+        CHECK(got[i] == 0, "%s: byte %zu of the tail hole reads %u", what, i, got[i]);
+    free(got);
+    free(want);
+    if (!holes)
+        return;
+    /* the data, and one block at most for the zero byte at the end */
+    CHECK((long long)st.st_blocks * 512 < 2 * SPARSE_DATA,
+          "%s: %lld KiB allocated for 1 MiB of data: the hole was filled", what,
+          (long long)st.st_blocks / 2);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+    off_t h = lseek(fd, 0, SEEK_HOLE);
+    close(fd);
+    CHECK(h == SPARSE_DATA, "%s: SEEK_HOLE from 0 gives %lld, expected %d", what, (long long)h,
+          SPARSE_DATA);
+}
+
+static void landlock_without_refer_and_truncate_moves_a_file_ending_in_a_hole(void)
+{
+    require_landlock();
+    if (abi < 3)
+        SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_TRUNCATE (needs >= 3)", abi);
+    char *S = test_dir("XT_TMPFS", "S"), *D = test_dir("XT_EXT4", "D");
+    require_kernel_exdev(S, D);
+    make_sparse(path_of("%s/sparse", S));
+    mkdir1(path_of("%s/t", S));
+    make_sparse(path_of("%s/t/sparse", S));
+    int holes = has_holes(D);
+    printf("  destination (%s) %s holes\n", getenv("XT_EXT4_KIND"), holes ? "has" : "has no");
+    uint64_t allowed = all_fs_rights() & ~LL_REFER & ~LL_TRUNCATE;
+    uint64_t rights[2] = {allowed, allowed};
+    const char *dirs[2] = {S, D};
+    const struct call c[] = {
+        {FN_FTRUNCATE, S, "", D, "trunc-probe"}, /* the sandbox refuses: EACCES */
+        {FN_RAW, S, "sparse", D, "sparse"},      /* the kernel's answer: EXDEV */
+        {FN_RENAME, S, "sparse", D, "sparse"},
+        {FN_RENAMEAT2, S, "t", D, "t"},
+    };
+    struct res r[4];
+    sandboxed_calls(dirs, rights, 2, c, 4, r);
+    CHECK(r[0].rc == -1 && r[0].err == EACCES,
+          "ftruncate under Landlock without TRUNCATE gave %s, expected EACCES", res_str(r[0]));
+    CHECK(unlink(path_of("%s/trunc-probe", D)) == 0, "unlink trunc-probe: %s", strerror(errno));
+    CHECK(r[1].rc == -1 && r[1].err == EXDEV, "kernel rename gave %s, expected EXDEV",
+          res_str(r[1]));
+    CHECK(r[2].rc == 0, "rename of a file ending in a hole without TRUNCATE: %s, expected success",
+          res_str(r[2]));
+    CHECK(r[3].rc == 0, "renameat2 of a tree holding it without TRUNCATE: %s, expected success",
+          res_str(r[3]));
+    check_sparse_tail(path_of("%s/sparse", D), holes, "file ending in a hole");
+    check_sparse_tail(path_of("%s/t/sparse", D), holes, "tree's file ending in a hole");
+    CHECK_DIR(S, "", "after the moves");
+    CHECK_DIR(D, "sparse t", "after the moves");
+    CHECK_DIR(path_of("%s/t", D), "sparse", "after the moves");
+}
+
+/*
  * Under (b), a missing right that the move needs deep inside a tree must
  * still be refused: the destination allows everything except MAKE_REG
  * below an unrelated directory, so a tree holding a file cannot be created
@@ -406,4 +512,5 @@ XT_MAIN(TEST(landlock_without_make_reg_on_destination_gives_eacces_and_changes_n
         TEST(landlock_exdev_without_refer_between_sibling_dirs_is_emulated),
         TEST(landlock_without_refer_across_devices_is_emulated),
         TEST(landlock_without_refer_and_truncate_across_devices_is_emulated),
+        TEST(landlock_without_refer_and_truncate_moves_a_file_ending_in_a_hole),
         TEST(landlock_tree_move_needing_denied_right_leaves_nothing))
