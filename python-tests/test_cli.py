@@ -921,6 +921,68 @@ def test_a_fifo_given_as_the_command_is_never_read(tmp_path):
     assert proc.returncode == 126, (proc.returncode, proc.stderr)
 
 
+def test_with_preload_a_fifo_given_as_the_command_is_never_opened_or_read(tmp_path):
+    """The same with --preload, where xrename classifies the command itself
+    (static? Go?) before it execs it: a FIFO is not a regular file, so it is
+    never opened, let alone read. The test holds the FIFO open for writing
+    with bytes in it, so an open for reading would not block and a read
+    would take them (or wait for more, forever): the bytes must all still be
+    there and strace must show no open of the FIFO. Exec fails: 126."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o755)
+    held = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer (and a reader) that never goes
+    try:
+        os.write(held, b"x" * 100)
+        argv = [str(XRENAME), "--preload", str(fifo)]
+        trace = tmp_path / "strace.out"
+        if shutil.which("strace"):
+            argv = ["strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *argv]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=xrename_env(), timeout=60)
+        assert os.read(held, 1000) == b"x" * 100, "xrename read from the FIFO given as the command"
+    finally:
+        os.close(held)
+    assert proc.returncode == 126, describe(proc)
+    if trace.exists():
+        opens = [l for l in trace.read_text().splitlines() if str(fifo) in l]
+        assert opens == [], f"xrename opened the FIFO: {opens}"
+
+
+def _bytes_read_from(trace: str, path: Path) -> tuple[int, list[str]]:
+    """Bytes that read/pread64/readv/preadv returned on descriptors strace -y
+    names as `path`, and those lines."""
+    total, lines = 0, []
+    call = re.compile(r"^(?:\d+ +)?(?:read|pread64|readv|preadv2?)\((\d+)<([^>]*)>,.*= (-?\d+)")
+    for line in trace.splitlines():
+        m = call.match(line)
+        if m and m.group(2) == str(path):
+            lines.append(line)
+            total += max(int(m.group(3)), 0)
+    return total, lines
+
+
+def test_with_preload_a_big_program_is_classified_from_its_headers_alone(tmp_path):
+    """A program of more than 2 GiB (/bin/true with a sparse tail) is
+    classified (dynamic, not Go: no warning) from its ELF headers: xrename
+    reads a few KiB of it, never the file (strace -y: bytes returned by the
+    reads on descriptors of that file), then runs it."""
+    need(shutil.which("strace") is not None, "strace not installed")
+    big = tmp_path / "big-true"
+    shutil.copy2("/bin/true", big)
+    os.truncate(big, os.path.getsize(big) + (2 << 30))
+    trace = tmp_path / "strace.out"
+    proc = run(["strace", "-f", "-qq", "-y", "-e", "trace=read,pread64,readv,preadv,preadv2,mmap", "-o", trace,
+                XRENAME, "--preload", big], timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", describe(proc)
+    text = trace.read_text()
+    total, lines = _bytes_read_from(text, big)
+    assert lines, f"strace shows no read of {big}: the headers were not read, or the trace format changed"
+    assert total >= 64, lines  # at least the ELF header: the count is of the right file
+    assert total <= MiB, f"xrename read {total} bytes of a {os.path.getsize(big)}-byte program: {lines[:5]}"
+    maps = [l for l in text.splitlines() if l.split(" ", 1)[-1].startswith("mmap(") and f"<{big}>" in l]
+    assert maps == [], f"xrename mapped the program instead: {maps}"
+
+
 def test_the_preloaded_library_links_nothing_the_command_needs():
     """libxrename.so's dependency graph holds the engine, rustix and libc,
     never the command's progress bar or JSON reader (they would be loaded
