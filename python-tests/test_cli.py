@@ -1038,8 +1038,6 @@ def test_summary_log_names_are_unpredictable_and_planted_symlinks_are_never_foll
     assert seen[0] != seen[1], f"two runs drew the same random part: {seen}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the library reopens XRENAME_SUMMARY_LOG by name with O_CREAT, "
-                   "following a symlink, after xrename --summary removed it")
 def test_summary_log_name_is_never_followed_after_xrename_removed_it(fs_pair, tmp_path):
     """The log's name is unpredictable, but not secret once it exists (a
     listing of $TMPDIR shows it). A process of the run that outlives
