@@ -187,7 +187,7 @@ pub fn write_file_quietly(fd: c_int, bytes: &[u8]) {
 
 /// The filesystem calls the engine makes as raw syscalls, by the names a
 /// library would interpose them under.
-const FS_CALLS: [&core::ffi::CStr; 36] = [
+const FS_CALLS: &[&core::ffi::CStr] = &[
     c"open",
     c"open64",
     c"openat",
@@ -223,7 +223,29 @@ const FS_CALLS: [&core::ffi::CStr; 36] = [
     c"readlinkat",
     c"setxattr",
     c"lsetxattr",
+    c"fsetxattr",
+    c"getxattr",
+    c"lgetxattr",
+    c"fgetxattr",
+    c"listxattr",
+    c"llistxattr",
+    c"flistxattr",
+    c"removexattr",
+    c"lremovexattr",
+    c"fremovexattr",
     c"utimensat",
+    c"futimens",
+    c"lutimes",
+    c"fstat",
+    c"fstat64",
+    c"__fxstat",
+    c"fstatat64",
+    c"newfstatat",
+    c"truncate",
+    c"ftruncate",
+    c"rename",
+    c"renameat",
+    c"renameat2",
 ];
 
 /// Libraries that interpose some of [`FS_CALLS`] without changing what a
