@@ -11,7 +11,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::OnceLock;
 
-use xrename_engine::{Options, vars};
+use xrename_engine::{Options, vars, virtualisers};
 
 /// Where log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +68,8 @@ static INTERPOSER: OnceLock<Option<&'static str>> = OnceLock::new();
 /// `real::interposer`), looked up at the first EXDEV rather than at load:
 /// some 36 symbol lookups every preloaded process would pay for nothing.
 pub fn interposer() -> Option<&'static str> {
-    *INTERPOSER.get_or_init(|| {
-        crate::real::interposer()
-            .map(|lib| &*Box::leak(format!("another library virtualises the filesystem: {lib}").into_boxed_str()))
-    })
+    *INTERPOSER
+        .get_or_init(|| crate::real::interposer().map(|lib| &*Box::leak(virtualisers::step(&lib).into_boxed_str())))
 }
 
 /// A yes/no value, read case-insensitively; `None` if not understood.

@@ -14,6 +14,8 @@
 use core::ffi::{c_char, c_int, c_uint, c_void};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use xrename_engine::virtualisers;
+
 type RenameFn = unsafe extern "C" fn(*const c_char, *const c_char) -> c_int;
 type RenameatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char) -> c_int;
 type Renameat2Fn = unsafe extern "C" fn(c_int, *const c_char, c_int, *const c_char, c_uint) -> c_int;
@@ -248,17 +250,13 @@ const FS_CALLS: &[&core::ffi::CStr] = &[
     c"renameat2",
 ];
 
-/// Libraries that interpose some of [`FS_CALLS`] without changing what a
-/// path names or who owns what: under them the engine's raw syscalls do
-/// what the program's calls do.
-const HARMLESS: [&str; 2] = ["libeatmydata", "libfaketime"];
-
 /// Another loaded object that defines filesystem calls the engine makes as
 /// raw syscalls (fakechroot translating paths, fakeroot faking owners and
 /// device nodes): the first definition of each name in the global scope
 /// (`dlsym(RTLD_DEFAULT)`) is looked up, and `dladdr` tells which object
 /// it is in. Anything but the C library, the dynamic loader, xrename itself
-/// and [`HARMLESS`] libraries is named: the engine, which acts on real
+/// and the libraries that change neither paths nor owners
+/// ([`virtualisers::HARMLESS`]) is named: the engine, which acts on real
 /// paths and real owners, must then step aside.
 pub fn interposer() -> Option<String> {
     let ours = object_of(interposer as *const c_void);
@@ -271,7 +269,7 @@ pub fn interposer() -> Option<String> {
         let Some(object) = object_of(p) else { continue };
         let base = object.rsplit('/').next().unwrap_or(&object);
         let system = base.starts_with("libc.so") || base.starts_with("ld-linux") || base.starts_with("libc-");
-        if system || Some(&object) == ours.as_ref() || HARMLESS.iter().any(|h| base.starts_with(h)) {
+        if system || Some(&object) == ours.as_ref() || virtualisers::harmless(base) {
             continue;
         }
         return Some(format!("{base} ({})", name.to_string_lossy()));

@@ -15,6 +15,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
 
+use xrename_engine::virtualisers;
+
 use crate::fail;
 
 #[derive(Default)]
@@ -81,11 +83,7 @@ pub fn main(m: &clap::ArgMatches) -> i32 {
     let old = std::env::var_os("LD_PRELOAD").unwrap_or_default();
     let (preload, after) = preload_list(lib.as_os_str(), &old);
     if !after.is_empty() {
-        eprintln!(
-            "xrename: {} virtualises the filesystem: the library goes after it in LD_PRELOAD, and moves \
-             under it are left to the program (EXDEV)",
-            after.join(", ")
-        );
+        eprintln!("{}", virtualiser_note(&after, true));
     }
     command.env("LD_PRELOAD", preload);
     if let Some(log) = &opts.log {
@@ -275,24 +273,28 @@ fn not_found(tried: &[PathBuf]) -> i32 {
     fail(format_args!("cannot find libxrename.so; tried: {} (set XRENAME_LIB to its path)", list.join(", ")))
 }
 
-/// Libraries that virtualise paths or owners (fakechroot, fakeroot): the
-/// library goes after them, so that the calls it sees are theirs,
-/// translated; it then steps aside under them anyway (see `real::interposer`).
-const VIRTUALISERS: [&str; 2] = ["libfakechroot", "libfakeroot"];
+/// The note `xrename --` prints when libraries that virtualise paths or
+/// owners (`virtualisers::VIRTUALISERS`) are about: with the preload, the
+/// library goes after them in `LD_PRELOAD`, so that the calls it sees are
+/// theirs, translated, and steps aside under them (`real::interposer`);
+/// the supervisor steps aside for each process that has one loaded.
+fn virtualiser_note(libs: &[String], preload: bool) -> String {
+    let placed = if preload { "the library goes after it in LD_PRELOAD, and " } else { "" };
+    format!(
+        "xrename: {} virtualises the filesystem: {placed}moves under it are left to the program (EXDEV)",
+        libs.join(", ")
+    )
+}
 
 /// `LD_PRELOAD` with the library: first, or after the last virtualising
 /// library already there; and the names of those libraries.
 fn preload_list(lib: &OsStr, old: &OsStr) -> (OsString, Vec<String>) {
     let entries: Vec<&[u8]> = old.as_bytes().split(|&b| b == b':' || b == b' ').filter(|e| !e.is_empty()).collect();
-    let is_virtualiser = |e: &[u8]| {
-        let base = e.rsplit(|&b| b == b'/').next().unwrap_or(e);
-        VIRTUALISERS.iter().any(|v| base.starts_with(v.as_bytes()))
-    };
-    let at = entries.iter().rposition(|e| is_virtualiser(e)).map_or(0, |i| i + 1);
+    let at = entries.iter().rposition(|e| virtualisers::virtualiser(e).is_some()).map_or(0, |i| i + 1);
     let after: Vec<String> = entries[..at]
         .iter()
-        .filter(|e| is_virtualiser(e))
-        .map(|e| String::from_utf8_lossy(e.rsplit(|&b| b == b'/').next().unwrap_or(e)).into_owned())
+        .filter_map(|e| virtualisers::virtualiser(e))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
         .collect();
     let mut list: Vec<&[u8]> = entries.clone();
     list.insert(at, lib.as_bytes());

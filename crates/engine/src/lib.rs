@@ -25,6 +25,7 @@
 mod error;
 mod sys;
 pub mod vars;
+pub mod virtualisers;
 // 2. what objects are, and policies
 pub mod copy;
 pub mod durable;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Layers from the bottom; `lib` (the orchestrator) is above them all.
 const LAYERS: [&[&str]; 5] = [
-    &["error", "sys", "vars"],
+    &["error", "sys", "vars", "virtualisers"],
     &["stat", "names", "path", "report", "logline", "writers", "seen", "special", "meta", "durable", "copy", "pool"],
     &["walk", "tree"],
     &["check", "install", "source"],
