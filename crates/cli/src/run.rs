@@ -160,6 +160,12 @@ fn traced(opts: &Opts, argv: &[OsString]) -> Result<i32, String> {
         dirs: !opts.no_dirs,
         log_to_stderr: opts.log.as_deref().is_some_and(|l| l == "-"),
     };
+    // The supervisor decides for each process at its EXDEV (what it has
+    // loaded); the note says so now if the environment shows a virtualiser.
+    let shown = virtualisers::in_environment(|name| std::env::var_os(name));
+    if !shown.is_empty() {
+        eprintln!("{}", virtualiser_note(&shown, false));
+    }
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().filter(|(k, _)| k != "XRENAME_SUPERVISOR").collect();
     // A copy of the library preloaded anyway stands aside (see config.rs).
     env.push(("XRENAME_SUPERVISOR".into(), std::process::id().to_string().into()));

@@ -24,6 +24,10 @@
 //! - a process that restricted itself (a successful `landlock_restrict_self`
 //!   in any of its threads; more seccomp filters than it started with) is
 //!   sandboxed: its EXDEV stands, logged as `sandboxed`;
+//! - a process with a library loaded that virtualises the filesystem
+//!   (fakeroot, fakechroot, pseudo: its `/proc/TID/maps` at the EXDEV) keeps
+//!   its EXDEV, logged with the library's name: the helper's raw syscalls
+//!   would bypass the owners, nodes and paths the library fakes;
 //! - a result goes back only to the thread that asked (an exec by another
 //!   thread takes the caller's id: its pending result is dropped);
 //! - a child made with `CLONE_UNTRACED` is traced all the same (the flag is
@@ -39,8 +43,8 @@ use libc::{c_int, pid_t};
 use rustix::fs::{Mode, OFlags};
 use std::time::{Duration, Instant};
 
-use xrename_engine::logline;
 use xrename_engine::{self as engine, Op, Options, Report, Request};
+use xrename_engine::{logline, virtualisers};
 
 use crate::ptrace::{self, ARCH_I386, ARCH_X86_64, CLONE_UNTRACED, Creds, Insn, X32_BIT, event};
 
@@ -238,6 +242,8 @@ struct Supervisor<'l> {
     warned: HashSet<std::path::PathBuf>,
     /// The status line for long moves, on a terminal.
     display: Option<crate::status::Display>,
+    /// The log steps of the virtualising libraries met, by file name.
+    virtualiser_steps: HashMap<String, &'static str>,
 }
 
 impl Default for Settings {
@@ -399,6 +405,8 @@ impl Supervisor<'_> {
             || matches!((seccomp_filters(tid), self.filters), (Some(now), Some(start)) if now > start)
         {
             Some("sandboxed")
+        } else if let Some(why) = self.virtualised(tid) {
+            Some(why)
         } else {
             let slot = self.display.as_mut().and_then(|d| d.take());
             match start_move(tid, &call, s, &self.logs, slot) {
@@ -425,6 +433,28 @@ impl Supervisor<'_> {
             }
         }
         let _ = ptrace::cont(tid, 0);
+    }
+
+    /// Why thread `tid` must keep its EXDEV if its process has a library
+    /// loaded that virtualises the filesystem (fakeroot, fakechroot,
+    /// pseudo: `virtualisers`): the helper's raw syscalls would act on real
+    /// paths and owners, not the ones the program sees; the program copies
+    /// through the library itself. Read at each EXDEV, from the objects the
+    /// process maps now (an exec or a `dlopen` changes them; a static
+    /// program under fakeroot's environment has nothing loaded and is
+    /// served). Maps that cannot be read fail closed, as every other
+    /// `/proc/TID` read the move needs (status, root, cwd, fd: the move is
+    /// not made).
+    fn virtualised(&mut self, tid: pid_t) -> Option<&'static str> {
+        match std::fs::read(format!("/proc/{tid}/maps")) {
+            Ok(maps) => {
+                let lib = virtualisers::in_maps(&maps)?;
+                // Leaked once per library name: a log step is static.
+                let leak = |lib: &String| &*Box::leak(virtualisers::step(lib).into_boxed_str());
+                Some(*self.virtualiser_steps.entry(lib).or_insert_with_key(leak))
+            }
+            Err(_) => Some("cannot read the program's maps (/proc/PID/maps)"),
+        }
     }
 
     /// Marks the new process `tid` sandboxed if its parent is; if its
