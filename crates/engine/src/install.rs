@@ -351,7 +351,10 @@ pub trait Rollback: core::fmt::Debug {
 }
 
 fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<Since> {
-    let st = lstat(dir, name).ok().filter(|_| is_dir)?;
+    if !is_dir {
+        return None;
+    }
+    let st = lstat(dir, name).ok()?;
     Some(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() })
 }
 
