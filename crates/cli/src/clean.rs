@@ -5,8 +5,10 @@
 //! - `.xrename-<pid>-<16 hex>`: an unfinished copy (its source is intact).
 //!   Never the only copy of anything: `--remove` deletes it.
 //! - `.xrename-old-<pid>-<16 hex>`: a copy about to replace a destination,
-//!   or the old destination it replaced, kept for rollback. The old
-//!   destination may exist only here: reported, never removed.
+//!   or the old destination it replaced, kept for rollback; a directory of
+//!   this name is the private directory a symlink or special file was made
+//!   in, and holds one of these. The old destination may exist only here:
+//!   reported, never removed (but an empty directory, with `--remove`).
 //! - `.xrename-src-<pid>-<16 hex>`: a moved source set aside to be deleted.
 //!   Its copy is installed, but entries changed during the move may exist
 //!   only here: reported, never removed.
@@ -58,6 +60,17 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
             println!("{}: in use by running process {pid} ({what}), left alone", path.display());
             continue;
         }
+        let mounted = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+        let other_fs = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor) != dir_dev;
+        let removable = remove && !mounted && !other_fs;
+        // A private directory a symlink or special file was made in: empty,
+        // it holds nothing (rmdir removes nothing else).
+        if role == Role::Old && is_dir && removable && rustix::fs::unlinkat(&dirfd, &**name, AtFlags::REMOVEDIR).is_ok()
+        {
+            println!("{}: removed (empty directory)", path.display());
+            continue;
+        }
         if role == Role::Old {
             println!(
                 "{}: a replacing copy or the old destination it replaced, left by process {pid} ({what}); the \
@@ -74,10 +87,7 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
             );
             continue;
         }
-        let mounted = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
-        let other_fs = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor) != dir_dev;
-        if !remove || mounted || other_fs {
+        if !removable {
             println!("{}: leftover of process {pid} ({what})", path.display());
             continue;
         }

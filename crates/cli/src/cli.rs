@@ -157,10 +157,11 @@ fn clean() -> Command {
              Lists the hidden .xrename-* entries in each DIR (not below it):\n  \
              .xrename-<pid>-<hex>      an unfinished copy: never the only copy of anything\n  \
              .xrename-old-<pid>-<hex>  a replacing copy, or the old destination it replaced\n                            \
-             (kept for rollback): the old data may be only here\n  \
+             (kept for rollback), or a directory holding one: the old data may be only here\n  \
              .xrename-src-<pid>-<hex>  a moved source being deleted: its copy is in place,\n                            \
              but what changed during the move may be only here\n\
-             With --remove, deletes the first kind when its process is gone. The others are only \
+             With --remove, deletes the first kind (and empty directories of the second) when its process \
+             is gone. The others are only \
              reported: look inside, keep what you need, delete them yourself.",
         )
         .after_help("Examples:\n  xrename clean /srv/data\n  xrename clean --remove /srv/data /tmp")

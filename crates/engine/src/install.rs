@@ -19,14 +19,27 @@
 //!
 //! [`Installed`] undoes the placement on `Drop` unless committed.
 //!
-//! Symlinks, special files and directory trees are built under a hidden
-//! name ([`Temp::named`]) and placed the same way, with `renameat2`
-//! (`RENAME_NOREPLACE`, or `RENAME_EXCHANGE` with an existing destination).
+//! Directory trees are built under a hidden name ([`Temp::named`]) and
+//! placed the same way, with `renameat2` (`RENAME_NOREPLACE`, or
+//! `RENAME_EXCHANGE` with an existing destination).
+//!
+//! Symlinks and special files can only be made, and given their metadata,
+//! by name. In a shared directory anyone with write access could rename
+//! their own object over a hidden name there at any moment, up to the
+//! rename that installs it (issue 11): there, these are made inside a
+//! private directory ([`Temp::by_name`]), mode 0700 and ours, made under a
+//! hidden name in the destination directory and used only through the
+//! descriptor opened right after `mkdirat`. Only its owner and root may
+//! enter it, so what is there is what xrename made. They are placed from it
+//! into the destination directory by the same calls; once swapped, the old
+//! destination waits there, and the directory is removed last. (A Landlock
+//! domain without `REFER` refuses that rename between two directories with
+//! EXDEV: the program gets it.)
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx, Uid};
 use rustix::io::Errno;
 
 use super::durable::{Durability, Placement};
@@ -37,19 +50,79 @@ use super::seen::Since;
 use super::stat::{append_only, file_type, fstat, lstat, same_inode};
 
 /// A new object in the destination directory that no one else can see or
-/// rely on yet: an unnamed file, or a hidden name. Dropping it removes it
-/// (a whole tree, for a directory).
+/// rely on yet: an unnamed file, or a hidden name (in the destination
+/// directory, or in a private directory there). Dropping it removes it (a
+/// whole tree, for a directory), then its private directory.
 pub struct Temp<'d> {
+    /// The destination directory.
     dir: BorrowedFd<'d>,
     fd: Option<OwnedFd>,
     name: Option<CString>,
     /// What the hidden name says it holds.
     role: Role,
     is_dir: bool,
-    /// The inode made under the hidden name, when it was made by name: a
-    /// shared directory lets others rename something over that name, and
-    /// what is installed must be what was made.
-    made: Option<(u32, u32, u64)>,
+    /// The status of the new object as made, if read ([`Temp::by_name`]):
+    /// the installer uses only its identity, which no one else can have
+    /// changed (no one else may rename anything there).
+    made: Option<Box<Statx>>,
+    /// Where `name` is, if not in `dir`. Declared last: dropped after the
+    /// temp in it is removed.
+    private: Option<Private<'d>>,
+}
+
+/// A directory of ours, mode 0700, made under a fresh hidden name in the
+/// destination directory and used only by the descriptor opened right
+/// after it was made: what is made in it by name cannot be replaced by
+/// anyone else. Named [`Role::Old`]: once an old destination is swapped
+/// into it, that may be the only copy of it after a crash. Removed on
+/// drop if empty (else left, named, for `xrename clean`).
+#[derive(Debug)]
+struct Private<'d> {
+    parent: BorrowedFd<'d>,
+    name: CString,
+    fd: OwnedFd,
+}
+
+impl<'d> Private<'d> {
+    /// Makes one in `parent`, for the effective user `euid`.
+    fn new(parent: BorrowedFd<'d>, euid: Uid) -> Result<Private<'d>> {
+        let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(parent, n, Mode::from_raw_mode(0o700)));
+        let ((), name) = with_fresh(Role::Old, mkdir).at_copy("create temp directory")?;
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match retry(|| rustix::fs::openat(parent, &*name, flags, Mode::empty())) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Removes only an empty directory: ours, or one that anyone
+                // with write access here could remove.
+                let _ = tidy(|| rustix::fs::unlinkat(parent, &*name, AtFlags::REMOVEDIR));
+                return Err(Error::copy_step(e, "open temp directory"));
+            }
+        };
+        let private = Private { parent, name, fd };
+        // Someone may have renamed their own directory over ours between
+        // the mkdirat and the open. What mkdirat(0700) makes is ours, and
+        // has no group or other permission whatever the umask or default
+        // ACL (with an ACL, the group bits are its mask): anything else
+        // could be entered by someone else. (Not the owner of what is then
+        // made in it: theirs could be swapped in by then.)
+        let st = fstat(private.fd.as_fd()).at_copy("stat temp directory")?;
+        let mode = u32::from(st.stx_mode);
+        if st.stx_uid != euid.as_raw() || mode & 0o077 != 0 {
+            return Err(Error::new(Errno::XDEV, "the temp directory is not private"));
+        }
+        // A umask that takes write or search from the owner: nothing could
+        // be made in it (but by root, which needs neither).
+        if mode & 0o300 != 0o300 && !euid.is_root() {
+            return Err(Error::new(Errno::XDEV, "the umask leaves no access to a temp directory"));
+        }
+        Ok(private)
+    }
+}
+
+impl Drop for Private<'_> {
+    fn drop(&mut self) {
+        let _ = tidy(|| rustix::fs::unlinkat(self.parent, &*self.name, AtFlags::REMOVEDIR));
+    }
 }
 
 impl<'d> Temp<'d> {
@@ -59,7 +132,15 @@ impl<'d> Temp<'d> {
             let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
             match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
                 Ok(fd) => {
-                    return Ok(Temp { dir, fd: Some(fd), name: None, role: Role::Temp, is_dir: false, made: None });
+                    return Ok(Temp {
+                        dir,
+                        fd: Some(fd),
+                        name: None,
+                        role: Role::Temp,
+                        is_dir: false,
+                        made: None,
+                        private: None,
+                    });
                 }
                 // No O_TMPFILE on this filesystem or kernel: use a name.
                 Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
@@ -74,7 +155,7 @@ impl<'d> Temp<'d> {
         let (fd, name) =
             with_fresh(Role::Temp, |name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
                 .at("create temp file")?;
-        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false, made: None })
+        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false, made: None, private: None })
     }
 
     /// Creates an object under a fresh hidden name in `dir` with `create`
@@ -90,13 +171,51 @@ impl<'d> Temp<'d> {
     ) -> Result<Temp<'d>> {
         let role = if is_dir { Role::Temp } else { Role::Old };
         let ((), name) = with_fresh(role, |name| create(name)).at("create temp")?;
-        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir, made: None })
+        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir, made: None, private: None })
     }
 
-    /// Records the inode made under the hidden name (seen as `st` right
-    /// after it was made): [`install`] refuses anything else found there.
-    pub fn made(&mut self, st: &Statx) {
-        self.made = Some((st.stx_dev_major, st.stx_dev_minor, st.stx_ino));
+    /// Creates an object that is made and given its metadata by name, with
+    /// `create` (`symlinkat`, `mknodat`, ...: given a directory and a name,
+    /// it fails with EEXIST if the name is taken), and reads its status.
+    /// Where no one else may write to `dir` (it is ours, without group or
+    /// other write permission, which with an ACL is its mask), under a fresh
+    /// hidden name there, as [`Temp::named`]. Elsewhere, others could rename
+    /// their own object over that name: in a new private directory in `dir`
+    /// ([`Private`]), under `name` (the destination's, so that a leftover
+    /// is plain to see), or a fresh hidden name if that is taken.
+    pub fn by_name(
+        dir: BorrowedFd<'d>,
+        name: &CStr,
+        mut create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
+    ) -> Result<Temp<'d>> {
+        let euid = rustix::process::geteuid();
+        let st = fstat(dir).at("stat destination directory")?;
+        let mut tmp = if st.stx_uid == euid.as_raw() && u32::from(st.stx_mode) & 0o022 == 0 {
+            Temp::named(dir, false, |n| create(dir, n))?
+        } else {
+            let private = Private::new(dir, euid)?;
+            let at = private.fd.as_fd();
+            let name = match create(at, name) {
+                Ok(()) => name.to_owned(),
+                Err(Errno::EXIST) => with_fresh(Role::Old, |n| create(at, n)).at("create temp")?.1,
+                Err(e) => return Err(Error::new(e, "create temp")),
+            };
+            let private = Some(private);
+            Temp { dir, fd: None, name: Some(name), role: Role::Old, is_dir: false, made: None, private }
+        };
+        tmp.made = Some(Box::new(tmp.stat()?));
+        Ok(tmp)
+    }
+
+    /// The directory the hidden name is in: the destination directory, or
+    /// the private directory the temp was made in.
+    pub fn at(&self) -> BorrowedFd<'_> {
+        self.private.as_ref().map_or(self.dir, |p| p.fd.as_fd())
+    }
+
+    /// The new object's status as made, if it was read.
+    pub fn made(&self) -> Option<&Statx> {
+        self.made.as_deref()
     }
 
     /// Keeps a descriptor of a named temp (a tree's root), so that its
@@ -118,7 +237,7 @@ impl<'d> Temp<'d> {
     fn stat(&self) -> Result<Statx> {
         match (&self.fd, &self.name) {
             (Some(fd), _) => fstat(fd.as_fd()).at("stat temp"),
-            (None, Some(name)) => lstat(self.dir, name).at("stat temp"),
+            (None, Some(name)) => lstat(self.at(), name).at("stat temp"),
             (None, None) => unreachable!("a temp has a descriptor or a name"),
         }
     }
@@ -137,7 +256,7 @@ impl<'d> Temp<'d> {
             }
             (Some(tmp), Role::Temp, false) => {
                 let tmp = tmp.clone();
-                let dir = self.dir;
+                let dir = self.at();
                 let ((), name) = with_fresh(Role::Old, |name| {
                     match retry(|| rustix::fs::renameat_with(dir, &*tmp, dir, name, RenameFlags::NOREPLACE)) {
                         // No RENAME_NOREPLACE: a link never replaces.
@@ -160,7 +279,7 @@ impl<'d> Temp<'d> {
 
     fn link_unnamed(&self, name: &CStr) -> rustix::io::Result<()> {
         let proc = proc_fd_path(self.fd.as_ref().expect("unnamed temps are files"));
-        retry(|| rustix::fs::linkat(rustix::fs::CWD, &*proc, self.dir, name, AtFlags::SYMLINK_FOLLOW))
+        retry(|| rustix::fs::linkat(rustix::fs::CWD, &*proc, self.at(), name, AtFlags::SYMLINK_FOLLOW))
     }
 
     /// Puts the temp at `name` only if nothing is there (EEXIST otherwise).
@@ -168,15 +287,16 @@ impl<'d> Temp<'d> {
         let Some(tmp) = self.name.as_deref() else {
             return self.link_unnamed(name);
         };
-        match retry(|| rustix::fs::renameat_with(self.dir, tmp, self.dir, name, RenameFlags::NOREPLACE)) {
+        let at = self.at();
+        match retry(|| rustix::fs::renameat_with(at, tmp, self.dir, name, RenameFlags::NOREPLACE)) {
             Ok(()) => {}
             // No RENAME_NOREPLACE here (NFS, old kernels): a file is linked,
             // which never replaces, then unlinked. A directory cannot be
             // linked, and looking before a plain rename is not atomic: the
             // kernel's EXDEV stands.
             Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if !self.is_dir => {
-                retry(|| rustix::fs::linkat(self.dir, tmp, self.dir, name, AtFlags::empty()))?;
-                let _ = tidy(|| rustix::fs::unlinkat(self.dir, tmp, AtFlags::empty()));
+                retry(|| rustix::fs::linkat(at, tmp, self.dir, name, AtFlags::empty()))?;
+                let _ = tidy(|| rustix::fs::unlinkat(at, tmp, AtFlags::empty()));
             }
             Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => return Err(Errno::XDEV),
             Err(e) => return Err(e),
@@ -189,13 +309,7 @@ impl<'d> Temp<'d> {
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
         if let Some(name) = &self.name {
-            // Something renamed over our hidden name is not ours to remove.
-            let theirs = self.made.is_some_and(|made| {
-                lstat(self.dir, name).is_ok_and(|st| (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != made)
-            });
-            if !theirs {
-                remove_ours(self.dir, name, self.is_dir);
-            }
+            remove_ours(self.at(), name, self.is_dir);
         }
     }
 }
@@ -249,6 +363,9 @@ pub struct Installed<'d> {
     /// to it or change it; a rollback removes only what is ours.
     since: Option<Since>,
     tree: Option<&'d dyn Rollback>,
+    /// The private directory the object came from, where a backup is kept
+    /// (see [`Temp::at`]). Declared last: removed after the backup.
+    private: Option<Private<'d>>,
 }
 
 /// What the preflight saw at the destination, and what may be done there.
@@ -278,12 +395,10 @@ pub fn install<'d>(
     let noreplace = dest == Dest::MustNotExist;
     let mut dst_exists = dest == Dest::Present;
     let (dir, is_dir) = (tmp.dir, tmp.is_dir);
-    let new = Box::new(tmp.stat()?);
-    if tmp.made.is_some_and(|made| made != (new.stx_dev_major, new.stx_dev_minor, new.stx_ino)) {
-        // Someone renamed another object over our hidden name: never install
-        // it (and dropping `tmp` leaves it alone).
-        return Err(Error::new(Errno::XDEV, "install: the hidden name was taken over"));
-    }
+    let new = match tmp.made.take() {
+        Some(made) => made,
+        None => Box::new(tmp.stat()?),
+    };
     let mut sync = Some(durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?);
     let mut placed = None;
     for _ in 0..8 {
@@ -295,13 +410,14 @@ pub fn install<'d>(
             }
         } else {
             let tmp_name = tmp.ensure_named()?.to_owned();
-            match retry(|| rustix::fs::renameat_with(dir, &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
+            match retry(|| rustix::fs::renameat_with(tmp.at(), &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
                 Ok(()) => {
                     tmp.name = None; // now names the old destination
                     let placed = Placed::Exchanged { backup: tmp_name };
                     let sync = sync.take().expect("once");
                     let since = installed_at(dir, name, is_dir);
-                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, tree };
+                    let private = tmp.private.take();
+                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, tree, private };
                     check_replaced(&installed)?;
                     return installed.synced();
                 }
@@ -315,7 +431,8 @@ pub fn install<'d>(
         if let Some(placed) = placed {
             let sync = sync.take().expect("once");
             let since = installed_at(dir, name, is_dir);
-            return Installed { dir, name, new, is_dir, placed, sync, since, tree }.synced();
+            let private = tmp.private.take();
+            return Installed { dir, name, new, is_dir, placed, sync, since, tree, private }.synced();
         }
     }
     // rename(2) never answers EAGAIN: the kernel's EXDEV, nothing changed.
@@ -336,7 +453,7 @@ pub fn replace(mut tmp: Temp<'_>, dst: &Entry, durability: Durability) -> Result
     let dir = tmp.dir;
     let placement = durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?;
     let tmp_name = tmp.ensure_named()?.to_owned();
-    retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, &*dst.name)).at("install")?;
+    retry(|| rustix::fs::renameat(tmp.at(), &*tmp_name, dir, &*dst.name)).at("install")?;
     tmp.name = None;
     Ok(Durability::placed(&placement, dir).is_ok())
 }
@@ -366,12 +483,12 @@ fn check_replaced(installed: &Installed<'_>) -> Result<()> {
     let Placed::Exchanged { backup } = &installed.placed else {
         return Ok(());
     };
-    let old = lstat(installed.dir, backup).at("stat old destination")?;
+    let old = lstat(installed.at(), backup).at("stat old destination")?;
     let old_is_dir = file_type(&old) == FileType::Directory;
     match (installed.is_dir, old_is_dir) {
         (false, true) => Err(Error::new(Errno::ISDIR, "destination is a directory")),
         (true, false) => Err(Error::new(Errno::NOTDIR, "destination is not a directory")),
-        (true, true) if !super::tree::is_empty(installed.dir, backup)? => {
+        (true, true) if !super::tree::is_empty(installed.at(), backup)? => {
             Err(Error::new(Errno::NOTEMPTY, "destination directory is not empty"))
         }
         _ => Ok(()),
@@ -381,12 +498,13 @@ fn check_replaced(installed: &Installed<'_>) -> Result<()> {
 fn replace_without_exchange(tmp: &mut Temp<'_>, name: &CStr) -> Result<Placed> {
     let dir = tmp.dir;
     let tmp_name = tmp.ensure_named()?.to_owned();
+    let at = tmp.at();
     // Directories cannot be hard-linked: an old (empty) one cannot be kept.
     let backup = match tmp.is_dir {
         true => Err(Errno::PERM),
-        false => with_fresh(Role::Old, |b| retry(|| rustix::fs::linkat(dir, name, dir, b, AtFlags::empty()))),
+        false => with_fresh(Role::Old, |b| retry(|| rustix::fs::linkat(dir, name, at, b, AtFlags::empty()))),
     };
-    retry(|| rustix::fs::renameat(dir, &*tmp_name, dir, name)).at("install")?;
+    retry(|| rustix::fs::renameat(at, &*tmp_name, dir, name)).at("install")?;
     tmp.name = None;
     Ok(match backup {
         Ok(((), backup)) => Placed::Linked { backup },
@@ -404,7 +522,7 @@ impl Installed<'_> {
     /// The source is gone: forget the old destination for good.
     pub fn commit(mut self) {
         match core::mem::replace(&mut self.placed, Placed::Overwritten) {
-            Placed::Exchanged { backup } | Placed::Linked { backup } => remove_old(self.dir, &backup, self.is_dir),
+            Placed::Exchanged { backup } | Placed::Linked { backup } => remove_old(self.at(), &backup, self.is_dir),
             Placed::Fresh | Placed::Overwritten => {}
         }
         // `placed` is now Overwritten: dropping `self` undoes nothing.
@@ -414,7 +532,7 @@ impl Installed<'_> {
         if matches!(self.placed, Placed::Overwritten) {
             return;
         }
-        let (dir, name) = (self.dir, self.name);
+        let (dir, name, at) = (self.dir, self.name, self.at());
         let ours = self.holds_ours();
         match &self.placed {
             // Remove our file, and only ours: when in doubt, leave it (a
@@ -427,29 +545,29 @@ impl Installed<'_> {
             // Another rename replaced our file meanwhile: it came later, so it
             // superseded the old destination too. The old one goes, theirs stays.
             Placed::Exchanged { backup } | Placed::Linked { backup } if ours == Some(false) => {
-                remove_old(dir, backup, self.is_dir);
+                remove_old(at, backup, self.is_dir);
             }
             Placed::Exchanged { backup } => {
-                let exchange = || tidy(|| rustix::fs::renameat_with(dir, &**backup, dir, name, RenameFlags::EXCHANGE));
+                let exchange = || tidy(|| rustix::fs::renameat_with(at, &**backup, dir, name, RenameFlags::EXCHANGE));
                 if exchange().is_ok() {
-                    match tidy(|| lstat(dir, backup)) {
-                        Ok(st) if same_inode(&st, &self.new) => self.withdraw_or_keep(backup),
+                    match tidy(|| lstat(at, backup)) {
+                        Ok(st) if same_inode(&st, &self.new) => self.withdraw_or_keep(at, backup),
                         // A rename landed on the name between the check and
                         // the exchange, and was swapped out with ours: put it
                         // back; it superseded the old destination.
                         Ok(_) => {
                             if exchange().is_ok() {
-                                remove_old(dir, backup, self.is_dir);
+                                remove_old(at, backup, self.is_dir);
                             }
                         }
                         Err(_) => {}
                     }
                 } else {
-                    let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
+                    let _ = tidy(|| rustix::fs::renameat(at, &**backup, dir, name));
                 }
             }
             Placed::Linked { backup } => {
-                let _ = tidy(|| rustix::fs::renameat(dir, &**backup, dir, name));
+                let _ = tidy(|| rustix::fs::renameat(at, &**backup, dir, name));
             }
             Placed::Overwritten => return,
         }
@@ -473,38 +591,42 @@ impl Installed<'_> {
                 // Not ours after all, or others added to it while it was
                 // visible: back under its name, or else kept under a name
                 // `clean` never removes.
-                if !(ours && self.withdraw(&aside))
+                if !(ours && self.withdraw(dir, &aside))
                     && tidy(|| rustix::fs::renameat_with(dir, &*aside, dir, name, RenameFlags::NOREPLACE)).is_err()
                 {
                     let _ = with_fresh(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, &*aside, dir, n)));
                 }
             }
             // No RENAME_NOREPLACE (NFS): remove it by name.
-            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => self.withdraw_or_keep(name),
+            Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => self.withdraw_or_keep(dir, name),
             Err(_) => {}
         }
     }
 
-    /// Withdraws our object at `at`; what others added to a tree meanwhile
-    /// is kept under a name `clean` never removes.
-    fn withdraw_or_keep(&self, at: &CStr) {
-        let dir = self.dir;
-        if !self.withdraw(at) && at != self.name {
-            let _ = with_fresh(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, at, dir, n)));
+    /// Withdraws our object at `dir`/`at`; what others added to a tree
+    /// meanwhile is kept under a name `clean` never removes.
+    fn withdraw_or_keep(&self, dir: BorrowedFd<'_>, at: &CStr) {
+        if !self.withdraw(dir, at) && at != self.name {
+            let _ = with_fresh(Role::Source, |n| tidy(|| rustix::fs::renameat(dir, at, self.dir, n)));
         }
     }
 
-    /// Removes our object at `at`: a file, or a tree but for entries the
-    /// source does not have (added by others while it was installed).
+    /// Removes our object at `dir`/`at`: a file, or a tree but for entries
+    /// the source does not have (added by others while it was installed).
     /// Returns whether everything went.
-    fn withdraw(&self, at: &CStr) -> bool {
+    fn withdraw(&self, dir: BorrowedFd<'_>, at: &CStr) -> bool {
         match (self.since, self.tree) {
-            (Some(since), Some(tree)) if self.is_dir => tree.withdraw(self.dir, at, since),
+            (Some(since), Some(tree)) if self.is_dir => tree.withdraw(dir, at, since),
             _ => {
-                remove_ours(self.dir, at, self.is_dir);
+                remove_ours(dir, at, self.is_dir);
                 true
             }
         }
+    }
+
+    /// The directory a backup is kept in (see [`Temp::at`]).
+    fn at(&self) -> BorrowedFd<'_> {
+        self.private.as_ref().map_or(self.dir, |p| p.fd.as_fd())
     }
 
     /// Whether the destination name still holds what we installed; `None`

@@ -20,8 +20,9 @@ pub enum Role {
     /// an old empty directory. Never the only copy of anything: safe to remove.
     Temp,
     /// `.xrename-old-<pid>-<hex>`: a copy about to replace a destination, or,
-    /// once swapped, the old destination kept for rollback. After a crash the
-    /// old destination may exist only here: to be inspected.
+    /// once swapped, the old destination kept for rollback; or a private
+    /// directory holding one. After a crash the old destination may exist
+    /// only here: to be inspected.
     Old,
     /// `.xrename-src-<pid>-<hex>`: a moved source set aside to be deleted. Its
     /// copy is installed, but entries changed during the move may be only
