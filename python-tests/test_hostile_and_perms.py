@@ -748,6 +748,24 @@ def test_landlock_exdev_without_refer_is_emulated_and_exchange_keeps_exdev(landl
     table.check(f"Landlock without REFER, {where}")
 
 
+def test_landlock_without_refer_leaves_exdev_for_a_node_into_a_directory_others_may_write(landlock, dirs):
+    """A FIFO and a symlink into a directory others may write (0777) are
+    made in a private directory in it (test_node_race.py), and Landlock
+    without REFER refuses the rename out of it: the kernel's EXDEV, and
+    nothing changed on either side."""
+    rights = all_rights(landlock) & ~LL_REFER
+    S, D = dirs.xS, dirs.xD
+    os.mkfifo(S / "p")
+    os.symlink("some/target", S / "l")
+    os.chmod(D, 0o777)
+    pre = snap(S, D)
+    moves = [op("os.rename", _j(S, n), _j(D, n)) for n in ("p", "l")]
+    got = run_ops(moves, preload=True, landlock=[(S, rights), (D, rights)]).results
+    for g in got:
+        assert res_eq(g, errno_res("EXDEV")), f"a node into a shared directory under Landlock: {res_str(g)}"
+    assert snap(S, D) == pre, f"refused moves changed {listing_str(pre)} into {listing_str(snap(S, D))}"
+
+
 def test_landlock_tree_move_needing_a_denied_right_is_refused_and_leaves_nothing(landlock, tmpfs):
     """Every right but REFER, and no MAKE_REG on D: a tree holding a file
     cannot be created there; EACCES and nothing left behind."""
