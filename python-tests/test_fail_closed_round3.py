@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,81 @@ def test_a_data_call_refused_on_the_read_write_path_gives_exdev_with_nothing_cha
     assert f"{call}(" in out.trace and f"= -1 {error}" in out.trace, "the injection did not land"
     assert src.read_bytes() == data
     assert entries(fs_pair.dst_dir) == set() and entries(fs_pair.src_dir) == {"f"}
+
+
+def test_a_tree_file_swapped_for_a_symlink_after_the_listing_never_gives_eloop(fs_pair, tmp_path):
+    """A file of the tree replaced by a symlink after the directory was
+    listed as holding a regular file: the open (never following a symlink)
+    fails with ELOOP, which is no errno of rename's for this. The tree
+    changed: the move starts over (and moves the symlink as a symlink) or
+    gives EXDEV; never ELOOP. (ELOOP reached the program before.) The mover
+    is stopped (strace SIGSTOP) at its open of the first file it copies,
+    and the last one it would copy becomes a symlink."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import fault_harness as fh
+    from test_data_round2 import Mover, stop_spec
+    src, dst = fs_pair.src_dir / "t", fs_pair.dst_dir / "t"
+
+    def reset():
+        for p in (src, dst):
+            shutil.rmtree(p, ignore_errors=True)
+        src.mkdir()
+        for i in range(10):
+            (src / f"f{i}").write_text(f"file {i}")
+        fh.age(fs_pair.src_dir)
+    reset()
+    child = fh.build_child()
+    calib = Mover(child, src, dst, tmp_path / "calibrate.trace").finish()
+    assert calib.kind == "ok", calib.describe()
+    calls = fh.parse_trace(calib.trace)
+    first, end = fh.move_window(calls)
+    opens = [c for c in calls[first:end] if c.name == "openat" and "O_NOATIME" in c.text and '"f' in c.text]
+    last = opens[-1].text.split('"')[1]
+    reset()
+    m = Mover(child, src, dst, tmp_path / "stop.trace", (stop_spec(opens[0]),))
+    try:
+        assert m.wait_stopped(), m.finish().describe()
+        os.unlink(src / last)
+        os.symlink("f4" if last != "f4" else "f3", src / last)
+        m.cont()
+        out = m.finish()
+    finally:
+        m.kill()
+    assert out.kind == "ok" or (out.kind == "error" and out.errname == "EXDEV"), out.describe()
+    target = "f4" if last != "f4" else "f3"
+    if out.kind == "ok":
+        assert os.readlink(dst / last) == target and (dst / target).read_text() == f"file {target[1]}"
+        assert not src.exists()
+    else:
+        assert os.readlink(src / last) == target and not dst.exists()
+
+
+NON_PIE_SOURCE = r'''
+#include <stdio.h>
+#include <sys/stat.h>
+int (*volatile ren)(const char *, const char *) = rename;
+int (*volatile st)(int, struct stat *) = fstat;
+int main(int argc, char **argv) {
+    if (ren(argv[1], argv[2]) != 0) { perror("rename"); return 1; }
+    return st == 0;
+}
+'''
+
+
+def test_a_program_built_without_pie_that_takes_the_address_of_rename_is_no_virtualiser(fs_pair, tmp_path):
+    """A program linked without PIE that takes the address of `rename` and
+    `fstat` makes its own PLT stubs their canonical addresses, which
+    `dlsym(RTLD_DEFAULT)` then returns: that is no other library defining
+    them. The move must happen (the preload stepped aside with EXDEV,
+    naming the program itself as a virtualiser, before)."""
+    need(shutil.which("cc") is not None, "cc missing")
+    c = tmp_path / "nopie.c"
+    c.write_text(NON_PIE_SOURCE)
+    exe = tmp_path / "nopie"
+    subprocess.run(["cc", "-O0", "-fno-pic", "-no-pie", "-o", str(exe), str(c)], check=True)
+    src, dst = fs_pair.src_dir / "f", fs_pair.dst_dir / "f"
+    src.write_text("data")
+    proc = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True,
+                          env=child_env({"XRENAME_LOG": "stderr"}), timeout=CHILD_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_text() == "data" and not src.exists()

@@ -107,7 +107,12 @@ pub fn write(target: &LogTarget, event: &Event<'_>) {
             let Ok(fd) = rustix::fs::open(&**path, flags, Mode::from_raw_mode(0o644)) else {
                 return;
             };
-            if rustix::fs::fstat(&fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+            // The summary log is the command's, made by this user: a file
+            // someone else put at its name once it was removed is not it.
+            let ours = |st: &rustix::fs::Stat| !made || st.st_uid == rustix::process::geteuid().as_raw();
+            if rustix::fs::fstat(&fd)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && ours(&st))
+            {
                 crate::real::write_file_quietly(fd.as_raw_fd(), line.as_bytes());
             }
         }

@@ -266,6 +266,12 @@ pub fn interposer() -> Option<String> {
         if p.is_null() {
             continue;
         }
+        // A program built without PIE that takes the address of one of
+        // these calls makes its own PLT stub the canonical address: that
+        // is no definition of the call, and the program no virtualiser.
+        if in_main_program(p as usize) {
+            continue;
+        }
         let Some(object) = object_of(p) else { continue };
         let base = object.rsplit('/').next().unwrap_or(&object);
         let system = base.starts_with("libc.so") || base.starts_with("ld-linux") || base.starts_with("libc-");
@@ -275,6 +281,31 @@ pub fn interposer() -> Option<String> {
         return Some(format!("{base} ({})", name.to_string_lossy()));
     }
     None
+}
+
+/// Whether `addr` lies in a loaded segment of the main program (the first
+/// object `dl_iterate_phdr` reports).
+fn in_main_program(addr: usize) -> bool {
+    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, _: libc::size_t, data: *mut c_void) -> libc::c_int {
+        // SAFETY: the loader passes a valid info for the call's duration;
+        // `data` is the `(usize, bool)` below.
+        let (info, out) = unsafe { (&*info, &mut *(data as *mut (usize, bool))) };
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: dlpi_phnum headers at dlpi_phdr, as the loader says.
+            unsafe { core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        out.1 = phdrs.iter().any(|ph| {
+            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+            ph.p_type == libc::PT_LOAD && (start..start.wrapping_add(ph.p_memsz as usize)).contains(&out.0)
+        });
+        1 // the main program comes first: stop there
+    }
+    let mut state = (addr, false);
+    // SAFETY: `first` only reads what the loader gives and writes `state`.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut state as *mut (usize, bool) as *mut c_void) };
+    state.1
 }
 
 /// The path of the loaded object that holds `addr`.

@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
@@ -412,7 +412,8 @@ impl SummaryLog {
             let mut r = [0u8; 8];
             let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
             let path = dir.join(format!("xrename-summary-{}-{:016x}.jsonl", std::process::id(), u64::from_le_bytes(r)));
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            // 0600: the moves it lists are nobody else's business.
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
                 Ok(_) => return Ok(SummaryLog { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),

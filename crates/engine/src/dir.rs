@@ -282,6 +282,9 @@ fn open_file(
     let s = match copy::open_source(sdir, &name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Done::Gone), // removed meanwhile: not part of the move
+        // Something else under its name since the listing (a symlink: the
+        // open never follows it; a socket, a device): the tree changed.
+        Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::changed(TREE_CHANGED)),
         Err(e) => return Err(Error::new(e, "open source file")),
     };
     let started = seen::now();
@@ -558,6 +561,7 @@ impl Copy<'_> {
         let s = match copy::open_source(sdir, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
+            Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::changed(TREE_CHANGED)),
             Err(e) => return Err(Error::new(e, "open source file")),
         };
         let started = seen::now();
@@ -717,6 +721,9 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, kept: writers::Kept) ->
                     // Gone since the listing: removed, or renamed, which
                     // changed its ctime: its deletion keeps it.
                     Err(Errno::NOENT) => continue,
+                    // Something else under its name now: nothing proves
+                    // what it is; fail closed.
+                    Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::new(Errno::XDEV, TREE_CHANGED)),
                     Err(e) => return Err(Error::new(e, "open source file")),
                 }
                 if batch.len() >= batch_len {

@@ -76,6 +76,9 @@ fn verdict(answer: Option<i32>) -> Result<()> {
 /// Free descriptors below which none is kept for the probe.
 const KEEP_FROM: usize = 256;
 
+/// glibc's `fd_set` holds descriptors below this.
+const FD_SETSIZE: usize = 1024;
+
 /// Most descriptors one probe's child is given.
 const PROBE_MAX: usize = 1024;
 
@@ -85,12 +88,11 @@ const PROBE_MAX: usize = 1024;
 /// descriptor names the very inode that was copied, whatever its name is
 /// now, and the deletion only ever removes names that still hold a copied
 /// inode: probing every kept descriptor probes whatever the deletion may
-/// remove. Kept up to a budget (a quarter of the descriptors free when
-/// the copy began, so that the program's other threads keep the rest);
-/// past it every descriptor is closed at once and the probe opens the
-/// taken tree's files by name instead.
-/// Shared by the threads copying files: each keeps its file's descriptor
-/// as soon as the file is copied, or closes it at once past the budget.
+/// remove. Kept up to a small budget ([`Kept::budget`]); past it every
+/// descriptor is closed at once and the probe opens the taken tree's files
+/// by name instead. Shared by the threads copying files: each keeps its
+/// file's descriptor as soon as the file is copied, or closes it at once
+/// past the budget.
 #[derive(Debug, Default)]
 pub struct Kept {
     fds: Mutex<Vec<OwnedFd>>,
@@ -105,11 +107,19 @@ impl Kept {
     }
 
     /// How many to keep when `free` descriptors are free as the copy
-    /// begins: a quarter, leaving the rest to the program's other threads
-    /// and to the walk; none under a small limit, where every descriptor
-    /// counts (a process limited to 20 still moves a deep tree).
+    /// begins. Kept descriptors take the lowest free numbers, which the
+    /// program's other threads would get meanwhile, so they are few: an
+    /// eighth of the free ones (the rest stays the program's: a thread near
+    /// its limit must not get EMFILE because of a move), and never so many
+    /// that the descriptors open, ours included, pass half of FD_SETSIZE
+    /// (1,024: a program that gets a descriptor above it and hands it to
+    /// `select` is aborted by glibc). None under a small limit, where every
+    /// descriptor counts (a process limited to 20 still moves a deep tree).
     pub fn budget(free: usize) -> usize {
-        if free < KEEP_FROM { 0 } else { free / 4 }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+        let open = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(free);
+        let below_select = (FD_SETSIZE / 2).saturating_sub(open);
+        if free < KEEP_FROM { 0 } else { (free / 8).min(below_select) }
     }
 
     /// Keeps the descriptor of a file just copied, or closes it (and every
