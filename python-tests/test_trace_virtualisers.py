@@ -82,14 +82,14 @@ def assert_stepped_aside(log: Path, lib: str, count: int) -> None:
 # fakeroot: mv must give faked's view what plain mv gives it
 # --------------------------------------------------------------------------
 
-def fakeroot_mv(src: Path, dst: Path, mv: str, outer: tuple = ()) -> str:
+def fakeroot_mv(src: Path, dst: Path, mv: str, outer: tuple = (), options: tuple = ()) -> str:
     """A fake device node and a file chowned to 1234:5678, made in `src`
     under fakeroot (run by `outer`, if given) and moved to `dst` by `mv`
     (a command line); returns what fakeroot shows of `dst` afterwards
     (name, type, owner, device numbers, size) and what is left in `src`."""
     script = (f'set -e; cd "{src}"; mknod dev c 1 3; echo data > f; chown 1234:5678 f; {mv} dev f "{dst}/"; '
               f'cd "{dst}"; stat -c "%n %F %u:%g %t:%T %s" dev f; ls -A "{src}"')
-    proc = run([*outer, "fakeroot", "sh", "-c", script])
+    proc = run([*outer, "fakeroot", *options, "sh", "-c", script])
     assert proc.returncode == 0, describe(proc)
     return proc.stdout
 
@@ -126,6 +126,28 @@ def test_under_fakeroot_traced_mv_keeps_fake_nodes_and_owners_as_plain_mv_does(f
     assert real_view(p.dst_dir / "x") == real_view(p.dst_dir / "plain")
     assert os.listdir(p.src_dir / "x") == []
     assert_stepped_aside(log, "libfakeroot", 2)
+
+
+def test_under_fakeroot_with_its_library_under_another_name_the_supervisor_moves_nothing(fs_pair, tmp_path):
+    """`xrename -- fakeroot -l /elsewhere/libfr.so ...`: the maps show no
+    library by a known name, but the process is dynamically linked and its
+    environment has FAKEROOTKEY: the supervisor leaves each EXDEV to mv,
+    and faked sees what plain mv gives (an empty regular file owned by
+    root arrived before)."""
+    need(shutil.which("fakeroot") is not None, "fakeroot not installed (scripts/deps.sh)")
+    lib = lib_path("/usr/lib/x86_64-linux-gnu/libfakeroot/libfakeroot-sysv.so", "/usr/lib/libfakeroot/libfakeroot-sysv.so")
+    renamed = tmp_path / "libfr.so"
+    shutil.copy(lib, renamed)
+    p = fs_pair
+    for d in (p.src_dir / "plain", p.dst_dir / "plain", p.src_dir / "x", p.dst_dir / "x"):
+        d.mkdir()
+    want = fakeroot_mv(p.src_dir / "plain", p.dst_dir / "plain", "mv", options=("-l", str(renamed)))
+    assert "character special file 0:0 1:3" in want and "regular file 1234:5678 0:0 5" in want, want
+    log = tmp_path / "log.jsonl"
+    got = fakeroot_mv(p.src_dir / "x", p.dst_dir / "x", "mv", outer=(XRENAME, "--log", log, "--"),
+                      options=("-l", str(renamed)))
+    assert got == want, f"fakeroot's view after traced mv:\n{got}\nafter plain mv:\n{want}"
+    assert_stepped_aside(log, "libfakeroot (FAKEROOTKEY)", 2)
 
 
 def test_xrename_under_fakeroot_says_moves_are_left_to_the_program():

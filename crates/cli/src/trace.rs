@@ -442,18 +442,22 @@ impl Supervisor<'_> {
     /// through the library itself. Read at each EXDEV, from the objects the
     /// process maps now (an exec or a `dlopen` changes them; a static
     /// program under fakeroot's environment has nothing loaded and is
-    /// served). Maps that cannot be read fail closed, as every other
+    /// served); also a dynamically linked process whose environment says
+    /// fakeroot or fakechroot (the library may be loaded under another
+    /// name: `fakeroot -l`). Maps that cannot be read fail closed, as every other
     /// `/proc/TID` read the move needs (status, root, cwd, fd: the move is
     /// not made).
     fn virtualised(&mut self, tid: pid_t) -> Option<&'static str> {
-        match std::fs::read(format!("/proc/{tid}/maps")) {
-            Ok(maps) => {
-                let lib = virtualisers::in_maps(&maps)?;
+        let read = std::fs::read(format!("/proc/{tid}/maps"))
+            .and_then(|maps| Ok((std::fs::read(format!("/proc/{tid}/environ"))?, maps)));
+        match read {
+            Ok((environ, maps)) => {
+                let lib = virtualisers::in_maps(&maps).or_else(|| virtualisers::in_environ(&environ, &maps))?;
                 // Leaked once per library name: a log step is static.
                 let leak = |lib: &String| &*Box::leak(virtualisers::step(lib).into_boxed_str());
                 Some(*self.virtualiser_steps.entry(lib).or_insert_with_key(leak))
             }
-            Err(_) => Some("cannot read the program's maps (/proc/PID/maps)"),
+            Err(_) => Some("cannot read the program's maps or environment (/proc/PID/maps, environ)"),
         }
     }
 

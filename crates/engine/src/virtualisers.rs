@@ -73,6 +73,29 @@ pub fn in_maps(maps: &[u8]) -> Option<String> {
     })
 }
 
+/// A dynamically linked process (its maps show the dynamic loader) whose
+/// environment says it runs under fakeroot or fakechroot (`FAKEROOTKEY`,
+/// `FAKECHROOT`, as `environ`, NUL-separated): it may have loaded the
+/// library under another name (`fakeroot -l`), which the maps cannot tell.
+/// A static program has nothing to load it into, and sees the real
+/// filesystem: not named.
+pub fn in_environ(environ: &[u8], maps: &[u8]) -> Option<String> {
+    let dynamic = maps.split(|&b| b == b'\n').any(|line| {
+        let name = base(line.trim_ascii_end());
+        (name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so"))
+            && line.split(|b| b.is_ascii_whitespace()).nth(1).is_some_and(|perms| perms.get(2) == Some(&b'x'))
+    });
+    if !dynamic {
+        return None;
+    }
+    environ.split(|&b| b == 0).find_map(|pair| {
+        [("FAKEROOTKEY=", "libfakeroot"), ("FAKECHROOT=", "libfakechroot")]
+            .iter()
+            .find(|(key, _)| pair.len() > key.len() && pair.starts_with(key.as_bytes()))
+            .map(|(key, lib)| format!("{lib} ({})", key.trim_end_matches('=')))
+    })
+}
+
 /// The virtualising libraries `var` (the environment) shows: those in
 /// `LD_PRELOAD`, by file name; else fakeroot's `FAKEROOTKEY` or
 /// fakechroot's `FAKECHROOT`, by variable.
@@ -125,6 +148,18 @@ mod tests {
         assert_eq!(in_maps(b"7f00-7f10 r-xp 00000000 00:00 0 [vdso]\n"), None);
         assert_eq!(in_maps(b"truncated line"), None);
         assert!(harmless("libfaketimeMT.so.1") && !harmless("libfakeroot-0.so"));
+    }
+
+    #[test]
+    fn a_dynamic_process_under_fakeroots_environment_is_named_whatever_its_library_is_called() {
+        let dynamic = "7f00-7f10 r-xp 00000000 fe:00 9 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n\
+                       7f20-7f30 r-xp 00000000 fe:00 10 /tmp/libfr.so\n";
+        let env = b"PATH=/bin\0FAKEROOTKEY=1234\0";
+        assert_eq!(in_environ(env, dynamic.as_bytes()).as_deref(), Some("libfakeroot (FAKEROOTKEY)"));
+        assert_eq!(in_environ(b"FAKECHROOT=true\0", dynamic.as_bytes()).as_deref(), Some("libfakechroot (FAKECHROOT)"));
+        assert_eq!(in_environ(b"FAKEROOTKEY=\0HOME=/\0", dynamic.as_bytes()), None);
+        let static_program = "00400000-00401000 r-xp 00000000 fe:00 9 /usr/local/bin/static\n";
+        assert_eq!(in_environ(env, static_program.as_bytes()), None);
     }
 
     #[test]
