@@ -1,8 +1,11 @@
 //! Moving a directory tree, as `mv` does across devices, but atomically.
 //!
 //! 1. The copy is built under a hidden temp directory next to the
-//!    destination ([`Temp::named`]), created 0700 so no one else can use a
-//!    half-built tree. The walk ([`walk`](super::walk)) is file-descriptor
+//!    destination ([`Temp::dir`]), created 0700 so no one else can use a
+//!    half-built tree, and used only through the descriptor opened right
+//!    after it was made, checked to be ours, private and empty (another
+//!    user could have renamed their own directory over its name in between;
+//!    the installer checks the name again). The walk ([`walk`](super::walk)) is file-descriptor
 //!    relative and never follows a symlink, so a subdirectory swapped for a
 //!    symlink meanwhile can never make xrename read, copy or delete
 //!    anything outside the source tree.
@@ -94,12 +97,9 @@ pub fn copy_tree<'d>(
     let root_seen = Seen::record(&root_st, started);
     let dst_dir = dst.dir.as_fd();
     let dst_parent = id(&fstat(dst_dir).at("stat destination directory")?);
-    let mut tmp =
-        Temp::named(dst_dir, true, |n| retry(|| rustix::fs::mkdirat(dst_dir, n, Mode::from_raw_mode(0o700))))?;
-    let tmp_root = open_dir(dst_dir, tmp.name().expect("named")).at("open temp directory")?;
-    private(tmp_root.as_fd())?;
-    let tmp_id = id(&fstat(tmp_root.as_fd()).at("stat temp directory")?);
-    tmp.keep_fd(rustix::io::fcntl_dupfd_cloexec(&tmp_root, 0).at("dup")?);
+    let (tmp, tmp_root, made) = Temp::dir(dst_dir)?;
+    private(tmp_root.as_fd(), &made)?;
+    let tmp_id = id(&made);
 
     let walk = Walk::new([src_root, tmp_root])?;
     let free = super::walk::free_descriptors();
@@ -534,7 +534,7 @@ impl Copy<'_> {
         let tdir = self.walk.fd(1)?;
         retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
         let t = open_dir(tdir, &name).at("open new directory")?;
-        private(t.as_fd())?;
+        private(t.as_fd(), &fstat(t.as_fd()).at("stat temp directory")?)?;
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');
         // Recorded as it is before its names are read: an entry added or
@@ -617,13 +617,13 @@ impl Copy<'_> {
     }
 }
 
-/// Makes a directory of the copy 0700 whatever the umask, so that it can be
-/// filled; its own mode comes when it is complete. The set-group-ID bit it
-/// inherited from a setgid destination stays (what is made in it then
-/// takes that group, as with mv, where the owner's group cannot be set);
-/// no `chmod` at all when the umask left it so.
-fn private(dir: BorrowedFd<'_>) -> Result<()> {
-    let mode = u32::from(fstat(dir).at("stat temp directory")?.stx_mode);
+/// Makes a directory of the copy, seen as `st`, 0700 whatever the umask, so
+/// that it can be filled; its own mode comes when it is complete. The
+/// set-group-ID bit it inherited from a setgid destination stays (what is
+/// made in it then takes that group, as with mv, where the owner's group
+/// cannot be set); no `chmod` at all when the umask left it so.
+fn private(dir: BorrowedFd<'_>, st: &Statx) -> Result<()> {
+    let mode = u32::from(st.stx_mode);
     let want = 0o700 | (mode & Mode::SGID.bits());
     if mode & 0o7777 == want {
         return Ok(());

@@ -107,12 +107,12 @@ pub fn copy_file<'d>(
     if let Some(tmp) = links.and_then(|l| l.reuse(fd.as_fd(), &st_now, dst)) {
         // Another name of it moved earlier: a hard link to that copy.
         let copy = match seen.racy() {
-            true => Some(copy::open_source(dst.dir.as_fd(), tmp.name().expect("named")).at("open copy")?),
+            true => Some(copy::open_source(tmp.at(), tmp.name().expect("named")).at("open copy")?),
             false => None,
         };
         return Ok(Copied { tmp, seen, check: Check { src: fd, copy, times } });
     }
-    let tmp = Temp::file(dst.dir.as_fd())?;
+    let tmp = Temp::file(dst.dir.as_fd(), &dst.name)?;
     let early = durability.early_writeback(st_now.stx_size).then_some(durability);
     copy::copy_data(fd.as_fd(), tmp.fd(), &st_now, route, &mut report.bytes, progress, early)?;
     meta::apply(Obj::Fd(fd.as_fd()), Obj::Fd(tmp.fd()), &st_now, meta::Made { st: None, inherits })?;

@@ -19,27 +19,36 @@
 //!
 //! [`Installed`] undoes the placement on `Drop` unless committed.
 //!
-//! Directory trees are built under a hidden name ([`Temp::named`]) and
-//! placed the same way, with `renameat2` (`RENAME_NOREPLACE`, or
-//! `RENAME_EXCHANGE` with an existing destination).
-//!
-//! Symlinks and special files can only be made, and given their metadata,
-//! by name. In a shared directory anyone with write access could rename
-//! their own object over a hidden name there at any moment, up to the
-//! rename that installs it (issue 11): there, these are made inside a
-//! private directory ([`Temp::by_name`]), mode 0700 and ours, made under a
+//! In a shared directory anyone with write access could rename their own
+//! object over a hidden name there at any moment, up to the rename that
+//! installs it, or ours away (issue 11). So wherever others may write to
+//! the destination directory ([`only_ours`]), whatever is named before it
+//! is installed (a named temp file, an unnamed one given a name for the
+//! exchange, another name's hard link, a symlink or special file, which can
+//! only be made and given metadata by name: [`Temp::by_name`]) is named in
+//! a private directory ([`Private`]), mode 0700 and ours, made under a
 //! hidden name in the destination directory and used only through the
 //! descriptor opened right after `mkdirat`. Only its owner and root may
-//! enter it, so what is there is what xrename made. They are placed from it
+//! enter it, so what is there is what xrename made. It is placed from there
 //! into the destination directory by the same calls; once swapped, the old
 //! destination waits there, and the directory is removed last. (A Landlock
 //! domain without `REFER` refuses that rename between two directories with
 //! EXDEV: the program gets it.)
+//!
+//! Directory trees cannot be built that way (moving a directory to another
+//! parent needs write permission on it, which its final mode may not give,
+//! and on an old destination directory exchanged with it). A tree is built
+//! under a hidden name in the destination directory ([`Temp::dir`]), used
+//! only through the descriptor opened after `mkdirat` and checked to be
+//! ours, private and empty, and placed by name, with `renameat2`
+//! (`RENAME_NOREPLACE`, or `RENAME_EXCHANGE` with an existing destination):
+//! its name is checked to hold that descriptor's directory just before,
+//! and the destination's just after, which undoes the placement if not.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx, Uid};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Statx};
 use rustix::io::Errno;
 
 use super::durable::{Durability, Placement};
@@ -47,7 +56,8 @@ use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
 use super::names::{Role, with_fresh};
 use super::path::Entry;
 use super::seen::Since;
-use super::stat::{append_only, file_type, fstat, lstat, same_inode};
+use super::stat::{file_type, fstat, is_append_only, lstat, same_inode};
+use super::walk::open_dir;
 
 /// A new object in the destination directory that no one else can see or
 /// rely on yet: an unnamed file, or a hidden name (in the destination
@@ -63,7 +73,7 @@ pub struct Temp<'d> {
     is_dir: bool,
     /// The status of the new object as made, if read ([`Temp::by_name`]):
     /// the installer uses only its identity, which no one else can have
-    /// changed (no one else may rename anything there).
+    /// changed (no one else may rename anything where it is).
     made: Option<Box<Statx>>,
     /// Where `name` is, if not in `dir`. Declared last: dropped after the
     /// temp in it is removed.
@@ -84,8 +94,8 @@ struct Private<'d> {
 }
 
 impl<'d> Private<'d> {
-    /// Makes one in `parent`, for the effective user `euid`.
-    fn new(parent: BorrowedFd<'d>, euid: Uid) -> Result<Private<'d>> {
+    /// Makes one in `parent`, for the filesystem user `me`.
+    fn new(parent: BorrowedFd<'d>, me: u32) -> Result<Private<'d>> {
         let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(parent, n, Mode::from_raw_mode(0o700)));
         let ((), name) = with_fresh(Role::Old, mkdir).at_copy("create temp directory")?;
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -107,12 +117,12 @@ impl<'d> Private<'d> {
         // made in it: theirs could be swapped in by then.)
         let st = fstat(private.fd.as_fd()).at_copy("stat temp directory")?;
         let mode = u32::from(st.stx_mode);
-        if st.stx_uid != euid.as_raw() || mode & 0o077 != 0 {
+        if st.stx_uid != me || mode & 0o077 != 0 {
             return Err(Error::new(Errno::XDEV, "the temp directory is not private"));
         }
         // A umask that takes write or search from the owner: nothing could
         // be made in it (but by root, which needs neither).
-        if mode & 0o300 != 0o300 && !euid.is_root() {
+        if mode & 0o300 != 0o300 && me != 0 {
             return Err(Error::new(Errno::XDEV, "the umask leaves no access to a temp directory"));
         }
         Ok(private)
@@ -125,9 +135,53 @@ impl Drop for Private<'_> {
     }
 }
 
+/// Whether no one but us may write to the directory seen as `st`: it is
+/// ours (the filesystem uid `me`, which permission checks use), without
+/// group or other write permission (with an ACL, those bits are its mask).
+/// Anywhere else, others may rename their own object over a name there, or
+/// ours away, at any moment.
+fn only_ours(st: &Statx, me: u32) -> bool {
+    st.stx_uid == me && u32::from(st.stx_mode) & 0o022 == 0
+}
+
+/// What [`make`] made: `create`'s result, its name, that name's role, and
+/// the private directory it is in, if any.
+type Made<'d, T> = (T, CString, Role, Option<Private<'d>>);
+
+/// Makes an object by name, with `create` (given a directory and a name,
+/// it fails with EEXIST if the name is taken), where no one else can rename
+/// anything over it or away: under a fresh hidden name of `role` in `dir`
+/// (seen as `st`) where only we may write to it ([`only_ours`]); elsewhere in
+/// a new [`Private`] directory in `dir`, under `name` (the destination's, so
+/// that a leftover is plain to see), or a fresh hidden name if that is
+/// taken, named as a [`Role::Old`]: once swapped, it holds the old destination.
+fn make<'d, T>(
+    dir: BorrowedFd<'d>,
+    st: &Statx,
+    name: &CStr,
+    role: Role,
+    step: &'static str,
+    mut create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<T>,
+) -> Result<Made<'d, T>> {
+    let me = super::sys::fsuid();
+    if only_ours(st, me) {
+        let (made, name) = with_fresh(role, |n| create(dir, n)).at(step)?;
+        return Ok((made, name, role, None));
+    }
+    let private = Private::new(dir, me)?;
+    let at = private.fd.as_fd();
+    let (made, name) = match create(at, name) {
+        Ok(made) => (made, name.to_owned()),
+        Err(Errno::EXIST) => with_fresh(Role::Old, |n| create(at, n)).at(step)?,
+        Err(e) => return Err(Error::new(e, step)),
+    };
+    Ok((made, name, Role::Old, Some(private)))
+}
+
 impl<'d> Temp<'d> {
-    /// Creates an empty, private (0600) regular file in `dir`.
-    pub fn file(dir: BorrowedFd<'d>) -> Result<Temp<'d>> {
+    /// Creates an empty, private (0600) regular file in `dir`, bound for
+    /// `name` there: unnamed where it can be, else by name ([`make`]).
+    pub fn file(dir: BorrowedFd<'d>, name: &CStr) -> Result<Temp<'d>> {
         if procfs_usable() {
             let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
             match retry(|| rustix::fs::openat(dir, c".", flags, Mode::from_raw_mode(0o600))) {
@@ -147,64 +201,71 @@ impl<'d> Temp<'d> {
                 Err(e) => return Err(Error::new(e, "create temp file")),
             }
         }
-        if append_only(dir) {
+        let st = fstat(dir).at("stat destination directory")?;
+        if is_append_only(&st) {
             // A named temp could never be renamed or removed there.
             return Err(Error::new(Errno::XDEV, "append-only destination directory"));
         }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let (fd, name) =
-            with_fresh(Role::Temp, |name| retry(|| rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))))
-                .at("create temp file")?;
-        Ok(Temp { dir, fd: Some(fd), name: Some(name), role: Role::Temp, is_dir: false, made: None, private: None })
-    }
-
-    /// Creates an object under a fresh hidden name in `dir` with `create`
-    /// (`mkdirat`, `symlinkat`, `mknodat`, ...), which fails with EEXIST if
-    /// the name is taken.
-    /// A directory is named as a [`Role::Temp`] (what it may replace is an
-    /// empty directory); anything else as [`Role::Old`], since once swapped
-    /// in, its name holds the old destination.
-    pub fn named(
-        dir: BorrowedFd<'d>,
-        is_dir: bool,
-        mut create: impl FnMut(&CStr) -> rustix::io::Result<()>,
-    ) -> Result<Temp<'d>> {
-        let role = if is_dir { Role::Temp } else { Role::Old };
-        let ((), name) = with_fresh(role, |name| create(name)).at("create temp")?;
-        Ok(Temp { dir, fd: None, name: Some(name), role, is_dir, made: None, private: None })
+        let create =
+            |at: BorrowedFd<'_>, n: &CStr| retry(|| rustix::fs::openat(at, n, flags, Mode::from_raw_mode(0o600)));
+        let (fd, name, role, private) = make(dir, &st, name, Role::Temp, "create temp file", create)?;
+        Ok(Temp { dir, fd: Some(fd), name: Some(name), role, is_dir: false, made: None, private })
     }
 
     /// Creates an object that is made and given its metadata by name, with
-    /// `create` (`symlinkat`, `mknodat`, ...: given a directory and a name,
-    /// it fails with EEXIST if the name is taken), and reads its status.
-    /// Where no one else may write to `dir` (it is ours, without group or
-    /// other write permission, which with an ACL is its mask), under a fresh
-    /// hidden name there, as [`Temp::named`]. Elsewhere, others could rename
-    /// their own object over that name: in a new private directory in `dir`
-    /// ([`Private`]), under `name` (the destination's, so that a leftover
-    /// is plain to see), or a fresh hidden name if that is taken.
+    /// `create` (`symlinkat`, `mknodat`, `linkat`: given a directory and a
+    /// name, it fails with EEXIST if the name is taken), bound for `name` in
+    /// `dir`, where no one else can rename anything over it ([`make`]), and
+    /// reads its status.
     pub fn by_name(
         dir: BorrowedFd<'d>,
         name: &CStr,
-        mut create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
+        create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
     ) -> Result<Temp<'d>> {
-        let euid = rustix::process::geteuid();
         let st = fstat(dir).at("stat destination directory")?;
-        let mut tmp = if st.stx_uid == euid.as_raw() && u32::from(st.stx_mode) & 0o022 == 0 {
-            Temp::named(dir, false, |n| create(dir, n))?
-        } else {
-            let private = Private::new(dir, euid)?;
-            let at = private.fd.as_fd();
-            let name = match create(at, name) {
-                Ok(()) => name.to_owned(),
-                Err(Errno::EXIST) => with_fresh(Role::Old, |n| create(at, n)).at("create temp")?.1,
-                Err(e) => return Err(Error::new(e, "create temp")),
-            };
-            let private = Some(private);
-            Temp { dir, fd: None, name: Some(name), role: Role::Old, is_dir: false, made: None, private }
-        };
+        let ((), name, role, private) = make(dir, &st, name, Role::Old, "create temp", create)?;
+        let mut tmp = Temp { dir, fd: None, name: Some(name), role, is_dir: false, made: None, private };
         tmp.made = Some(Box::new(tmp.stat()?));
         Ok(tmp)
+    }
+
+    /// Makes an empty directory, mode 0700, under a fresh hidden
+    /// ([`Role::Temp`]) name in `dir`, and opens it: a tree's root, to be
+    /// built through the descriptor returned, with its status. Nothing makes
+    /// a directory unnamed or opens it as it is made: anyone who may write to
+    /// `dir` could rename their own directory over the name in between, to
+    /// read or change the copy before it is installed (issue 11). What is
+    /// opened must be ours (the filesystem uid: no one else can make one of
+    /// ours), grant no one else anything (the set-group-ID bit a setgid `dir`
+    /// passes on is allowed: it grants nothing) and be empty (not another
+    /// directory of ours renamed there); else EXDEV, and the name is removed
+    /// only if it holds an empty directory, which anyone who may write there
+    /// could remove. The temp keeps a descriptor of it: if the name is
+    /// swapped later, the tree is still found (and emptied on drop).
+    pub fn dir(dir: BorrowedFd<'d>) -> Result<(Temp<'d>, OwnedFd, Statx)> {
+        let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)));
+        let ((), name) = with_fresh(Role::Temp, mkdir).at("create temp")?;
+        let opened = (|| {
+            let fd = open_dir(dir, &name).at("open temp directory")?;
+            let st = fstat(fd.as_fd()).at("stat temp directory")?;
+            let mode = u32::from(st.stx_mode) & 0o7777 & !Mode::SGID.bits();
+            if st.stx_uid != super::sys::fsuid() || mode & !0o700 != 0 || !is_empty_at_start(fd.as_fd())? {
+                return Err(Error::new(Errno::XDEV, "the temp directory is not ours"));
+            }
+            let kept = rustix::io::fcntl_dupfd_cloexec(&fd, 0).at("dup")?;
+            Ok((fd, kept, st))
+        })();
+        let (fd, kept, st) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                let _ = tidy(|| rustix::fs::unlinkat(dir, &*name, AtFlags::REMOVEDIR));
+                return Err(e);
+            }
+        };
+        let tmp =
+            Temp { dir, fd: Some(kept), name: Some(name), role: Role::Temp, is_dir: true, made: None, private: None };
+        Ok((tmp, fd, st))
     }
 
     /// The directory the hidden name is in: the destination directory, or
@@ -216,12 +277,6 @@ impl<'d> Temp<'d> {
     /// The new object's status as made, if it was read.
     pub fn made(&self) -> Option<&Statx> {
         self.made.as_deref()
-    }
-
-    /// Keeps a descriptor of a named temp (a tree's root), so that its
-    /// filesystem can be synced after the install.
-    pub fn keep_fd(&mut self, fd: OwnedFd) {
-        self.fd = Some(fd);
     }
 
     /// The temp file's descriptor (regular files only).
@@ -250,6 +305,12 @@ impl<'d> Temp<'d> {
     fn ensure_named(&mut self) -> Result<&CStr> {
         match (&self.name, self.role, self.is_dir) {
             (None, _, _) => {
+                // Anyone who may write to the destination directory could
+                // rename their own file over that name before the exchange.
+                let me = super::sys::fsuid();
+                if !only_ours(&fstat(self.dir).at("stat destination directory")?, me) {
+                    self.private = Some(Private::new(self.dir, me)?);
+                }
                 let ((), name) = with_fresh(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
                 self.name = Some(name);
                 self.role = Role::Old;
@@ -304,14 +365,74 @@ impl<'d> Temp<'d> {
         self.name = None;
         Ok(())
     }
+
+    /// For a tree (named in the destination directory, see [`Temp::dir`]):
+    /// fails with EXDEV unless its name still holds the directory built,
+    /// seen as `new`. Anyone who may write there could have renamed it
+    /// away and theirs to its name.
+    fn still_ours(&self, new: &Statx) -> Result<()> {
+        let Some(name) = self.name.as_deref().filter(|_| self.is_dir) else { return Ok(()) };
+        match lstat(self.at(), name) {
+            Ok(st) if same_inode(&st, new) => Ok(()),
+            Ok(_) | Err(Errno::NOENT) => Err(Error::new(Errno::XDEV, "the temp directory was replaced")),
+            Err(e) => Err(Error::new(e, "stat temp directory")),
+        }
+    }
+
+    /// After a tree, seen as `new`, was `placed` from `from` at `name`: its
+    /// name could still have been swapped between [`Temp::still_ours`] and
+    /// the rename, so `name` is checked now. If another directory went there
+    /// (or it cannot be told), the placement is undone (what went to `name`
+    /// goes back to `from`, an old destination back to `name`) and this
+    /// fails (EXDEV for another directory); the temp then names `from`
+    /// again, and dropping it empties the tree through its descriptor,
+    /// wherever it is. Returns when it was installed, for a rollback.
+    fn placed_ours(&mut self, from: &CStr, name: &CStr, placed: &Placed, new: &Statx) -> Result<Since> {
+        let (dir, at) = (self.dir, self.at());
+        let error = match lstat(dir, name) {
+            Ok(st) if same_inode(&st, new) => {
+                return Ok(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() });
+            }
+            Ok(_) | Err(Errno::NOENT) => Error::new(Errno::XDEV, "the temp directory was replaced"),
+            Err(e) => Error::new(e, "stat installed directory"),
+        };
+        let _ = match placed {
+            Placed::Exchanged { backup } => {
+                tidy(|| rustix::fs::renameat_with(at, &**backup, dir, name, RenameFlags::EXCHANGE))
+            }
+            _ => tidy(|| rustix::fs::renameat_with(dir, name, at, from, RenameFlags::NOREPLACE)),
+        };
+        self.name = Some(from.to_owned());
+        Err(error)
+    }
 }
 
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
-        if let Some(name) = &self.name {
-            remove_ours(self.at(), name, self.is_dir);
+        let Some(name) = &self.name else { return };
+        match (self.is_dir, self.fd.take()) {
+            // The name may hold someone else's directory by now: the tree is
+            // emptied through its descriptor, then the name removed if it
+            // holds an empty directory (ours, or one anyone could remove).
+            (true, Some(fd)) => {
+                for _ in 0..TIDY_TRIES {
+                    if super::tree::empty_tree(&fd).is_ok() {
+                        break;
+                    }
+                }
+                let _ = tidy(|| rustix::fs::unlinkat(self.at(), &**name, AtFlags::REMOVEDIR));
+            }
+            _ => remove_ours(self.at(), name, self.is_dir),
         }
     }
+}
+
+/// Whether the directory just opened as `fd` is empty; its listing is
+/// then read from the start again.
+fn is_empty_at_start(fd: BorrowedFd<'_>) -> Result<bool> {
+    let empty = super::walk::read_names(fd)?.is_empty();
+    retry(|| rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0))).at_copy("rewind temp directory")?;
+    Ok(empty)
 }
 
 /// Removes an object xrename made (a temp, or a backup of an old empty
@@ -402,6 +523,8 @@ pub fn install<'d>(
     let mut sync = Some(durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?);
     let mut placed = None;
     for _ in 0..8 {
+        tmp.still_ours(&new)?;
+        let from = if is_dir { tmp.name.clone() } else { None };
         if !dst_exists {
             match tmp.place_noreplace(name) {
                 Ok(()) => placed = Some(Placed::Fresh),
@@ -413,13 +536,7 @@ pub fn install<'d>(
             match retry(|| rustix::fs::renameat_with(tmp.at(), &*tmp_name, dir, name, RenameFlags::EXCHANGE)) {
                 Ok(()) => {
                     tmp.name = None; // now names the old destination
-                    let placed = Placed::Exchanged { backup: tmp_name };
-                    let sync = sync.take().expect("once");
-                    let since = installed_at(dir, name, is_dir);
-                    let private = tmp.private.take();
-                    let installed = Installed { dir, name, new, is_dir, placed, sync, since, tree, private };
-                    check_replaced(&installed)?;
-                    return installed.synced();
+                    placed = Some(Placed::Exchanged { backup: tmp_name });
                 }
                 Err(Errno::NOENT) => dst_exists = false,
                 Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
@@ -429,10 +546,15 @@ pub fn install<'d>(
             }
         }
         if let Some(placed) = placed {
+            let since = match &from {
+                Some(from) => Some(tmp.placed_ours(from, name, &placed, &new)?),
+                None => None,
+            };
             let sync = sync.take().expect("once");
-            let since = installed_at(dir, name, is_dir);
             let private = tmp.private.take();
-            return Installed { dir, name, new, is_dir, placed, sync, since, tree, private }.synced();
+            let installed = Installed { dir, name, new, is_dir, placed, sync, since, tree, private };
+            check_replaced(&installed)?;
+            return installed.synced();
         }
     }
     // rename(2) never answers EAGAIN: the kernel's EXDEV, nothing changed.
@@ -445,7 +567,8 @@ pub fn install<'d>(
 /// kernel's rename never pays (an overlayfs lower-layer file, which an
 /// exchange or a link would copy up whole; a lower-layer directory, which
 /// cannot be exchanged at all): the caller has already taken the source,
-/// so nothing can fail after this.
+/// so nothing can fail after this, but a tree found not to be what went to
+/// the name ([`Temp::placed_ours`]): then the caller gives the source back.
 ///
 /// Returns whether the new name is durable: if the flush failed, the caller
 /// keeps the source (it is installed for good, and cannot be undone).
@@ -453,8 +576,19 @@ pub fn replace(mut tmp: Temp<'_>, dst: &Entry, durability: Durability) -> Result
     let dir = tmp.dir;
     let placement = durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?;
     let tmp_name = tmp.ensure_named()?.to_owned();
+    let new = match tmp.is_dir {
+        true => Some(tmp.stat()?),
+        false => None,
+    };
+    if let Some(new) = &new {
+        tmp.still_ours(new)?;
+    }
     retry(|| rustix::fs::renameat(tmp.at(), &*tmp_name, dir, &*dst.name)).at("install")?;
     tmp.name = None;
+    if let Some(new) = &new {
+        // The old destination (an empty directory) is gone either way.
+        tmp.placed_ours(&tmp_name, &dst.name, &Placed::Overwritten, new)?;
+    }
     Ok(Durability::placed(&placement, dir).is_ok())
 }
 
@@ -465,14 +599,6 @@ pub trait Rollback: core::fmt::Debug {
     /// Removes what is ours of the installed tree `dir`/`at`, installed at
     /// `since`; returns whether all of it went.
     fn withdraw(&self, dir: BorrowedFd<'_>, at: &CStr, since: Since) -> bool;
-}
-
-fn installed_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> Option<Since> {
-    if !is_dir {
-        return None;
-    }
-    let st = lstat(dir, name).ok()?;
-    Some(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() })
 }
 
 /// After an exchange the old destination sits at the backup name. If it

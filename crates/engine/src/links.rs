@@ -21,7 +21,7 @@
 //! moved. The memory is never waited for: if another thread holds it (or
 //! held it when the process forked), the file is simply copied.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -78,13 +78,14 @@ impl Links {
             return None;
         }
         let (from_dir, from) = (m.dir.clone(), m.name.clone());
-        let ddir = dst.dir.as_fd();
-        let tmp = Temp::named(ddir, false, |n| {
-            retry(|| rustix::fs::linkat(from_dir.as_fd(), &*from, ddir, n, AtFlags::empty()))
-        })
-        .ok()?;
-        // The name could have been replaced between the look and the link.
-        let linked = lstat(ddir, tmp.name()?).ok()?;
+        // Made and installed by name: where others may write to the
+        // destination directory, in a private directory (issue 11).
+        let link = |at: BorrowedFd<'_>, n: &CStr| {
+            retry(|| rustix::fs::linkat(from_dir.as_fd(), &*from, at, n, AtFlags::empty()))
+        };
+        let tmp = Temp::by_name(dst.dir.as_fd(), &dst.name, link).ok()?;
+        // The copy's name could have been replaced between the look and the link.
+        let linked = *tmp.made()?;
         if id(&linked) != id(&memo[i].copy) {
             return None; // dropping `tmp` removes the link
         }

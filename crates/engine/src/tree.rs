@@ -62,7 +62,19 @@ pub fn is_empty(dir: BorrowedFd<'_>, name: &CStr) -> Result<bool> {
 
 /// Removes a tree xrename made itself (a temp or a rolled-back copy).
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    let root = open_dir(dir, name).at("open temp directory")?;
+    empty(open_dir(dir, name).at("open temp directory")?)?;
+    retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
+}
+
+/// Empties a tree xrename made itself, open as `root` (whatever its name
+/// is now, if it still has one), read from its start.
+pub fn empty_tree(root: &OwnedFd) -> Result<()> {
+    let root = rustix::io::fcntl_dupfd_cloexec(root, 0).at("dup")?;
+    retry(|| rustix::fs::seek(&root, rustix::fs::SeekFrom::Start(0))).at("rewind temp directory")?;
+    empty(root)
+}
+
+fn empty(root: OwnedFd) -> Result<()> {
     let _ = rustix::fs::fchmod(root.as_fd(), Mode::from_raw_mode(0o700));
     let dev = fstat(root.as_fd()).map(|st| (st.stx_dev_major, st.stx_dev_minor)).at("stat temp directory")?;
     let mut walk = Walk::new([root])?;
@@ -95,7 +107,7 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
             }
         }
     }
-    retry(|| rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)).at("remove temp dir")
+    Ok(())
 }
 
 /// Removes the installed copy `dir`/`name` of `original` (whose copied

@@ -292,7 +292,7 @@ fn dir_fd(t: &TempDir) -> std::os::fd::OwnedFd {
 }
 
 fn temp_with<'a>(dir: std::os::fd::BorrowedFd<'a>, data: &[u8]) -> install::Temp<'a> {
-    let tmp = install::Temp::file(dir).unwrap();
+    let tmp = install::Temp::file(dir, c"b").unwrap();
     rustix::io::write(tmp.fd(), data).unwrap();
     tmp
 }
