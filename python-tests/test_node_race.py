@@ -21,7 +21,21 @@ that makes no private directory has no first stop: that case fails at
 its calibration.)
 
 Made in a private directory, a node still gets the group and ACLs it got
-beside the destination (setgid directory, default ACL): the last test.
+beside the destination (setgid directory, default ACL).
+
+The same race, for everything else named in the destination directory
+before its install (issue 11, 1): a file copied into a named temp (the
+O_TMPFILE openat made to fail by strace), an unnamed copy linked at a
+hidden name to be exchanged with an existing destination, the hard link a
+second name of a moved file becomes (two renames in one process), and a
+tree's temp directory. There the attacker (`steal`) renames a file of its
+own over every hidden name and every entry it can reach in one, and where
+the name is a directory renames it away (same parent: no write permission
+on it is needed) and puts its own, holding a marker file, at the name. The
+destination is then the source's file or tree, never the attacker's object
+and never built inside its directory; or EXDEV with the source and the old
+destination as they were. Nothing of ours stays under a hidden name or in
+a directory the attacker took, and nothing of the attacker's is removed.
 """
 
 from __future__ import annotations
@@ -38,7 +52,8 @@ import pytest
 
 import fault_harness as fh
 from test_data_round2 import (  # noqa: F401 (child and movers are fixtures)
-    child, cross_pair, hidden, install_call, movers, need_strace, run_traced, start, stop_and, stop_spec, window,
+    child, clear_dir, copy_done_call, cross_pair, hidden, install_call, movers, need_strace, quoted, run_traced,
+    start, stop_and, stop_spec, window,
 )
 from xrename_harness import PRIVILEGED, child_env, need
 
@@ -225,3 +240,412 @@ def test_a_node_made_in_a_private_directory_gets_the_group_and_acls_it_would_get
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, OWNER, OWNER)
     assert os.getxattr(p.dst_dir / "with-acl", "system.posix_acl_access") == acl
     assert not hidden(p.dst_dir, p.src_dir), hidden(p.dst_dir, p.src_dir)
+
+
+# --------------------------------------------------------------------------
+# files, hard links and trees bound for a shared directory (issue 11, 1)
+# --------------------------------------------------------------------------
+
+SRC_DATA = b"the source, to be moved\n" * 64
+OLD_DATA = b"the old destination\n" * 32
+ATTACK_DATA = b"the attacker's file\n"
+MARKER = "attacker-was-here"
+
+
+def steal(dst_dir: Path) -> tuple[list[str], set[int]]:
+    """As user ATTACKER (in a forked child, through a descriptor of `dst_dir`
+    opened before dropping root), for every hidden name in `dst_dir`:
+    renames a regular file of its own over every entry inside it that it can
+    reach and over the name itself; where the name is a directory, renames
+    it away (to `attack-stolen-N`, in the same directory: no write permission
+    on it is needed) and puts a directory of its own, holding MARKER, at the
+    name. Returns what succeeded and the inode numbers of the attacker's
+    objects now at a hidden name or inside one."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            dfd = os.open(dst_dir, os.O_RDONLY | os.O_DIRECTORY)
+            os.setgroups([])
+            os.setgid(ATTACKER)
+            os.setuid(ATTACKER)
+            done: list[str] = []
+            placed: list[int] = []
+            n = 0
+
+            def own(kind: str) -> tuple[str, int]:
+                nonlocal n
+                n += 1
+                name = f"attack-{kind}-{n}"
+                if kind == "file":
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                    os.write(fd, ATTACK_DATA)
+                    os.close(fd)
+                else:
+                    os.mkdir(name, 0o755, dir_fd=dfd)
+                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+                    os.close(os.open(MARKER, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=inner))
+                    os.close(inner)
+                return name, os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino
+
+            def put(obj: tuple[str, int], to: str, at: int, what: str) -> bool:
+                try:
+                    os.rename(obj[0], to, src_dir_fd=dfd, dst_dir_fd=at)
+                except OSError:
+                    return False
+                done.append(what)
+                placed.append(obj[1])
+                return True
+
+            for name in sorted(os.listdir(dfd)):
+                if not name.startswith(".xrename-") or name.startswith(".xrename-src-"):
+                    continue
+                try:
+                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+                except OSError:
+                    inner = None
+                if inner is not None:
+                    for entry in os.listdir(inner):
+                        f = own("file")
+                        if not put(f, entry, inner, f"file over {name}/{entry}"):
+                            os.unlink(f[0], dir_fd=dfd)
+                    os.close(inner)
+                f = own("file")
+                if put(f, name, dfd, f"file over {name}"):
+                    continue
+                os.unlink(f[0], dir_fd=dfd)
+                n += 1
+                try:
+                    os.rename(name, f"attack-stolen-{n}", src_dir_fd=dfd, dst_dir_fd=dfd)
+                    done.append(f"{name} renamed to attack-stolen-{n}")
+                except OSError:
+                    pass
+                d = own("dir")
+                if not put(d, name, dfd, f"directory over {name}"):
+                    os.unlink(f"{d[0]}/{MARKER}", dir_fd=dfd)
+                    os.rmdir(d[0], dir_fd=dfd)
+            os.write(w, json.dumps([done, placed]).encode())
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001 (report anything to the parent)
+            os.write(w, json.dumps([[f"attacker failed: {e!r}"], []]).encode())
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    done, placed = json.loads(out)
+    assert os.waitstatus_to_exitcode(status) == 0, done
+    return done, set(placed)
+
+
+def leftovers_of_ours(*dirs: Path) -> list[str]:
+    """Hidden names in `dirs` that are not the attacker's, and anything left
+    in a directory the attacker stole (renamed away from a hidden name)."""
+    out = [h for h in hidden(*dirs) if os.lstat(h).st_uid != ATTACKER]
+    for d in dirs:
+        for n in os.listdir(d):
+            p = d / n
+            if n.startswith("attack-stolen-") and os.lstat(p).st_uid != ATTACKER and os.listdir(p):
+                out.append(f"{p}: {sorted(os.listdir(p))}")
+    return out
+
+
+def make_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    os.chown(path, OWNER, OWNER)
+    os.chmod(path, 0o640)
+
+
+def is_file_of(path: Path, data: bytes) -> bool:
+    st = os.lstat(path)
+    return (stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid) == (OWNER, OWNER)
+            and stat.S_IMODE(st.st_mode) == 0o640 and path.read_bytes() == data)
+
+
+def assert_attackers_objects_kept(d: Path, placed: set[int], done: list[str]) -> None:
+    """Every object the attacker put at a hidden name is still somewhere in
+    `d`: never removed, as one of ours, by the mover."""
+    found = {os.lstat(os.path.join(top, n)).st_ino for top, dirs, files in os.walk(d) for n in [*dirs, *files]}
+    assert placed <= found, f"the mover removed the attacker's objects {placed - found}; attacker: {done}"
+
+
+def after_steps(calls: list[fh.Call], first: int, upto: int, pick) -> fh.Call:
+    """The first successful call in calls[first:upto] that `pick` accepts."""
+    found = [c for c in calls[first:upto] if c.ret != "?" and not c.ret.startswith("-") and pick(c)]
+    assert found, "calibration: no such call before the install:\n" + "\n".join(c.text for c in calls[first:upto])
+    return found[0]
+
+
+def shared_pair(tmpfs: Path, ext4: Path):
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    os.chmod(p.dst_dir, 0o777)  # shared, not sticky
+    return p
+
+
+def stop_attack_check_file(child, movers, tmp_path, reset, src: Path, dst: Path, existing: bool,
+                           injects: tuple[str, ...], target: fh.Call, stop: str, env_extra=None) -> None:
+    """Runs the move stopped after `target`, lets the attacker at the hidden
+    names, goes on, and checks: the destination is the source's file or, with
+    EXDEV, the source and the old destination are as they were; nothing of
+    ours is left under a hidden name or in a directory the attacker stole."""
+    reset()
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (*injects, stop_spec(target)), env_extra=env_extra)
+    stop_and(m, target, stop)
+    done, placed = steal(dst.parent)
+    m.cont()
+    out = m.finish()
+    if out.kind == "ok":
+        assert is_file_of(dst, SRC_DATA), (
+            f"rename returned 0, but {dst} is not the moved file "
+            f"({dst.read_bytes()[:40]!r}, inode {os.lstat(dst).st_ino}); attacker: {done}")
+        assert not os.path.lexists(src), "rename returned 0, but the source is still there"
+    else:
+        assert out.kind == "error" and out.errno == errno.EXDEV, f"{out.describe()}; attacker: {done}"
+        assert is_file_of(src, SRC_DATA), "the move failed, but the source is not intact"
+        if existing:
+            assert is_file_of(dst, OLD_DATA), f"the move failed, and the old destination changed; {done}"
+        else:
+            assert not os.path.lexists(dst), f"the move failed, but {dst} exists; attacker: {done}"
+    left = leftovers_of_ours(src.parent, dst.parent)
+    assert not left, f"left: {left}; attacker: {done}"
+    assert_attackers_objects_kept(dst.parent, placed, done)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replacing"])
+@pytest.mark.parametrize("stop", ["temp-made", "before-install"])
+def test_an_attacker_in_a_shared_destination_never_gets_a_named_temp_file_installed(
+        child, tmpfs, ext4, tmp_path, movers, stop, existing):
+    """A file copied into a named temp (O_TMPFILE made to fail, as on a
+    filesystem without it or without /proc) in a shared directory: the
+    attacker renames its own file over the hidden name, or the directory
+    holding it away, right after the temp is made (at its chown) and just
+    before the install."""
+    need(PRIVILEGED, "needs real root (a second user, chown)")
+    need_strace()
+    p = shared_pair(tmpfs, ext4)
+    src, dst = p.src_dir / "file", p.dst_dir / "file"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        make_file(src, SRC_DATA)
+        if existing:
+            make_file(dst, OLD_DATA)
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "plain.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    tmpfile = [c for c in calls[first:end] if c.name == "openat" and "O_TMPFILE" in c.text]
+    assert tmpfile, "precondition: the move uses O_TMPFILE on ext4"
+    no_tmpfile = (f"openat:error=EOPNOTSUPP:when={tmpfile[0].ordinal}",)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", no_tmpfile)
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    if stop == "before-install":
+        target = calls[install.index - 1]
+    else:
+        made = after_steps(calls, first, install.index, lambda c: c.name == "openat" and "O_EXCL" in c.text)
+        # The first metadata call after it (data calls may be interrupted by the stop).
+        target = after_steps(calls, made.index + 1, install.index, lambda c: c.name in ("fchown", "fchmod"))
+    stop_attack_check_file(child, movers, tmp_path, reset, src, dst, existing, no_tmpfile, target, stop)
+
+
+def test_an_attacker_in_a_shared_destination_never_gets_a_file_installed_in_place_of_an_unnamed_temp(
+        child, tmpfs, ext4, tmp_path, movers):
+    """An unnamed (O_TMPFILE) copy replacing a destination is first linked
+    at a hidden name, to be exchanged with it: the attacker acts right after
+    that link."""
+    need(PRIVILEGED, "needs real root (a second user, chown)")
+    need_strace()
+    p = shared_pair(tmpfs, ext4)
+    src, dst = p.src_dir / "file", p.dst_dir / "file"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        make_file(src, SRC_DATA)
+        make_file(dst, OLD_DATA)
+        fh.age(p.src_dir, p.dst_dir)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    target = after_steps(calls, first, install.index, lambda c: c.name == "linkat" and "/proc/" in c.text)
+    stop_attack_check_file(child, movers, tmp_path, reset, src, dst, True, (), target, "named")
+
+
+RENAME2_SOURCE = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* rename2 SRC DST: rename(3) FIRST_SRC to FIRST_DST (from the environment;
+   it must succeed), then SRC to DST, then the end-of-move marker
+   getppid(2), then "<errno> <preloaded>" for the second on stdout. */
+int main(int argc, char **argv) {
+    const char *a = getenv("FIRST_SRC"), *b = getenv("FIRST_DST");
+    if (argc != 3 || !a || !b) {
+        fprintf(stderr, "usage: FIRST_SRC=.. FIRST_DST=.. rename2 SRC DST\n");
+        return 2;
+    }
+    if (rename(a, b) != 0) {
+        perror("first rename");
+        return 4;
+    }
+    int r = rename(argv[1], argv[2]);
+    int e = r == 0 ? 0 : errno;
+    syscall(SYS_getppid);
+    int preloaded = 0;
+    FILE *maps = fopen("/proc/self/maps", "re");
+    if (maps) {
+        char line[4096];
+        while (fgets(line, sizeof line, maps))
+            if (strstr(line, "libxrename"))
+                preloaded = 1;
+        fclose(maps);
+    }
+    printf("%d %d\n", e, preloaded);
+    return fflush(stdout) == 0 ? 0 : 3;
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def child2() -> Path:
+    """`rename2 SRC DST`: two renames in one process (the memory of files
+    with several names lives as long as the process)."""
+    need(shutil.which("cc") is not None, "no C compiler (cc)")
+    import hashlib
+    out_dir = fh.REPO_ROOT / "target" / "fault-child"
+    exe = out_dir / f"rename2-{hashlib.sha256(RENAME2_SOURCE.encode()).hexdigest()[:16]}"
+    if not exe.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        c = exe.with_suffix(".c")
+        c.write_text(RENAME2_SOURCE)
+        tmp = out_dir / f".{exe.name}.{os.getpid()}"
+        proc = subprocess.run([shutil.which("cc"), "-O2", "-Wall", "-o", str(tmp), str(c)], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        os.replace(tmp, exe)
+    return exe
+
+
+@pytest.mark.parametrize("stop", ["linked", "before-install"])
+def test_an_attacker_in_a_shared_destination_never_gets_a_hard_link_reuse_installed(
+        child2, tmpfs, ext4, tmp_path, movers, stop):
+    """Two names of one file moved by one process: the second becomes a hard
+    link to the first's copy, made under a hidden name and installed by
+    name. The attacker acts right after that link, and just before the
+    install."""
+    need(PRIVILEGED, "needs real root (a second user, chown)")
+    need_strace()
+    p = shared_pair(tmpfs, ext4)
+    first_src, first_dst = p.src_dir / "a", p.dst_dir / "a"
+    src, dst = p.src_dir / "b", p.dst_dir / "b"
+    env = {"FIRST_SRC": str(first_src), "FIRST_DST": str(first_dst)}
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        make_file(first_src, SRC_DATA)
+        os.link(first_src, src)
+        fh.age(p.src_dir, p.dst_dir)
+
+    reset()
+    out = run_traced(child2, src, dst, tmp_path / "calibrate.trace", env_extra=env)
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls = fh.parse_trace(out.trace)
+    second = [c.index for c in calls if c.name in fh.RENAME_FAMILY and c.err == "EXDEV"][1] + 1
+    end = next(c.index for c in calls if c.name == fh.END_MARKER)
+    # The install: not the link itself, which in a private directory is
+    # made under the destination's name.
+    install = next(c for c in calls[second:end] if c.name in ("linkat", "renameat2") and c.ret == "0"
+                   and quoted(c.text)[-1] == dst.name and quoted(c.text)[0] != first_src.name)
+    linked = after_steps(calls, second, install.index, lambda c: c.name == "linkat" and '"a"' in c.text)
+    target = linked if stop == "linked" else calls[install.index - 1]
+    stop_attack_check_file(child2, movers, tmp_path, reset, src, dst, False, (), target, stop, env_extra=env)
+    assert os.lstat(dst).st_ino == os.lstat(first_dst).st_ino, "the second name is not a link to the first's copy"
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    make_file(root / "f", SRC_DATA)
+    make_file(root / "sub" / "g", SRC_DATA[::-1])
+    for d in (root / "sub", root):
+        os.chown(d, OWNER, OWNER)
+        os.chmod(d, 0o755)
+
+
+def is_tree_of_source(root: Path, placed: set[int]) -> bool:
+    st = os.lstat(root)
+    return (stat.S_ISDIR(st.st_mode) and st.st_ino not in placed and (st.st_uid, st.st_gid) == (OWNER, OWNER)
+            and sorted(os.listdir(root)) == ["f", "sub"] and os.listdir(root / "sub") == ["g"]
+            and is_file_of(root / "f", SRC_DATA) and is_file_of(root / "sub" / "g", SRC_DATA[::-1]))
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "over-empty-dir"])
+@pytest.mark.parametrize("stop", ["dir-made", "synced", "before-install"])
+def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_installed_from_its_directory(
+        child, tmpfs, ext4, tmp_path, movers, stop, existing):
+    """A tree is built under a hidden name in the destination directory and
+    installed from there by name. The attacker renames that directory away
+    and puts its own at the name: right after the mkdirat (before the mover
+    opens it), once the copy is synced, and just before the install."""
+    need(PRIVILEGED, "needs real root (a second user, chown)")
+    need_strace()
+    p = shared_pair(tmpfs, ext4)
+    src, dst = p.src_dir / "tree", p.dst_dir / "tree"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        make_tree(src)
+        if existing:
+            dst.mkdir()
+        fh.age(p.src_dir, p.dst_dir)
+
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    target = {
+        "dir-made": lambda: after_steps(calls, first, install.index, lambda c: c.name == "mkdirat"),
+        "synced": lambda: copy_done_call(calls, first, install),
+        "before-install": lambda: calls[install.index - 1],
+    }[stop]()
+
+    reset()
+    old = os.lstat(dst).st_ino if existing else None
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(target),))
+    stop_and(m, target, stop)
+    done, placed = steal(p.dst_dir)
+    m.cont()
+    out = m.finish()
+    if out.kind == "ok":
+        assert is_tree_of_source(dst, placed), (
+            f"rename returned 0, but {dst} is not the moved tree: {sorted(os.listdir(dst))}, "
+            f"inode {os.lstat(dst).st_ino}; attacker: {done}")
+        assert not os.path.lexists(src), "rename returned 0, but the source is still there"
+    else:
+        assert out.kind == "error" and out.errno == errno.EXDEV, f"{out.describe()}; attacker: {done}"
+        assert is_tree_of_source(src, set()), "the move failed, but the source is not intact"
+        if existing:
+            assert os.lstat(dst).st_ino == old and os.listdir(dst) == [], f"the old destination changed; {done}"
+        else:
+            assert not os.path.lexists(dst), f"the move failed, but {dst} exists; attacker: {done}"
+    left = leftovers_of_ours(p.src_dir, p.dst_dir)
+    assert not left, f"left: {left}; attacker: {done}"
+    assert_attackers_objects_kept(p.dst_dir, placed, done)
