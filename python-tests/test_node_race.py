@@ -649,3 +649,28 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
     left = leftovers_of_ours(p.src_dir, p.dst_dir)
     assert not left, f"left: {left}; attacker: {done}"
     assert_attackers_objects_kept(p.dst_dir, placed, done)
+
+
+@pytest.mark.parametrize("sticky", [True, False], ids=["sticky", "not-sticky"])
+def test_a_sticky_directory_of_root_needs_no_private_directory(fs_pair, tmp_path, sticky):
+    """In a sticky directory that root (or the mover) owns, such as /tmp, no
+    one else may remove or replace an entry of ours: a FIFO moved there is
+    made under a hidden name beside the destination, with no private
+    directory (five calls saved); in the same directory without the sticky
+    bit, the private directory is made."""
+    need(shutil.which("strace") is not None, "strace missing")
+    shared = fs_pair.dst_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777 if sticky else 0o777)
+    src = fs_pair.src_dir / "fifo"
+    os.mkfifo(src)
+    trace = tmp_path / "trace"
+    env = child_env()
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=mkdirat", "-o", str(trace),
+                           "-E", f"LD_PRELOAD={env['LD_PRELOAD']}", "--", "python3", "-c",
+                           "import os, sys; os.rename(sys.argv[1], sys.argv[2])", str(src), str(shared / "fifo")],
+                          capture_output=True, text=True, env={k: v for k, v in env.items() if k != "LD_PRELOAD"})
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.lstat(shared / "fifo").st_mode) and not os.path.lexists(src)
+    private = [line for line in trace.read_text().splitlines() if ".xrename-old-" in line]
+    assert bool(private) != sticky, trace.read_text()
