@@ -130,6 +130,9 @@ impl Kept {
             return;
         }
         let mut fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
+        if self.gave_up.load(Ordering::Relaxed) {
+            return; // another thread gave up meanwhile
+        }
         if fds.len() < self.budget {
             fds.push(fd);
         } else {
