@@ -383,6 +383,28 @@ def shared_pair(tmpfs: Path, ext4: Path):
     return p
 
 
+def assert_outcome(out, src: Path, dst: Path, existing: bool, done, placed, moved, intact, old_kept) -> None:
+    """After an attacked move: rename returned 0 and `dst` is what was moved
+    (`moved()`), the source gone; or EXDEV with the source intact
+    (`intact()`) and the old destination as it was (`old_kept()`) or none;
+    nothing of ours left under a hidden name or in a directory the attacker
+    stole, and the attacker's own objects where they put them."""
+    if out.kind == "ok":
+        assert moved(), (f"rename returned 0, but {dst} is not what was moved "
+                         f"(inode {os.lstat(dst).st_ino}); attacker: {done}")
+        assert not os.path.lexists(src), "rename returned 0, but the source is still there"
+    else:
+        assert out.kind == "error" and out.errno == errno.EXDEV, f"{out.describe()}; attacker: {done}"
+        assert intact(), "the move failed, but the source is not intact"
+        if existing:
+            assert old_kept(), f"the move failed, and the old destination changed; {done}"
+        else:
+            assert not os.path.lexists(dst), f"the move failed, but {dst} exists; attacker: {done}"
+    left = leftovers_of_ours(src.parent, dst.parent)
+    assert not left, f"left: {left}; attacker: {done}"
+    assert_attackers_objects_kept(dst.parent, placed, done)
+
+
 def stop_attack_check_file(child, movers, tmp_path, reset, src: Path, dst: Path, existing: bool,
                            injects: tuple[str, ...], target: fh.Call, stop: str, env_extra=None) -> None:
     """Runs the move stopped after `target`, lets the attacker at the hidden
@@ -395,21 +417,9 @@ def stop_attack_check_file(child, movers, tmp_path, reset, src: Path, dst: Path,
     done, placed = steal(dst.parent)
     m.cont()
     out = m.finish()
-    if out.kind == "ok":
-        assert is_file_of(dst, SRC_DATA), (
-            f"rename returned 0, but {dst} is not the moved file "
-            f"({dst.read_bytes()[:40]!r}, inode {os.lstat(dst).st_ino}); attacker: {done}")
-        assert not os.path.lexists(src), "rename returned 0, but the source is still there"
-    else:
-        assert out.kind == "error" and out.errno == errno.EXDEV, f"{out.describe()}; attacker: {done}"
-        assert is_file_of(src, SRC_DATA), "the move failed, but the source is not intact"
-        if existing:
-            assert is_file_of(dst, OLD_DATA), f"the move failed, and the old destination changed; {done}"
-        else:
-            assert not os.path.lexists(dst), f"the move failed, but {dst} exists; attacker: {done}"
-    left = leftovers_of_ours(src.parent, dst.parent)
-    assert not left, f"left: {left}; attacker: {done}"
-    assert_attackers_objects_kept(dst.parent, placed, done)
+    assert_outcome(out, src, dst, existing, done, placed,
+                   moved=lambda: is_file_of(dst, SRC_DATA), intact=lambda: is_file_of(src, SRC_DATA),
+                   old_kept=lambda: is_file_of(dst, OLD_DATA))
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "replacing"])
@@ -634,21 +644,9 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
     done, placed = steal(p.dst_dir)
     m.cont()
     out = m.finish()
-    if out.kind == "ok":
-        assert is_tree_of_source(dst, placed), (
-            f"rename returned 0, but {dst} is not the moved tree: {sorted(os.listdir(dst))}, "
-            f"inode {os.lstat(dst).st_ino}; attacker: {done}")
-        assert not os.path.lexists(src), "rename returned 0, but the source is still there"
-    else:
-        assert out.kind == "error" and out.errno == errno.EXDEV, f"{out.describe()}; attacker: {done}"
-        assert is_tree_of_source(src, set()), "the move failed, but the source is not intact"
-        if existing:
-            assert os.lstat(dst).st_ino == old and os.listdir(dst) == [], f"the old destination changed; {done}"
-        else:
-            assert not os.path.lexists(dst), f"the move failed, but {dst} exists; attacker: {done}"
-    left = leftovers_of_ours(p.src_dir, p.dst_dir)
-    assert not left, f"left: {left}; attacker: {done}"
-    assert_attackers_objects_kept(p.dst_dir, placed, done)
+    assert_outcome(out, src, dst, existing, done, placed,
+                   moved=lambda: is_tree_of_source(dst, placed), intact=lambda: is_tree_of_source(src, set()),
+                   old_kept=lambda: os.lstat(dst).st_ino == old and os.listdir(dst) == [])
 
 
 @pytest.mark.parametrize("sticky", [True, False], ids=["sticky", "not-sticky"])
