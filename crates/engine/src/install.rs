@@ -138,15 +138,12 @@ impl Drop for Private<'_> {
 /// Whether no one but us may write to the directory seen as `st`: it is
 /// ours (the filesystem uid `me`, which permission checks use), without
 /// group or other write permission (with an ACL, those bits are its mask).
-/// Or a sticky directory (`/tmp`) that we or root own: there no one else
-/// may remove or replace an entry of ours (the kernel's sticky rule: only
-/// the entry's owner, the directory's, or a holder of `CAP_FOWNER`).
 /// Anywhere else, others may rename their own object over a name there, or
-/// ours away, at any moment.
+/// ours away, at any moment. (A sticky directory is no exception: the
+/// kernel's sticky rule asks who owns the entry, and an object chowned to
+/// the source's owner is that user's to replace.)
 fn only_ours(st: &Statx, me: u32) -> bool {
-    let mode = u32::from(st.stx_mode);
-    let sticky = mode & 0o1000 != 0 && (st.stx_uid == me || st.stx_uid == 0);
-    sticky || (st.stx_uid == me && mode & 0o022 == 0)
+    st.stx_uid == me && u32::from(st.stx_mode) & 0o022 == 0
 }
 
 /// What [`make`] made: `create`'s result, its name, that name's role, and
