@@ -659,3 +659,45 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
     assert_outcome(out, src, dst, existing, done, placed,
                    moved=lambda: is_tree_of_source(dst, placed), intact=lambda: is_tree_of_source(src, set()),
                    old_kept=lambda: os.lstat(dst).st_ino == old and os.listdir(dst) == [])
+
+
+def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(child, tmpfs, ext4, tmp_path, movers):
+    """A tree replacing an empty directory: someone puts a file in that
+    directory after the check, and the mover is killed right after the
+    exchange. The old destination, with the file, then sits under the name
+    the copy had: it must be an old destination's name, which `xrename
+    clean --remove` reports and never deletes (it was a temp's name, which
+    clean --remove deleted with the file in it)."""
+    need_strace()
+    from cli_harness import XRENAME
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    src, dst = p.src_dir / "tree", p.dst_dir / "tree"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        (src / "sub").mkdir(parents=True)
+        (src / "sub" / "f").write_text("copy")
+        dst.mkdir()
+        fh.age(p.src_dir, p.dst_dir)
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    exchange = next(c for c in calls[first:end] if c.name == "renameat2" and "RENAME_EXCHANGE" in c.text)
+    before = calls[exchange.index - 1]
+    reset()
+    # A signal is injected as a call starts, and one syscall takes one
+    # injection: the kill goes to the first later call of another name.
+    after = next(c for c in calls[exchange.index + 1:end] if c.name != before.name)
+    kill = f"{after.name}:signal=SIGKILL:when={after.ordinal}"
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(before), kill))
+    stop_and(m, before, "before-exchange")
+    (dst / "precious").write_text("theirs")
+    m.cont()
+    out = m.finish()
+    assert out.kind == "killed", out.describe()
+    proc = subprocess.run([str(XRENAME), "clean", "--remove", str(p.dst_dir)], capture_output=True, text=True)
+    found = [d for d in p.dst_dir.rglob("precious")]
+    assert [f.read_text() for f in found] == ["theirs"], (proc.stdout, proc.stderr, sorted(os.listdir(p.dst_dir)))
+    assert found[0].parent.name.startswith(".xrename-old-") or found[0].parent == dst, found

@@ -301,9 +301,10 @@ impl<'d> Temp<'d> {
 
     /// Gives the temp a [`Role::Old`] name before it is swapped with the
     /// destination, whose old object will then live under that name: an
-    /// unnamed file is linked, a file named as a plain temp (no
-    /// `O_TMPFILE`) is renamed. A directory keeps its temp name: what it
-    /// can replace is an empty directory.
+    /// unnamed file is linked, a file or a tree named as a plain temp is
+    /// renamed. (A directory replaces only an empty one, but one that
+    /// someone filled after the check would sit, after a crash, under a
+    /// temp's name, which `xrename clean --remove` deletes.)
     fn ensure_named(&mut self) -> Result<&CStr> {
         match (&self.name, self.role, self.is_dir) {
             (None, _, _) => {
@@ -317,13 +318,15 @@ impl<'d> Temp<'d> {
                 self.name = Some(name);
                 self.role = Role::Old;
             }
-            (Some(tmp), Role::Temp, false) => {
+            (Some(tmp), Role::Temp, is_dir) => {
                 let tmp = tmp.clone();
                 let dir = self.at();
                 let ((), name) = with_fresh(Role::Old, |name| {
                     match retry(|| rustix::fs::renameat_with(dir, &*tmp, dir, name, RenameFlags::NOREPLACE)) {
-                        // No RENAME_NOREPLACE: a link never replaces.
-                        Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) => {
+                        // No RENAME_NOREPLACE: a link never replaces (a
+                        // directory cannot be linked: the exchange, which
+                        // needs the same kernel support, fails next).
+                        Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if !is_dir => {
                             retry(|| rustix::fs::linkat(dir, &*tmp, dir, name, AtFlags::empty()))?;
                             let _ = tidy(|| rustix::fs::unlinkat(dir, &*tmp, AtFlags::empty()));
                             Ok(())
@@ -525,6 +528,10 @@ pub fn install<'d>(
     let mut sync = Some(durability.placement(dst, tmp.fd.as_ref().map(|fd| fd.as_fd()))?);
     let mut placed = None;
     for _ in 0..8 {
+        if dst_exists && is_dir {
+            // Renamed to an old destination's name first, then checked.
+            tmp.ensure_named()?;
+        }
         tmp.still_ours(&new)?;
         let from = if is_dir { tmp.name.clone() } else { None };
         if !dst_exists {
