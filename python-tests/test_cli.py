@@ -698,6 +698,20 @@ def test_clean_remove_deletes_only_dead_leftovers(tmpfs):
     assert entries(tmpfs) == {live_file.name, "sub", *(u.name for u in unrelated)}
 
 
+def test_clean_remove_trusts_no_name_in_a_directory_others_may_rename_in(tmpfs):
+    """In a directory others may write that is not sticky, anyone may give
+    one of our own directories a leftover's name (a hostile review had a
+    user's tree deleted by its owner's clean --remove that way): dead
+    leftovers are listed, with why they stay, and nothing is removed."""
+    dead, live, dead_file, dead_tree, live_file, unrelated, below = _leftover_fixture(tmpfs)
+    os.chmod(tmpfs, 0o777)
+    proc = xrename("clean", "--remove", tmpfs)
+    assert proc.returncode == 0, describe(proc)
+    assert os.path.lexists(dead_file) and os.path.lexists(dead_tree)
+    lines = [line for line in proc.stdout.splitlines() if str(dead_tree) in line or str(dead_file) in line]
+    assert len(lines) == 2 and all("its name proves nothing" in line for line in lines), describe(proc)
+
+
 # ==========================================================================
 # make install
 # ==========================================================================

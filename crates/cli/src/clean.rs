@@ -46,7 +46,14 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let dirfd: OwnedFd = rustix::fs::open(dir, flags, Mode::empty())?;
     let names = xrename_engine::walk::read_names(dirfd.as_fd()).map_err(errno)?;
-    let dir_dev = rustix::fs::fstat(&dirfd)?.st_dev;
+    let dir_st = rustix::fs::fstat(&dirfd)?;
+    let dir_dev = dir_st.st_dev;
+    // Where someone else may rename entries (a directory others may write,
+    // not sticky, or sticky but theirs), a name proves nothing: anyone
+    // could have given one of our own directories a leftover's name.
+    let me = rustix::process::geteuid().as_raw();
+    let sticky = dir_st.st_mode & 0o1000 != 0 && (dir_st.st_uid == me || dir_st.st_uid == 0);
+    let names_trusted = sticky || (dir_st.st_uid == me && dir_st.st_mode & 0o022 == 0);
     for name in names.iter().rev() {
         let Some((role, pid)) = names::parse(name.to_bytes()) else { continue };
         let path = dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
@@ -87,8 +94,14 @@ fn clean(dir: &Path, remove: bool) -> std::io::Result<()> {
             );
             continue;
         }
-        if !removable {
-            println!("{}: leftover of process {pid} ({what})", path.display());
+        if !removable || !names_trusted {
+            let why = if removable && !names_trusted {
+                "; not removed: others may rename entries in this directory, so its name proves nothing: \
+                 inspect it, then delete it yourself"
+            } else {
+                ""
+            };
+            println!("{}: leftover of process {pid} ({what}){why}", path.display());
             continue;
         }
         let result = if is_dir {
