@@ -244,6 +244,19 @@ def run_traced(child, src, dst, trace_file, injects=(), **kw) -> fh.Outcome:
     return m.finish()
 
 
+def without_tmpfile(child, src, dst, trace_file, reset) -> tuple[str]:
+    """The strace injection that makes the move's O_TMPFILE open fail
+    (EOPNOTSUPP, as on a filesystem without it), found by one plain move
+    after `reset()`: the move then takes the named-temp path."""
+    reset()
+    out = run_traced(child, src, dst, trace_file)
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    tmpfile = [c for c in calls[first:end] if c.name == "openat" and "O_TMPFILE" in c.text]
+    assert tmpfile, "precondition: the move uses O_TMPFILE"
+    return (f"openat:error=EOPNOTSUPP:when={tmpfile[0].ordinal}",)
+
+
 def window(out: fh.Outcome) -> tuple[list[fh.Call], int, int]:
     calls = fh.parse_trace(out.trace)
     first, end = fh.move_window(calls)
@@ -1039,13 +1052,7 @@ def test_hidden_names_without_o_tmpfile_old_destination_never_removable_by_clean
         dst.write_bytes(old)
         fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
 
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "plain.trace")
-    assert out.kind == "ok", out.describe()
-    calls, first, end = window(out)
-    tmpfile = [c for c in calls[first:end] if c.name == "openat" and "O_TMPFILE" in c.text]
-    assert tmpfile, "precondition: the move does not use O_TMPFILE on tmpfs"
-    no_tmpfile = (f"openat:error=EOPNOTSUPP:when={tmpfile[0].ordinal}",)
+    no_tmpfile = without_tmpfile(child, src, dst, tmp_path / "plain.trace", reset)
     v, n = kill_scan(child, tmp_path, reset, src, dst, old, no_tmpfile, no_tmpfile)
     assert not v, f"kill points ({n} tried) that lose the old destination:\n  " + "\n  ".join(v)
 

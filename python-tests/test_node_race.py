@@ -53,7 +53,7 @@ import pytest
 import fault_harness as fh
 from test_data_round2 import (  # noqa: F401 (child and movers are fixtures)
     child, clear_dir, copy_done_call, cross_pair, hidden, install_call, movers, need_strace, quoted, run_traced,
-    start, stop_and, stop_spec, window,
+    start, stop_and, stop_spec, window, without_tmpfile,
 )
 from xrename_harness import PRIVILEGED, child_env, need
 
@@ -62,12 +62,10 @@ OWNER = 4321  # the source's owner: not root, so that the move makes a chown
 VICTIM = b"secret\n"
 
 
-def attack(dst_dir: Path, victim: Path) -> list[str]:
-    """As user ATTACKER (in a forked child, through a descriptor of
-    `dst_dir` opened before dropping root): for every hidden name in
-    `dst_dir`, tries to rename a symlink to `victim` over every entry in it
-    and over the name itself, and its own empty directory over the name.
-    Returns what succeeded."""
+def as_attacker(dst_dir: Path, act):
+    """Runs `act(dfd)` as user ATTACKER in a forked child, `dfd` a
+    descriptor of `dst_dir` opened before dropping root; returns what it
+    returned (through JSON). A failure of the child fails the test."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -77,55 +75,77 @@ def attack(dst_dir: Path, victim: Path) -> list[str]:
             os.setgroups([])
             os.setgid(ATTACKER)
             os.setuid(ATTACKER)
-            done = []
-            n = 0
-
-            def fresh_link() -> str:
-                nonlocal n
-                n += 1
-                os.symlink(str(victim), f"attack-link-{n}", dir_fd=dfd)
-                return f"attack-link-{n}"
-
-            link = fresh_link()
-            for name in sorted(os.listdir(dfd)):
-                if not name.startswith(".xrename-") or name.startswith(".xrename-src-"):
-                    continue
-                try:
-                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-                except OSError:
-                    inner = None
-                if inner is not None:
-                    for entry in os.listdir(inner):
-                        try:
-                            os.rename(link, entry, src_dir_fd=dfd, dst_dir_fd=inner)
-                            done.append(f"symlink over {name}/{entry}")
-                            link = fresh_link()
-                        except OSError:
-                            pass
-                    os.close(inner)
-                try:
-                    os.rename(link, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                    done.append(f"symlink over {name}")
-                    link = fresh_link()
-                except OSError:
-                    os.mkdir("attack-dir", 0o777, dir_fd=dfd)
-                    try:
-                        os.rename("attack-dir", name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                        done.append(f"directory over {name}")
-                    except OSError:
-                        os.rmdir("attack-dir", dir_fd=dfd)
-            os.write(w, json.dumps(done).encode())
+            os.write(w, json.dumps({"result": act(dfd)}).encode())
             os._exit(0)
         except BaseException as e:  # noqa: BLE001 (report anything to the parent)
-            os.write(w, json.dumps([f"attacker failed: {e!r}"]).encode())
+            os.write(w, json.dumps({"error": f"attacker failed: {e!r}"}).encode())
             os._exit(1)
     os.close(w)
     with os.fdopen(r) as f:
-        out = f.read()
+        out = json.loads(f.read())
     _, status = os.waitpid(pid, 0)
-    done = json.loads(out)
-    assert os.waitstatus_to_exitcode(status) == 0, done
-    return done
+    assert os.waitstatus_to_exitcode(status) == 0 and "error" not in out, out
+    return out["result"]
+
+
+def hidden_names(dfd: int):
+    """The hidden names of ours in the directory `dfd` (not a source set
+    aside), each with a descriptor of the directory it names (None if it is
+    none), open until the next name is asked for."""
+    for name in sorted(os.listdir(dfd)):
+        if not name.startswith(".xrename-") or name.startswith(".xrename-src-"):
+            continue
+        try:
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        except OSError:
+            inner = None
+        try:
+            yield name, inner
+        finally:
+            if inner is not None:
+                os.close(inner)
+
+
+def attack(dst_dir: Path, victim: Path) -> list[str]:
+    """As user ATTACKER (in a forked child, through a descriptor of
+    `dst_dir` opened before dropping root): for every hidden name in
+    `dst_dir`, tries to rename a symlink to `victim` over every entry in it
+    and over the name itself, and its own empty directory over the name.
+    Returns what succeeded."""
+
+    def act(dfd: int) -> list[str]:
+        done = []
+        n = 0
+
+        def fresh_link() -> str:
+            nonlocal n
+            n += 1
+            os.symlink(str(victim), f"attack-link-{n}", dir_fd=dfd)
+            return f"attack-link-{n}"
+
+        link = fresh_link()
+        for name, inner in hidden_names(dfd):
+            for entry in os.listdir(inner) if inner is not None else ():
+                try:
+                    os.rename(link, entry, src_dir_fd=dfd, dst_dir_fd=inner)
+                    done.append(f"symlink over {name}/{entry}")
+                    link = fresh_link()
+                except OSError:
+                    pass
+            try:
+                os.rename(link, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                done.append(f"symlink over {name}")
+                link = fresh_link()
+            except OSError:
+                os.mkdir("attack-dir", 0o777, dir_fd=dfd)
+                try:
+                    os.rename("attack-dir", name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    done.append(f"directory over {name}")
+                except OSError:
+                    os.rmdir("attack-dir", dir_fd=dfd)
+        return done
+
+    return as_attacker(dst_dir, act)
 
 
 def make_source(src: Path, kind: str) -> None:
@@ -273,81 +293,58 @@ def steal(dst_dir: Path) -> tuple[list[str], set[int]]:
     on it is needed) and puts a directory of its own, holding MARKER, at the
     name. Returns what succeeded and the inode numbers of the attacker's
     objects now at a hidden name or inside one."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            dfd = os.open(dst_dir, os.O_RDONLY | os.O_DIRECTORY)
-            os.setgroups([])
-            os.setgid(ATTACKER)
-            os.setuid(ATTACKER)
-            done: list[str] = []
-            placed: list[int] = []
-            n = 0
 
-            def own(kind: str) -> tuple[str, int]:
-                nonlocal n
-                n += 1
-                name = f"attack-{kind}-{n}"
-                if kind == "file":
-                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
-                    os.write(fd, ATTACK_DATA)
-                    os.close(fd)
-                else:
-                    os.mkdir(name, 0o755, dir_fd=dfd)
-                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
-                    os.close(os.open(MARKER, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=inner))
-                    os.close(inner)
-                return name, os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino
+    def act(dfd: int) -> list:
+        done: list[str] = []
+        placed: list[int] = []
+        n = 0
 
-            def put(obj: tuple[str, int], to: str, at: int, what: str) -> bool:
-                try:
-                    os.rename(obj[0], to, src_dir_fd=dfd, dst_dir_fd=at)
-                except OSError:
-                    return False
-                done.append(what)
-                placed.append(obj[1])
-                return True
+        def own(kind: str) -> tuple[str, int]:
+            nonlocal n
+            n += 1
+            name = f"attack-{kind}-{n}"
+            if kind == "file":
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                os.write(fd, ATTACK_DATA)
+                os.close(fd)
+            else:
+                os.mkdir(name, 0o755, dir_fd=dfd)
+                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+                os.close(os.open(MARKER, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=inner))
+                os.close(inner)
+            return name, os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino
 
-            for name in sorted(os.listdir(dfd)):
-                if not name.startswith(".xrename-") or name.startswith(".xrename-src-"):
-                    continue
-                try:
-                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-                except OSError:
-                    inner = None
-                if inner is not None:
-                    for entry in os.listdir(inner):
-                        f = own("file")
-                        if not put(f, entry, inner, f"file over {name}/{entry}"):
-                            os.unlink(f[0], dir_fd=dfd)
-                    os.close(inner)
+        def put(obj: tuple[str, int], to: str, at: int, what: str) -> bool:
+            try:
+                os.rename(obj[0], to, src_dir_fd=dfd, dst_dir_fd=at)
+            except OSError:
+                return False
+            done.append(what)
+            placed.append(obj[1])
+            return True
+
+        for name, inner in hidden_names(dfd):
+            for entry in os.listdir(inner) if inner is not None else ():
                 f = own("file")
-                if put(f, name, dfd, f"file over {name}"):
-                    continue
-                os.unlink(f[0], dir_fd=dfd)
-                n += 1
-                try:
-                    os.rename(name, f"attack-stolen-{n}", src_dir_fd=dfd, dst_dir_fd=dfd)
-                    done.append(f"{name} renamed to attack-stolen-{n}")
-                except OSError:
-                    pass
-                d = own("dir")
-                if not put(d, name, dfd, f"directory over {name}"):
-                    os.unlink(f"{d[0]}/{MARKER}", dir_fd=dfd)
-                    os.rmdir(d[0], dir_fd=dfd)
-            os.write(w, json.dumps([done, placed]).encode())
-            os._exit(0)
-        except BaseException as e:  # noqa: BLE001 (report anything to the parent)
-            os.write(w, json.dumps([[f"attacker failed: {e!r}"], []]).encode())
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
-    _, status = os.waitpid(pid, 0)
-    done, placed = json.loads(out)
-    assert os.waitstatus_to_exitcode(status) == 0, done
+                if not put(f, entry, inner, f"file over {name}/{entry}"):
+                    os.unlink(f[0], dir_fd=dfd)
+            f = own("file")
+            if put(f, name, dfd, f"file over {name}"):
+                continue
+            os.unlink(f[0], dir_fd=dfd)
+            n += 1
+            try:
+                os.rename(name, f"attack-stolen-{n}", src_dir_fd=dfd, dst_dir_fd=dfd)
+                done.append(f"{name} renamed to attack-stolen-{n}")
+            except OSError:
+                pass
+            d = own("dir")
+            if not put(d, name, dfd, f"directory over {name}"):
+                os.unlink(f"{d[0]}/{MARKER}", dir_fd=dfd)
+                os.rmdir(d[0], dir_fd=dfd)
+        return [done, placed]
+
+    done, placed = as_attacker(dst_dir, act)
     return done, set(placed)
 
 
@@ -387,6 +384,18 @@ def after_steps(calls: list[fh.Call], first: int, upto: int, pick) -> fh.Call:
     found = [c for c in calls[first:upto] if c.ret != "?" and not c.ret.startswith("-") and pick(c)]
     assert found, "calibration: no such call before the install:\n" + "\n".join(c.text for c in calls[first:upto])
     return found[0]
+
+
+def resetter(p, fill):
+    """What puts the pair `p` back as a move starts: both directories
+    emptied, `fill()` run, everything aged past a clock tick (same calls in
+    every run: no racy compare)."""
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        fill()
+        fh.age(p.src_dir, p.dst_dir)
+    return reset
 
 
 def shared_pair(tmpfs: Path, ext4: Path):
@@ -448,21 +457,13 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_named_temp_file_instal
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "file", p.dst_dir / "file"
 
-    def reset():
-        clear_dir(p.src_dir)
-        clear_dir(p.dst_dir)
+    def fill():
         make_file(src, SRC_DATA)
         if existing:
             make_file(dst, OLD_DATA)
-        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
+    reset = resetter(p, fill)
 
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "plain.trace")
-    assert out.kind == "ok", out.describe()
-    calls, first, end = window(out)
-    tmpfile = [c for c in calls[first:end] if c.name == "openat" and "O_TMPFILE" in c.text]
-    assert tmpfile, "precondition: the move uses O_TMPFILE on ext4"
-    no_tmpfile = (f"openat:error=EOPNOTSUPP:when={tmpfile[0].ordinal}",)
+    no_tmpfile = without_tmpfile(child, src, dst, tmp_path / "plain.trace", reset)
 
     reset()
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace", no_tmpfile)
@@ -488,12 +489,10 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_file_installed_in_plac
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "file", p.dst_dir / "file"
 
-    def reset():
-        clear_dir(p.src_dir)
-        clear_dir(p.dst_dir)
+    def fill():
         make_file(src, SRC_DATA)
         make_file(dst, OLD_DATA)
-        fh.age(p.src_dir, p.dst_dir)
+    reset = resetter(p, fill)
 
     reset()
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
@@ -578,12 +577,10 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_hard_link_reuse_instal
     src, dst = p.src_dir / "b", p.dst_dir / "b"
     env = {"FIRST_SRC": str(first_src), "FIRST_DST": str(first_dst)}
 
-    def reset():
-        clear_dir(p.src_dir)
-        clear_dir(p.dst_dir)
+    def fill():
         make_file(first_src, SRC_DATA)
         os.link(first_src, src)
-        fh.age(p.src_dir, p.dst_dir)
+    reset = resetter(p, fill)
 
     reset()
     out = run_traced(child2, src, dst, tmp_path / "calibrate.trace", env_extra=env)
@@ -630,13 +627,11 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "tree", p.dst_dir / "tree"
 
-    def reset():
-        clear_dir(p.src_dir)
-        clear_dir(p.dst_dir)
+    def fill():
         make_tree(src)
         if existing:
             dst.mkdir()
-        fh.age(p.src_dir, p.dst_dir)
+    reset = resetter(p, fill)
 
     reset()
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
@@ -673,13 +668,11 @@ def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(ch
     p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
     src, dst = p.src_dir / "tree", p.dst_dir / "tree"
 
-    def reset():
-        clear_dir(p.src_dir)
-        clear_dir(p.dst_dir)
+    def fill():
         (src / "sub").mkdir(parents=True)
         (src / "sub" / "f").write_text("copy")
         dst.mkdir()
-        fh.age(p.src_dir, p.dst_dir)
+    reset = resetter(p, fill)
     reset()
     out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
     assert out.kind == "ok", out.describe()

@@ -102,9 +102,9 @@ pub fn copy_tree<'d>(
     let tmp_id = id(&made);
 
     let walk = Walk::new([src_root, tmp_root])?;
-    let free = super::walk::free_descriptors();
+    let (free, open) = super::walk::descriptors();
     let threads = pool::workers_for_tree(threads, free);
-    let kept = writers::Kept::new(writers::Kept::budget(free));
+    let kept = writers::Kept::new(writers::Kept::budget(free, open));
     let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false), kept };
     let work = |b: Batch| copy_batch(&env, b);
     let mut cx = Copy {

@@ -57,7 +57,13 @@ pub fn harmless(name: &str) -> bool {
 /// mappings count: a loaded library always has one, while a program that
 /// merely reads such a file (a packager, `cp`) maps it readable only.
 pub fn in_maps(maps: &[u8]) -> Option<String> {
-    maps.split(|&b| b == b'\n').find_map(|line| {
+    executable_files(maps).find_map(|path| virtualiser(path).map(|name| String::from_utf8_lossy(name).into_owned()))
+}
+
+/// The files mapped executable in `maps` (the text of `/proc/PID/maps`),
+/// by path (as the kernel prints it: maybe with " (deleted)").
+fn executable_files(maps: &[u8]) -> impl Iterator<Item = &[u8]> {
+    maps.split(|&b| b == b'\n').filter_map(|line| {
         // address perms offset dev inode [pathname]; the pathname may hold spaces.
         let mut rest = line;
         let mut fields = [&b""[..]; 5];
@@ -67,9 +73,7 @@ pub fn in_maps(maps: &[u8]) -> Option<String> {
             (*field, rest) = rest.split_at(end);
         }
         let path = rest.trim_ascii_start();
-        let executable = fields[1].get(2) == Some(&b'x');
-        let name = virtualiser(path).filter(|_| executable && path.first() == Some(&b'/'))?;
-        Some(String::from_utf8_lossy(name).into_owned())
+        (fields[1].get(2) == Some(&b'x') && path.first() == Some(&b'/')).then_some(path)
     })
 }
 
@@ -80,10 +84,9 @@ pub fn in_maps(maps: &[u8]) -> Option<String> {
 /// A static program has nothing to load it into, and sees the real
 /// filesystem: not named.
 pub fn in_environ(environ: &[u8], maps: &[u8]) -> Option<String> {
-    let dynamic = maps.split(|&b| b == b'\n').any(|line| {
-        let name = base(line.trim_ascii_end());
-        (name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so"))
-            && line.split(|b| b.is_ascii_whitespace()).nth(1).is_some_and(|perms| perms.get(2) == Some(&b'x'))
+    let dynamic = executable_files(maps).any(|path| {
+        let name = base(path.trim_ascii_end());
+        name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so")
     });
     if !dynamic {
         return None;

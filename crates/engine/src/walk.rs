@@ -139,13 +139,19 @@ pub struct Walk<const N: usize> {
 /// open now, counted in `/proc/self/fd`; half the limit if that cannot be
 /// read). Asked once per walk: a program may run with a limit of 20.
 pub fn free_descriptors() -> usize {
+    descriptors().0
+}
+
+/// Descriptors this process may still open, and those open now (see
+/// [`free_descriptors`]).
+pub fn descriptors() -> (usize, usize) {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 20);
     let open = open_dir(rustix::fs::CWD, c"/proc/self/fd")
         .ok()
         .and_then(|d| read_names(d.as_fd()).ok())
         .map_or(limit / 2, |names| names.len());
-    limit.saturating_sub(open)
+    (limit.saturating_sub(open), open)
 }
 
 impl<const N: usize> Walk<N> {

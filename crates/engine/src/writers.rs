@@ -106,8 +106,8 @@ impl Kept {
         Kept { fds: Mutex::new(Vec::new()), budget, gave_up: AtomicBool::new(false) }
     }
 
-    /// How many to keep when `free` descriptors are free as the copy
-    /// begins. Kept descriptors take the lowest free numbers, which the
+    /// How many to keep when `free` descriptors are free and `open` are
+    /// open as the copy begins. Kept descriptors take the lowest free numbers, which the
     /// program's other threads would get meanwhile, so they are few: an
     /// eighth of the free ones (the rest stays the program's: a thread near
     /// its limit must not get EMFILE because of a move), and never so many
@@ -115,9 +115,7 @@ impl Kept {
     /// (1,024: a program that gets a descriptor above it and hands it to
     /// `select` is aborted by glibc). None under a small limit, where every
     /// descriptor counts (a process limited to 20 still moves a deep tree).
-    pub fn budget(free: usize) -> usize {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
-        let open = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(free);
+    pub fn budget(free: usize, open: usize) -> usize {
         let below_select = (FD_SETSIZE / 2).saturating_sub(open);
         if free < KEEP_FROM { 0 } else { (free / 8).min(below_select) }
     }
