@@ -70,8 +70,6 @@ pub struct CopiedTree<'d> {
     pub seen: Seen,
     /// What every entry below it was when it was copied.
     pub records: Records,
-    /// The copied files' source descriptors, for the writer probe.
-    pub kept: writers::Kept,
 }
 
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
@@ -102,10 +100,8 @@ pub fn copy_tree<'d>(
     let tmp_id = id(&made);
 
     let walk = Walk::new([src_root, tmp_root])?;
-    let (free, open) = super::walk::descriptors();
-    let threads = pool::workers_for_tree(threads, free);
-    let kept = writers::Kept::new(writers::Kept::budget(free, open));
-    let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false), kept };
+    let threads = pool::workers_for_tree(threads, super::walk::free_descriptors());
+    let env = Env { route, progress, inherits, size_limit: copy::size_limit(), stop: AtomicBool::new(false) };
     let work = |b: Batch| copy_batch(&env, b);
     let mut cx = Copy {
         walk,
@@ -168,7 +164,7 @@ pub fn copy_tree<'d>(
     }
     let mut records = cx.records;
     records.seal();
-    Ok(CopiedTree { tmp, seen: root_seen, records, kept: env.kept })
+    Ok(CopiedTree { tmp, seen: root_seen, records })
 }
 
 /// What the per-file work needs besides the file: the same for the whole
@@ -184,8 +180,6 @@ struct Env<'a> {
     size_limit: Option<u64>,
     /// Set when a batch failed: the others stop early.
     stop: AtomicBool,
-    /// The copied files' source descriptors, for the writer probe.
-    kept: writers::Kept,
 }
 
 /// Files of one directory for one thread to copy.
@@ -294,7 +288,6 @@ fn open_file(
     }
     removable(parent, &st)?;
     let copied = copy_file(env, s.as_fd(), &st, started, tdir, &name, learned)?;
-    env.kept.keep(s);
     Ok(Done::Copied(name, copied))
 }
 
@@ -528,19 +521,21 @@ impl Copy<'_> {
             Err(Errno::NOTDIR | Errno::LOOP) => return Err(Error::changed(TREE_CHANGED)),
             Err(e) => return Err(Error::new(e, "open source subdirectory")),
         };
-        if !same_inode(&fstat(s.as_fd()).at("stat source subdirectory")?, st) {
+        // Recorded as it is before its names are read: an entry added or
+        // removed later changes its mtime and ctime.
+        let started = seen::now();
+        let s_st = fstat(s.as_fd()).at("stat source subdirectory")?;
+        if !same_inode(&s_st, st) {
             return Err(Error::changed(TREE_CHANGED));
         }
         let tdir = self.walk.fd(1)?;
         retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
         let t = open_dir(tdir, &name).at("open new directory")?;
-        private(t.as_fd(), &fstat(t.as_fd()).at("stat temp directory")?)?;
+        let t_st = fstat(t.as_fd()).at("stat temp directory")?;
+        private(t.as_fd(), &t_st)?;
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');
-        // Recorded as it is before its names are read: an entry added or
-        // removed later changes its mtime and ctime.
-        let started = seen::now();
-        self.walk.push(name, [s, t])?;
+        self.walk.push_seen(name, [s, t], [Some(s_st), Some(t_st)])?;
         self.records.add(&Seen::record(&self.walk.top().st, started));
         self.records.add_copy_id(self.walk.top().ids[1]);
         self.check_dir()?;
@@ -602,7 +597,6 @@ impl Copy<'_> {
     fn copy_opened(&mut self, name: CString, s: OwnedFd, st: &Statx, started: seen::Stamp) -> Result<()> {
         let tdir = self.walk.fd(1)?;
         let copied = copy_file(self.env, s.as_fd(), st, started, tdir, &name, &mut None)?;
-        self.env.kept.keep(s);
         self.copied(copied);
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();
@@ -661,13 +655,10 @@ fn new_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd> {
 /// any process. Made once the tree has left its name, so no one can open a
 /// file of it by path any more (but through a working directory or an
 /// open directory inside it): a writer that opened one during the copy is
-/// seen here, before anything is deleted. Through the descriptors the copy
-/// kept, where it kept them all ([`writers::Kept`]); else by name.
-pub fn check_writers(src: &Entry, taken: &source::Taken, kept: writers::Kept) -> Result<()> {
+/// seen here, before anything is deleted. Every regular file of the taken
+/// tree is opened through its directory and probed, in batches.
+pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     let probe = writers::Probe::new();
-    if let Some(done) = kept.check(&probe) {
-        return done;
-    }
     let name = match taken {
         source::Taken::Aside(name) => name.as_c_str(),
         source::Taken::InPlace => &src.name,
@@ -679,6 +670,13 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, kept: writers::Kept) ->
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
     let mut batch: Vec<OwnedFd> = Vec::new();
+    // Probes a batch and closes it: its descriptors were opened one after
+    // the other, so mostly one `close_range` for all.
+    let check = |batch: &mut Vec<OwnedFd>| {
+        let done = probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>());
+        super::sys::close_all(std::mem::take(batch));
+        done
+    };
     while !walk.is_done() {
         let Some((n, listed)) = walk.next_entry() else {
             walk.pop()?;
@@ -727,14 +725,13 @@ pub fn check_writers(src: &Entry, taken: &source::Taken, kept: writers::Kept) ->
                     Err(e) => return Err(Error::new(e, "open source file")),
                 }
                 if batch.len() >= batch_len {
-                    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())?;
-                    batch.clear();
+                    check(&mut batch)?;
                 }
             }
             _ => {}
         }
     }
-    probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())
+    check(&mut batch)
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

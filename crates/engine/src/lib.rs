@@ -266,19 +266,19 @@ fn move_object(
     let route = copy::Route::default();
     let inherits = meta::may_inherit(dst.dir.as_fd());
     let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits, threads: opts.threads };
-    let (tmp, seen, check, records, kept) = match kind {
+    let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
             let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;
-            (c.tmp, c.seen, Some(c.check), None, None)
+            (c.tmp, c.seen, Some(c.check), None)
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
             let c = dir::copy_tree(src, st, dst, job, report)?;
-            (c.tmp, c.seen, None, Some(c.records), Some(c.kept))
+            (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
             let (tmp, seen) = node::copy_node(src, st, started, dst, inherits, report)?;
-            (tmp, seen, None, None, None)
+            (tmp, seen, None, None)
         }
     };
     let verify = check.as_ref().and_then(|c| c.verify());
@@ -295,12 +295,11 @@ fn move_object(
     // that opened it by name during the copy is seen now, when no one can
     // any more. If there is one, the source goes back (and the install is
     // undone): EXDEV.
-    let mut kept = kept;
-    let mut take = |report: &mut Report| {
+    let take = |report: &mut Report| {
         let taken = source::take(src, &seen, verify, report)?;
-        let rechecked = match (&check, kept.take()) {
+        let rechecked = match (&check, &records) {
             (Some(check), _) => check.writers(),
-            (None, Some(kept)) => dir::check_writers(src, &taken, kept),
+            (None, Some(_)) => dir::check_writers(src, &taken),
             (None, None) => Ok(()),
         };
         if let Err(e) = rechecked {

@@ -2,7 +2,8 @@
 //! only `unsafe` code of the engine, each block with its reason.
 #![allow(unsafe_code)]
 
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_int, c_uint, c_void};
+use std::os::fd::{IntoRawFd, OwnedFd};
 
 /// This thread's filesystem uid, which permission checks use.
 pub(crate) fn fsuid() -> u32 {
@@ -112,6 +113,30 @@ pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int
     let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
     set_errno(saved_errno);
     answers
+}
+
+/// Closes every descriptor of `fds`: each run of consecutive numbers with
+/// one `close_range` (Linux 5.9; the writer probe opens a batch one file
+/// after the other, so a batch is mostly one run), one by one where that
+/// is refused (an older kernel, a seccomp filter). `errno` is kept.
+pub(crate) fn close_all(fds: Vec<OwnedFd>) {
+    let mut raw: Vec<c_int> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+    raw.sort_unstable();
+    let saved_errno = errno();
+    for run in raw.chunk_by(|a, b| *b == a + 1) {
+        let (first, last) = (run[0] as c_uint, run[run.len() - 1] as c_uint);
+        // SAFETY: every descriptor from `first` to `last` was ours alone
+        // (owned until `into_raw_fd` above): close_range closes those and
+        // nothing else.
+        let closed = run.len() > 1 && unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
+        if !closed {
+            for &fd in run {
+                // SAFETY: as above, one at a time.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+    set_errno(saved_errno);
 }
 
 /// Waits for the child; false if it did not exit normally, or if the

@@ -570,7 +570,7 @@ fn prune(
                         if !keep {
                             state.approved.insert(id(&now));
                         }
-                        match walk.push(n, [a, b]) {
+                        match walk.push_seen(n, [a, b], [Some(now), None]) {
                             Ok(()) => {
                                 keep_dirs.push(keep);
                                 refs.push(sub_ref);

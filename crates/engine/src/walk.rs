@@ -139,19 +139,13 @@ pub struct Walk<const N: usize> {
 /// open now, counted in `/proc/self/fd`; half the limit if that cannot be
 /// read). Asked once per walk: a program may run with a limit of 20.
 pub fn free_descriptors() -> usize {
-    descriptors().0
-}
-
-/// Descriptors this process may still open, and those open now (see
-/// [`free_descriptors`]).
-pub fn descriptors() -> (usize, usize) {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(1 << 20);
     let open = open_dir(rustix::fs::CWD, c"/proc/self/fd")
         .ok()
         .and_then(|d| read_names(d.as_fd()).ok())
         .map_or(limit / 2, |names| names.len());
-    (limit.saturating_sub(open), open)
+    limit.saturating_sub(open)
 }
 
 impl<const N: usize> Walk<N> {
@@ -168,12 +162,22 @@ impl<const N: usize> Walk<N> {
 
     /// Enters a subdirectory of the current one.
     pub fn push(&mut self, name: CString, fds: [OwnedFd; N]) -> Result<()> {
+        self.push_seen(name, fds, [None; N])
+    }
+
+    /// As [`Walk::push`], where the caller has just looked at some of the
+    /// descriptors (`seen`, one a side, `None` where it has not).
+    pub fn push_seen(&mut self, name: CString, fds: [OwnedFd; N], seen: [Option<Statx>; N]) -> Result<()> {
         // A transient failure (EIO) is tried again: a walk that deletes an
         // old source must not stop halfway for it.
-        let st = tidy(|| fstat(fds[0].as_fd())).at("stat directory")?;
+        let stat = |fd: &OwnedFd, seen: Option<Statx>| match seen {
+            Some(st) => Ok(st),
+            None => tidy(|| fstat(fd.as_fd())).at("stat directory"),
+        };
+        let st = stat(&fds[0], seen[0])?;
         let mut ids = [id(&st); N];
-        for (slot, fd) in ids.iter_mut().zip(&fds).skip(1) {
-            *slot = id(&tidy(|| fstat(fd.as_fd())).at("stat directory")?);
+        for ((slot, fd), seen) in ids.iter_mut().zip(&fds).zip(seen).skip(1) {
+            *slot = id(&stat(fd, seen)?);
         }
         let names = read_entries(fds[0].as_fd())?;
         self.frames.push(Frame { name, ids, st: Box::new(st), fds: fds.map(|fd| Some(Arc::new(fd))), names });

@@ -28,9 +28,7 @@
 //! PID namespace nor the kernel's own writers. The move is refused (EXDEV):
 //! fail closed.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use rustix::io::Errno;
 
@@ -70,83 +68,6 @@ fn verdict(answer: Option<i32>) -> Result<()> {
         Some(0) => Ok(()),
         Some(libc::EAGAIN) => Err(Error::new(Errno::XDEV, OPEN_FOR_WRITING)),
         _ => Err(Error::new(Errno::XDEV, UNCHECKABLE)),
-    }
-}
-
-/// Free descriptors below which none is kept for the probe.
-const KEEP_FROM: usize = 256;
-
-/// glibc's `fd_set` holds descriptors below this.
-const FD_SETSIZE: usize = 1024;
-
-/// Most descriptors one probe's child is given.
-const PROBE_MAX: usize = 1024;
-
-/// The source descriptors of a tree's copied files, kept open from their
-/// copy to the probe after the take, so that the probe needs no open and
-/// no close of its own: two calls a file instead of four. A kept
-/// descriptor names the very inode that was copied, whatever its name is
-/// now, and the deletion only ever removes names that still hold a copied
-/// inode: probing every kept descriptor probes whatever the deletion may
-/// remove. Kept up to a small budget ([`Kept::budget`]); past it every
-/// descriptor is closed at once and the probe opens the taken tree's files
-/// by name instead. Shared by the threads copying files: each keeps its
-/// file's descriptor as soon as the file is copied, or closes it at once
-/// past the budget.
-#[derive(Debug, Default)]
-pub struct Kept {
-    fds: Mutex<Vec<OwnedFd>>,
-    budget: usize,
-    gave_up: AtomicBool,
-}
-
-impl Kept {
-    /// Keeps up to `budget` descriptors.
-    pub fn new(budget: usize) -> Kept {
-        Kept { fds: Mutex::new(Vec::new()), budget, gave_up: AtomicBool::new(false) }
-    }
-
-    /// How many to keep when `free` descriptors are free and `open` are
-    /// open as the copy begins. Kept descriptors take the lowest free numbers, which the
-    /// program's other threads would get meanwhile, so they are few: an
-    /// eighth of the free ones (the rest stays the program's: a thread near
-    /// its limit must not get EMFILE because of a move), and never so many
-    /// that the descriptors open, ours included, pass half of FD_SETSIZE
-    /// (1,024: a program that gets a descriptor above it and hands it to
-    /// `select` is aborted by glibc). None under a small limit, where every
-    /// descriptor counts (a process limited to 20 still moves a deep tree).
-    pub fn budget(free: usize, open: usize) -> usize {
-        let below_select = (FD_SETSIZE / 2).saturating_sub(open);
-        if free < KEEP_FROM { 0 } else { (free / 8).min(below_select) }
-    }
-
-    /// Keeps the descriptor of a file just copied, or closes it (and every
-    /// one kept so far) once the budget is spent: the probe then goes by
-    /// name.
-    pub fn keep(&self, fd: OwnedFd) {
-        if self.gave_up.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut fds = self.fds.lock().unwrap_or_else(|e| e.into_inner());
-        if self.gave_up.load(Ordering::Relaxed) {
-            return; // another thread gave up meanwhile
-        }
-        if fds.len() < self.budget {
-            fds.push(fd);
-        } else {
-            self.gave_up.store(true, Ordering::Relaxed);
-            *fds = Vec::new();
-        }
-    }
-
-    /// Probes every copied file through its kept descriptor; `None` if the
-    /// budget was spent (then the caller probes by name). Closes them.
-    pub fn check(self, probe: &Probe) -> Option<Result<()>> {
-        if self.gave_up.into_inner() {
-            return None;
-        }
-        let fds = self.fds.into_inner().unwrap_or_else(|e| e.into_inner());
-        Some(fds.chunks(PROBE_MAX).try_for_each(|c| probe.check(&c.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>())))
     }
 }
 
