@@ -279,3 +279,55 @@ def test_the_probes_descriptors_are_closed_where_close_range_is_refused(tmpfs, e
     c = counts(summary.read_text())
     assert c.get("close_range", 0) >= 1, c
     assert c.get("close", 0) >= 3 * files, c
+
+
+def _small_tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    for i in range(10):
+        (root / f"f{i}").write_bytes(b"f%d" % i)
+        (root / "sub" / f"g{i}").write_bytes(b"g%d" % i)
+
+
+def test_the_probe_waits_for_a_descriptor_after_the_install(tmpfs, ext4, tmp_path):
+    """The writer probe opens the taken tree's files after the copy was
+    installed: a moment without free descriptors there (another thread of
+    the program holding them all; EMFILE injected into the probe's first
+    six opens) is waited out, and the move completes (before, the probe
+    gave up after three tries and the move failed half undone: the
+    withdrawal had no descriptors either; a hostile review saw EXDEV with
+    the source put back and the whole copy left at the destination). One thread, so that strace's
+    count of openat calls finds that open in a second, identical run."""
+    import re
+    need(shutil.which("strace") is not None, "strace missing")
+    child = fh.build_child()
+    env = child_env()
+    env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+    env["XRENAME_THREADS"] = "1"
+
+    def run(tag: str, inject: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+        src, dst = tmpfs / tag, ext4 / tag
+        _small_tree(src)
+        trace = tmp_path / f"{tag}.trace"
+        proc = subprocess.run(["strace", "-f", "-e", "trace=openat,renameat2", *inject, "-o", str(trace),
+                               "-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)],
+                              capture_output=True, text=True, env=env)
+        return proc, trace.read_text()
+
+    proc, text = run("plain", [])
+    assert proc.returncode == 0, proc.stderr
+    opens = 0
+    for line in text.splitlines():
+        if "openat(" in line:
+            opens += 1
+        if re.search(r'renameat2\(\d+, "plain", \d+, "\.xrename-', line):
+            break
+    else:
+        pytest.fail("the take was not seen:\n" + text)
+    first_after_take = opens + 1
+    proc, text = run("tree", ["-e", f"inject=openat:error=EMFILE:when={first_after_take}..{first_after_take + 5}"])
+    assert "EMFILE (Too many open files) (INJECTED)" in text, text
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmpfs / "tree").exists()
+    assert sorted(p.name for p in (ext4 / "tree").rglob("*")) == sorted(
+        [*(f"f{i}" for i in range(10)), "sub", *(f"g{i}" for i in range(10))])
+    assert not [p for p in (*tmpfs.iterdir(), *ext4.iterdir()) if p.name.startswith(".xrename-")]

@@ -38,7 +38,7 @@ use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Statx};
 use rustix::io::Errno;
 
 use super::durable::Durability;
-use super::error::{At, Error, Result, retry, tidy};
+use super::error::{At, Error, Result, patient, retry, tidy};
 use super::install::{Rollback, Temp};
 use super::meta::{self, Obj};
 use super::path::Entry;
@@ -665,7 +665,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     };
     // The move has happened but for the deletion: a transient failure here
     // is tried again rather than undoing it.
-    let root = tidy(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
+    let root = patient(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
     let mut walk = Walk::new([root])?;
     // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
     let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
@@ -698,7 +698,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
         };
         match kind {
             FileType::Directory => {
-                let sub = match tidy(|| open_dir_noatime(d, &n)) {
+                let sub = match patient(|| open_dir_noatime(d, &n)) {
                     Ok(fd) => fd,
                     // Gone from its name since the listing: renamed (maybe
                     // to a place already walked, whose files would then go
@@ -714,7 +714,14 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
                 // directory is called now), and probed in batches: the
                 // probe's child takes and drops each lease at once, so a
                 // fork of the program meanwhile inherits no lease.
-                match tidy(|| copy::open_source(d, &n)) {
+                let mut opened = tidy(|| copy::open_source(d, &n));
+                if matches!(opened, Err(Errno::MFILE | Errno::NFILE)) {
+                    // Out of descriptors: the batch's go back first, then
+                    // one is waited for.
+                    check(&mut batch)?;
+                    opened = patient(|| copy::open_source(d, &n));
+                }
+                match opened {
                     Ok(fd) => batch.push(fd),
                     // Gone since the listing: removed, or renamed, which
                     // changed its ctime: its deletion keeps it.

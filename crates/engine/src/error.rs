@@ -115,6 +115,23 @@ pub(crate) fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::
     }
 }
 
+/// Runs a step of the writer probe, after the install: as [`tidy`], and
+/// where the process is out of descriptors (EMFILE, ENFILE: another thread
+/// of the program may hold all of them for a moment), waits for one, up to
+/// about a second (1, 2, 4, ... 512 ms), rather than undo the move, whose
+/// withdrawal needs descriptors too.
+pub(crate) fn patient<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    let mut last = tidy(&mut f);
+    for wait in (0..10).map(|i| 1u64 << i) {
+        if !matches!(last, Err(Errno::MFILE | Errno::NFILE)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        last = tidy(&mut f);
+    }
+    last
+}
+
 /// How often a cleanup step is tried: see [`tidy`].
 pub(crate) const TIDY_TRIES: usize = 3;
 
