@@ -83,6 +83,13 @@ static void require_landlock(void)
         SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_REFER (needs >= 2)", abi);
 }
 
+static void require_landlock_truncate(void)
+{
+    require_landlock();
+    if (abi < 3)
+        SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_TRUNCATE (needs >= 3)", abi);
+}
+
 /*
  * In the calling (child) process: handle every right, allow `rights[i]`
  * beneath `dirs[i]`, and restrict.  Returns 0 or an errno.
@@ -371,9 +378,7 @@ static void landlock_without_refer_across_devices_is_emulated(void)
  * a copy ends in a hole, so these moves need no truncate at all. */
 static void landlock_without_refer_and_truncate_across_devices_is_emulated(void)
 {
-    require_landlock();
-    if (abi < 3)
-        SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_TRUNCATE (needs >= 3)", abi);
+    require_landlock_truncate();
     char *S = test_dir("XT_TMPFS", "S"), *D = test_dir("XT_EXT4", "D");
     require_kernel_exdev(S, D);
     refer_only_missing_case(S, D, 0, LL_TRUNCATE);
@@ -438,9 +443,7 @@ static void check_sparse_tail(const char *path, int holes, const char *what)
 
 static void landlock_without_refer_and_truncate_moves_a_file_ending_in_a_hole(void)
 {
-    require_landlock();
-    if (abi < 3)
-        SKIP("Landlock ABI %d has no LANDLOCK_ACCESS_FS_TRUNCATE (needs >= 3)", abi);
+    require_landlock_truncate();
     char *S = test_dir("XT_TMPFS", "S"), *D = test_dir("XT_EXT4", "D");
     require_kernel_exdev(S, D);
     make_sparse(path_of("%s/sparse", S));

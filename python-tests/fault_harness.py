@@ -138,23 +138,19 @@ def sample(count: int, full: bool = FULL) -> list[int]:
 # the C child
 # --------------------------------------------------------------------------
 
-CHILD_SOURCE = r'''
+# The start of a child's source: `report(e)` ends its main with the
+# end-of-move marker getppid(2), then "<errno> <preloaded>" on stdout
+# (preloaded 1 if libxrename.so is mapped).
+CHILD_REPORT = r'''
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* rename1 SRC DST: one rename(3), then the end-of-move marker getppid(2),
-   then "<errno> <preloaded>" on stdout (errno 0 on success). */
-int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: rename1 SRC DST\n");
-        return 2;
-    }
-    int r = rename(argv[1], argv[2]);
-    int e = r == 0 ? 0 : errno;
+static int report(int e) {
     syscall(SYS_getppid);
     int preloaded = 0;
     FILE *maps = fopen("/proc/self/maps", "re");
@@ -170,18 +166,31 @@ int main(int argc, char **argv) {
 }
 '''
 
+CHILD_SOURCE = CHILD_REPORT + r'''
+/* rename1 SRC DST: one rename(3), then report() (errno 0 on success). */
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: rename1 SRC DST\n");
+        return 2;
+    }
+    int r = rename(argv[1], argv[2]);
+    return report(r == 0 ? 0 : errno);
+}
+'''
 
-def build_child() -> Path:
-    """Compiles CHILD_SOURCE once (keyed by its hash) into target/fault-child/."""
-    digest = hashlib.sha256(CHILD_SOURCE.encode()).hexdigest()[:16]
+
+def build_child(name: str = "rename1", source: str = CHILD_SOURCE) -> Path:
+    """Compiles `source` (CHILD_SOURCE) once (keyed by its hash) into
+    target/fault-child/`name`-HASH."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     out_dir = REPO_ROOT / "target" / "fault-child"
-    exe = out_dir / f"rename1-{digest}"
+    exe = out_dir / f"{name}-{digest}"
     if exe.is_file():
         return exe
     out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / f"rename1-{digest}.c"
-    src.write_text(CHILD_SOURCE)
-    tmp = out_dir / f".rename1-{digest}.{os.getpid()}"
+    src = out_dir / f"{name}-{digest}.c"
+    src.write_text(source)
+    tmp = out_dir / f".{name}-{digest}.{os.getpid()}"
     cc = shutil.which("cc") or shutil.which("gcc")
     proc = subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(src)], capture_output=True, text=True)
     assert proc.returncode == 0, f"building the fault child failed:\n{proc.stderr}"

@@ -399,9 +399,23 @@ def resetter(p, fill):
 
 
 def shared_pair(tmpfs: Path, ext4: Path):
+    """A tmpfs-to-ext4 pair for an attacked move (skipped without real root
+    or strace)."""
+    need(PRIVILEGED, "needs real root (a second user, chown)")
+    need_strace()
     p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
     os.chmod(p.dst_dir, 0o777)  # shared, not sticky
     return p
+
+
+def calibrate(child, src: Path, dst: Path, tmp_path: Path, reset, injects=()):
+    """Runs the move once unstopped and unattacked, after `reset()`: its
+    calls, the move's window in them and its install call."""
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", injects)
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    return calls, first, end, install_call(calls, first, end, dst.name)
 
 
 def assert_outcome(out, src: Path, dst: Path, existing: bool, done, placed, moved, intact, old_kept) -> None:
@@ -452,8 +466,6 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_named_temp_file_instal
     attacker renames its own file over the hidden name, or the directory
     holding it away, right after the temp is made (at its chown) and just
     before the install."""
-    need(PRIVILEGED, "needs real root (a second user, chown)")
-    need_strace()
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "file", p.dst_dir / "file"
 
@@ -465,11 +477,7 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_named_temp_file_instal
 
     no_tmpfile = without_tmpfile(child, src, dst, tmp_path / "plain.trace", reset)
 
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", no_tmpfile)
-    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
-    calls, first, end = window(out)
-    install = install_call(calls, first, end, dst.name)
+    calls, first, end, install = calibrate(child, src, dst, tmp_path, reset, no_tmpfile)
     if stop == "before-install":
         target = calls[install.index - 1]
     else:
@@ -484,8 +492,6 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_file_installed_in_plac
     """An unnamed (O_TMPFILE) copy replacing a destination is first linked
     at a hidden name, to be exchanged with it: the attacker acts right after
     that link."""
-    need(PRIVILEGED, "needs real root (a second user, chown)")
-    need_strace()
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "file", p.dst_dir / "file"
 
@@ -494,27 +500,14 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_file_installed_in_plac
         make_file(dst, OLD_DATA)
     reset = resetter(p, fill)
 
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
-    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
-    calls, first, end = window(out)
-    install = install_call(calls, first, end, dst.name)
+    calls, first, end, install = calibrate(child, src, dst, tmp_path, reset)
     target = after_steps(calls, first, install.index, lambda c: c.name == "linkat" and "/proc/" in c.text)
     stop_attack_check_file(child, movers, tmp_path, reset, src, dst, True, (), target, "named")
 
 
-RENAME2_SOURCE = r'''
-#define _GNU_SOURCE
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
+RENAME2_SOURCE = fh.CHILD_REPORT + r'''
 /* rename2 SRC DST: rename(3) FIRST_SRC to FIRST_DST (from the environment;
-   it must succeed), then SRC to DST, then the end-of-move marker
-   getppid(2), then "<errno> <preloaded>" for the second on stdout. */
+   it must succeed), then SRC to DST, then report() for the second. */
 int main(int argc, char **argv) {
     const char *a = getenv("FIRST_SRC"), *b = getenv("FIRST_DST");
     if (argc != 3 || !a || !b) {
@@ -526,19 +519,7 @@ int main(int argc, char **argv) {
         return 4;
     }
     int r = rename(argv[1], argv[2]);
-    int e = r == 0 ? 0 : errno;
-    syscall(SYS_getppid);
-    int preloaded = 0;
-    FILE *maps = fopen("/proc/self/maps", "re");
-    if (maps) {
-        char line[4096];
-        while (fgets(line, sizeof line, maps))
-            if (strstr(line, "libxrename"))
-                preloaded = 1;
-        fclose(maps);
-    }
-    printf("%d %d\n", e, preloaded);
-    return fflush(stdout) == 0 ? 0 : 3;
+    return report(r == 0 ? 0 : errno);
 }
 '''
 
@@ -548,19 +529,7 @@ def child2() -> Path:
     """`rename2 SRC DST`: two renames in one process (the memory of files
     with several names lives as long as the process)."""
     need(shutil.which("cc") is not None, "no C compiler (cc)")
-    import hashlib
-    out_dir = fh.REPO_ROOT / "target" / "fault-child"
-    exe = out_dir / f"rename2-{hashlib.sha256(RENAME2_SOURCE.encode()).hexdigest()[:16]}"
-    if not exe.is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        c = exe.with_suffix(".c")
-        c.write_text(RENAME2_SOURCE)
-        tmp = out_dir / f".{exe.name}.{os.getpid()}"
-        proc = subprocess.run([shutil.which("cc"), "-O2", "-Wall", "-o", str(tmp), str(c)], capture_output=True,
-                              text=True)
-        assert proc.returncode == 0, proc.stderr
-        os.replace(tmp, exe)
-    return exe
+    return fh.build_child("rename2", RENAME2_SOURCE)
 
 
 @pytest.mark.parametrize("stop", ["linked", "before-install"])
@@ -570,8 +539,6 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_hard_link_reuse_instal
     link to the first's copy, made under a hidden name and installed by
     name. The attacker acts right after that link, and just before the
     install."""
-    need(PRIVILEGED, "needs real root (a second user, chown)")
-    need_strace()
     p = shared_pair(tmpfs, ext4)
     first_src, first_dst = p.src_dir / "a", p.dst_dir / "a"
     src, dst = p.src_dir / "b", p.dst_dir / "b"
@@ -622,8 +589,6 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
     installed from there by name. The attacker renames that directory away
     and puts its own at the name: right after the mkdirat (before the mover
     opens it), once the copy is synced, and just before the install."""
-    need(PRIVILEGED, "needs real root (a second user, chown)")
-    need_strace()
     p = shared_pair(tmpfs, ext4)
     src, dst = p.src_dir / "tree", p.dst_dir / "tree"
 
@@ -633,11 +598,7 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
             dst.mkdir()
     reset = resetter(p, fill)
 
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
-    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
-    calls, first, end = window(out)
-    install = install_call(calls, first, end, dst.name)
+    calls, first, end, install = calibrate(child, src, dst, tmp_path, reset)
     target = {
         "dir-made": lambda: after_steps(calls, first, install.index, lambda c: c.name == "mkdirat"),
         "synced": lambda: copy_done_call(calls, first, install),

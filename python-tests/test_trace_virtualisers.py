@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -155,8 +154,7 @@ def test_xrename_under_fakeroot_says_moves_are_left_to_the_program():
     libfakeroot, FAKEROOTKEY is set) prints the note the preload path
     prints, without the LD_PRELOAD placement it does not make."""
     need(shutil.which("fakeroot") is not None, "fakeroot not installed (scripts/deps.sh)")
-    proc = subprocess.run(["fakeroot", str(XRENAME), "--", "true"], capture_output=True, text=True, timeout=60,
-                          env=xrename_env())
+    proc = run(["fakeroot", XRENAME, "--", "true"], timeout=60)
     assert proc.returncode == 0, describe(proc)
     assert f"libfakeroot-sysv.so {NOTE}" in proc.stderr or f"libfakeroot-tcp.so {NOTE}" in proc.stderr, \
         describe(proc)
@@ -174,8 +172,7 @@ def test_a_static_program_under_fakeroot_is_still_moved(fs_pair, tmp_path):
     src, dst = p.src_dir / "f", p.dst_dir / "f"
     src.write_bytes(b"static")
     log = tmp_path / "log.jsonl"
-    proc = subprocess.run(["fakeroot", str(XRENAME), "--log", str(log), "--", str(static), str(src), str(dst)],
-                          capture_output=True, text=True, timeout=60, env=xrename_env())
+    proc = run(["fakeroot", XRENAME, "--log", log, "--", static, src, dst], timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", describe(proc)
     assert dst.read_bytes() == b"static" and not src.exists()
     (line,) = log_lines(log)
@@ -215,8 +212,7 @@ def test_xrename_under_fakechroot_leaves_exdev_and_says_so(prog, fs_pair, tmp_pa
     src, dst = p.src_dir / "f", p.dst_dir / "f"
     src.write_bytes(b"stays")
     log = tmp_path / "log.jsonl"
-    proc = subprocess.run(["fakechroot", str(XRENAME), "--log", str(log), "--", str(prog), str(src), str(dst)],
-                          capture_output=True, text=True, timeout=60, env=xrename_env())
+    proc = run(["fakechroot", XRENAME, "--log", log, "--", prog, src, dst], timeout=60)
     assert proc.stdout.strip() == "EXDEV", describe(proc)
     assert NOTE in proc.stderr and "libfakechroot" in proc.stderr, describe(proc)
     assert src.read_bytes() == b"stays" and not os.path.lexists(dst)

@@ -448,17 +448,19 @@ impl Supervisor<'_> {
     /// `/proc/TID` read the move needs (status, root, cwd, fd: the move is
     /// not made).
     fn virtualised(&mut self, tid: pid_t) -> Option<&'static str> {
-        let read = std::fs::read(format!("/proc/{tid}/maps"))
-            .and_then(|maps| Ok((std::fs::read(format!("/proc/{tid}/environ"))?, maps)));
-        match read {
-            Ok((environ, maps)) => {
-                let lib = virtualisers::in_maps(&maps).or_else(|| virtualisers::in_environ(&environ, &maps))?;
-                // Leaked once per library name: a log step is static.
-                let leak = |lib: &String| &*Box::leak(virtualisers::step(lib).into_boxed_str());
-                Some(*self.virtualiser_steps.entry(lib).or_insert_with_key(leak))
-            }
-            Err(_) => Some("cannot read the program's maps or environment (/proc/PID/maps, environ)"),
-        }
+        const UNREADABLE: &str = "cannot read the program's maps or environment (/proc/PID/maps, environ)";
+        let Ok(maps) = std::fs::read(format!("/proc/{tid}/maps")) else { return Some(UNREADABLE) };
+        // The environment only where the maps name no library.
+        let lib = match virtualisers::in_maps(&maps) {
+            Some(lib) => lib,
+            None => match std::fs::read(format!("/proc/{tid}/environ")) {
+                Ok(environ) => virtualisers::in_environ(&environ, &maps)?,
+                Err(_) => return Some(UNREADABLE),
+            },
+        };
+        // Leaked once per library name: a log step is static.
+        let leak = |lib: &String| &*Box::leak(virtualisers::step(lib).into_boxed_str());
+        Some(*self.virtualiser_steps.entry(lib).or_insert_with_key(leak))
     }
 
     /// Marks the new process `tid` sandboxed if its parent is; if its

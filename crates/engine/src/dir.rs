@@ -564,7 +564,7 @@ impl Copy<'_> {
         if id(&st) != key {
             return Err(Error::changed(TREE_CHANGED));
         }
-        self.copy_opened(name, s, &st, started)
+        self.copy_opened(name, s.as_fd(), &st, started)
     }
 
     /// Links `name` to the copy of another name of the inode `key` met
@@ -594,9 +594,9 @@ impl Copy<'_> {
 
     /// Copies the open file `s` into the current directory of the copy,
     /// and remembers it if it has other names to meet.
-    fn copy_opened(&mut self, name: CString, s: OwnedFd, st: &Statx, started: seen::Stamp) -> Result<()> {
+    fn copy_opened(&mut self, name: CString, s: BorrowedFd<'_>, st: &Statx, started: seen::Stamp) -> Result<()> {
         let tdir = self.walk.fd(1)?;
-        let copied = copy_file(self.env, s.as_fd(), st, started, tdir, &name, &mut None)?;
+        let copied = copy_file(self.env, s, st, started, tdir, &name, &mut None)?;
         self.copied(copied);
         if st.stx_nlink > 1 {
             let mut p = self.path.clone();

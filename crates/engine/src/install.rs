@@ -129,6 +129,20 @@ impl<'d> Private<'d> {
     }
 }
 
+impl<'d> Private<'d> {
+    /// A new one in `dir` (seen as `st`) if others may write to it
+    /// ([`only_ours`]); `None` where only we may.
+    fn if_shared(dir: BorrowedFd<'d>, st: &Statx) -> Result<Option<Private<'d>>> {
+        let me = super::sys::fsuid();
+        if only_ours(st, me) { Ok(None) } else { Private::new(dir, me).map(Some) }
+    }
+
+    /// The private directory if there is one, else `dir`.
+    fn or<'a>(private: &'a Option<Self>, dir: BorrowedFd<'a>) -> BorrowedFd<'a> {
+        private.as_ref().map_or(dir, |p| p.fd.as_fd())
+    }
+}
+
 impl Drop for Private<'_> {
     fn drop(&mut self) {
         let _ = tidy(|| rustix::fs::unlinkat(self.parent, &*self.name, AtFlags::REMOVEDIR));
@@ -165,12 +179,10 @@ fn make<'d, T>(
     step: &'static str,
     mut create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<T>,
 ) -> Result<Made<'d, T>> {
-    let me = super::sys::fsuid();
-    if only_ours(st, me) {
+    let Some(private) = Private::if_shared(dir, st)? else {
         let (made, name) = with_fresh(role, |n| create(dir, n)).at(step)?;
         return Ok((made, name, role, None));
-    }
-    let private = Private::new(dir, me)?;
+    };
     let at = private.fd.as_fd();
     let (made, name) = match create(at, name) {
         Ok(made) => (made, name.to_owned()),
@@ -273,7 +285,7 @@ impl<'d> Temp<'d> {
     /// The directory the hidden name is in: the destination directory, or
     /// the private directory the temp was made in.
     pub fn at(&self) -> BorrowedFd<'_> {
-        self.private.as_ref().map_or(self.dir, |p| p.fd.as_fd())
+        Private::or(&self.private, self.dir)
     }
 
     /// The new object's status as made, if it was read.
@@ -310,10 +322,7 @@ impl<'d> Temp<'d> {
             (None, _, _) => {
                 // Anyone who may write to the destination directory could
                 // rename their own file over that name before the exchange.
-                let me = super::sys::fsuid();
-                if !only_ours(&fstat(self.dir).at("stat destination directory")?, me) {
-                    self.private = Some(Private::new(self.dir, me)?);
-                }
+                self.private = Private::if_shared(self.dir, &fstat(self.dir).at("stat destination directory")?)?;
                 let ((), name) = with_fresh(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
                 self.name = Some(name);
                 self.role = Role::Old;
@@ -761,7 +770,7 @@ impl Installed<'_> {
 
     /// The directory a backup is kept in (see [`Temp::at`]).
     fn at(&self) -> BorrowedFd<'_> {
-        self.private.as_ref().map_or(self.dir, |p| p.fd.as_fd())
+        Private::or(&self.private, self.dir)
     }
 
     /// Whether the destination name still holds what we installed; `None`

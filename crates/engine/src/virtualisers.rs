@@ -26,6 +26,10 @@ use std::ffi::OsString;
 /// File name prefixes of the libraries that virtualise paths or owners.
 pub const VIRTUALISERS: [&str; 3] = ["libfakechroot", "libfakeroot", "libpseudo"];
 
+/// The environment variables fakeroot and fakechroot set in the processes
+/// they run, with the library each stands for.
+const ENVIRONMENT: [(&str, &str); 2] = [("FAKEROOTKEY", "libfakeroot"), ("FAKECHROOT", "libfakechroot")];
+
 /// File name prefixes of libraries that interpose filesystem calls without
 /// changing what a path names or who owns what.
 pub const HARMLESS: [&str; 2] = ["libeatmydata", "libfaketime"];
@@ -92,10 +96,10 @@ pub fn in_environ(environ: &[u8], maps: &[u8]) -> Option<String> {
         return None;
     }
     environ.split(|&b| b == 0).find_map(|pair| {
-        [("FAKEROOTKEY=", "libfakeroot"), ("FAKECHROOT=", "libfakechroot")]
-            .iter()
-            .find(|(key, _)| pair.len() > key.len() && pair.starts_with(key.as_bytes()))
-            .map(|(key, lib)| format!("{lib} ({})", key.trim_end_matches('=')))
+        ENVIRONMENT.iter().find_map(|(key, lib)| {
+            let value = pair.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+            (!value.is_empty()).then(|| format!("{lib} ({key})"))
+        })
     })
 }
 
@@ -111,7 +115,7 @@ pub fn in_environment(var: impl Fn(&str) -> Option<OsString>) -> Vec<String> {
         .filter_map(virtualiser)
         .map(|name| String::from_utf8_lossy(name).into_owned())
         .collect();
-    for (key, lib) in [("FAKEROOTKEY", "libfakeroot"), ("FAKECHROOT", "libfakechroot")] {
+    for (key, lib) in ENVIRONMENT {
         if var(key).is_some_and(|v| !v.is_empty()) && !found.iter().any(|f| f.starts_with(lib)) {
             found.push(format!("{lib} ({key})"));
         }
