@@ -617,6 +617,57 @@ def test_an_attacker_in_a_shared_destination_never_gets_a_tree_built_in_or_insta
                    old_kept=lambda: os.lstat(dst).st_ino == old and os.listdir(dst) == [])
 
 
+def test_an_attacker_removing_the_tree_temp_before_it_is_opened_gives_exdev(child, tmpfs, ext4, tmp_path, movers):
+    """The attacker removes the (empty) hidden directory a tree is to be
+    built in right after its mkdirat: the mover cannot open it. Nothing is
+    missing that rename itself would look for, so the program gets EXDEV,
+    never that open's ENOENT (a review found it leaking)."""
+    p = shared_pair(tmpfs, ext4)
+    src, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    reset = resetter(p, lambda: make_tree(src))
+    calls, first, end, install = calibrate(child, src, dst, tmp_path, reset)
+    target = after_steps(calls, first, install.index, lambda c: c.name == "mkdirat")
+
+    def remove(dfd: int) -> list:
+        removed = []
+        for name, _ in hidden_names(dfd):  # not ours to open: 0700
+            if stat.S_ISDIR(os.lstat(name, dir_fd=dfd).st_mode):
+                os.rmdir(name, dir_fd=dfd)
+                removed.append(name)
+        return removed
+
+    reset()
+    m = start(movers, child, src, dst, tmp_path / "move.trace", (stop_spec(target),))
+    stop_and(m, target, "dir-made")
+    removed = as_attacker(p.dst_dir, remove)
+    m.cont()
+    out = m.finish()
+    assert removed, "the attacker found no temp directory to remove"
+    assert out.kind == "error" and out.errno == errno.EXDEV, out.describe()
+    assert is_tree_of_source(src, set()) and not os.path.lexists(dst)
+
+
+def test_a_failed_look_at_an_installed_tree_is_tried_again_not_undone(child, tmpfs, ext4, tmp_path):
+    """Right after a tree is placed, its name is looked at once more (was
+    it ours that went there?). An I/O error of that look (EIO injected
+    once) is tried again, as every step after the install is, instead of
+    undoing the placement and failing the move (a review found it undone:
+    the program got EIO, and had the look failed for good, the tree others
+    may already have written to would have been emptied)."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    src, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    reset = resetter(p, lambda: make_tree(src))
+    calls, first, end, install = calibrate(child, src, dst, tmp_path, reset)
+    look = next(c for c in calls[install.index + 1:end]
+                if c.name == "statx" and c.tid == install.tid and quoted(c.text)[:1] == [dst.name])
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "move.trace", (f"statx:error=EIO:when={look.ordinal}",))
+    assert "EIO (Input/output error) (INJECTED)" in out.trace, fh.move_trace_excerpt(out.trace)
+    assert out.kind == "ok", out.describe()
+    assert is_tree_of_source(dst, set()) and not os.path.lexists(src)
+
+
 def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(child, tmpfs, ext4, tmp_path, movers):
     """A tree replacing an empty directory: someone puts a file in that
     directory after the check, and the mover is killed right after the

@@ -261,8 +261,10 @@ impl<'d> Temp<'d> {
         let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)));
         let ((), name) = with_fresh(Role::Temp, mkdir).at("create temp")?;
         let opened = (|| {
-            let fd = open_dir(dir, &name).at("open temp directory")?;
-            let st = fstat(fd.as_fd()).at("stat temp directory")?;
+            // Anyone who may write to `dir` could have removed or replaced
+            // it meanwhile: no errno of these is rename's.
+            let fd = open_dir(dir, &name).at_copy("open temp directory")?;
+            let st = fstat(fd.as_fd()).at_copy("stat temp directory")?;
             let mode = u32::from(st.stx_mode) & 0o7777 & !Mode::SGID.bits();
             if st.stx_uid != super::sys::fsuid() || mode & !0o700 != 0 || !is_empty_at_start(fd.as_fd())? {
                 return Err(Error::new(Errno::XDEV, "the temp directory is not ours"));
@@ -330,11 +332,9 @@ impl<'d> Temp<'d> {
             (Some(tmp), Role::Temp, is_dir) => {
                 let tmp = tmp.clone();
                 let dir = self.at();
-                let ((), name) = with_fresh(Role::Old, |name| {
+                let renamed = with_fresh(Role::Old, |name| {
                     match retry(|| rustix::fs::renameat_with(dir, &*tmp, dir, name, RenameFlags::NOREPLACE)) {
-                        // No RENAME_NOREPLACE: a link never replaces (a
-                        // directory cannot be linked: the exchange, which
-                        // needs the same kernel support, fails next).
+                        // No RENAME_NOREPLACE: a link never replaces.
                         Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if !is_dir => {
                             retry(|| rustix::fs::linkat(dir, &*tmp, dir, name, AtFlags::empty()))?;
                             let _ = tidy(|| rustix::fs::unlinkat(dir, &*tmp, AtFlags::empty()));
@@ -342,10 +342,20 @@ impl<'d> Temp<'d> {
                         }
                         other => other,
                     }
-                })
-                .at("name temp file")?;
-                self.name = Some(name);
-                self.role = Role::Old;
+                });
+                match renamed {
+                    Ok(((), name)) => {
+                        self.name = Some(name);
+                        self.role = Role::Old;
+                    }
+                    // No RENAME_NOREPLACE (NFS, FUSE), and a directory
+                    // cannot be linked: it keeps its temp name. The
+                    // exchange, which needs the same support, fails too, and
+                    // a plain rename replaces the old (empty) directory:
+                    // nothing of it is kept under the temp's name.
+                    Err(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS) if is_dir => {}
+                    Err(e) => return Err(Error::new(e, "name temp file")),
+                }
             }
             _ => {}
         }
@@ -398,25 +408,31 @@ impl<'d> Temp<'d> {
     /// the rename, so `name` is checked now. If another directory went there
     /// (or it cannot be told), the placement is undone (what went to `name`
     /// goes back to `from`, an old destination back to `name`) and this
-    /// fails (EXDEV for another directory); the temp then names `from`
-    /// again, and dropping it empties the tree through its descriptor,
-    /// wherever it is. Returns when it was installed, for a rollback.
+    /// fails (EXDEV for another directory); once undone, the temp names
+    /// `from` again, and dropping it empties the tree through its
+    /// descriptor, wherever it is. Returns when it was installed, for a
+    /// rollback.
     fn placed_ours(&mut self, from: &CStr, name: &CStr, placed: &Placed, new: &Statx) -> Result<Since> {
         let (dir, at) = (self.dir, self.at());
-        let error = match lstat(dir, name) {
+        let error = match tidy(|| lstat(dir, name)) {
             Ok(st) if same_inode(&st, new) => {
                 return Ok(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() });
             }
             Ok(_) | Err(Errno::NOENT) => Error::new(Errno::XDEV, "the temp directory was replaced"),
             Err(e) => Error::new(e, "stat installed directory"),
         };
-        let _ = match placed {
+        let undone = match placed {
             Placed::Exchanged { backup } => {
                 tidy(|| rustix::fs::renameat_with(at, &**backup, dir, name, RenameFlags::EXCHANGE))
             }
             _ => tidy(|| rustix::fs::renameat_with(dir, name, at, from, RenameFlags::NOREPLACE)),
         };
-        self.name = Some(from.to_owned());
+        // Only what went back to `from` is emptied when the temp is
+        // dropped: a placement that could not be undone stays where it is
+        // (a tree others may have written to meanwhile is never emptied).
+        if undone.is_ok() {
+            self.name = Some(from.to_owned());
+        }
         Err(error)
     }
 }

@@ -85,9 +85,10 @@ fn empty(root: OwnedFd) -> Result<()> {
                 match retry(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())) {
                     Err(Errno::ISDIR) => {
                         let sub = open_dir(d, &n).at("open temp subdirectory")?;
-                        // Something mounted in it is not ours: never descend.
+                        // Something mounted in it (another device, or a
+                        // bind mount of this one) is not ours: never descend.
                         let st = fstat(sub.as_fd()).at("stat temp subdirectory")?;
-                        if (st.stx_dev_major, st.stx_dev_minor) != dev {
+                        if (st.stx_dev_major, st.stx_dev_minor) != dev || mount_root(&st) {
                             return Err(Error::new(Errno::BUSY, "mount point in temp directory"));
                         }
                         // Ours, so we may open it up to empty it.
