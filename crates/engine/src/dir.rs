@@ -45,7 +45,7 @@ use super::path::Entry;
 use super::report::{Progress, Report};
 use super::seen::{self, Records, Seen, Since};
 use super::stat::{Id, file_type, fstat, id, locked, lstat, mount_root, same_inode};
-use super::walk::{TREE_CHANGED, Walk, open_dir, open_dir_noatime};
+use super::walk::{Frame, TREE_CHANGED, Walk, open_dir, open_dir_noatime};
 use super::{copy, pool, source, special, writers};
 
 /// Files whose writers are looked for at once (one probe a batch); their
@@ -105,6 +105,12 @@ pub fn copy_tree<'d>(
     let work = |b: Batch| copy_batch(&env, b);
     let mut cx = Copy {
         walk,
+        groups: vec![None],
+        left: std::collections::VecDeque::new(),
+        // Directories left with files still being copied: a few, so that
+        // each thread may be creating files in a directory of its own.
+        most_left: if threads == 0 { 0 } else { threads + 1 },
+        next_key: 0,
         links: HashMap::new(),
         link_bytes: 0,
         path: Vec::new(),
@@ -131,17 +137,33 @@ pub fn copy_tree<'d>(
             cx.check_dir()?;
             cx.files(crew)?;
             loop {
+                cx.finish_left(crew, false)?;
                 let Some(name) = cx.walk.next_name() else {
+                    // Every entry of the directory visited but the files on
+                    // the crew: the walk goes on while they are copied, or
+                    // takes what became of them.
+                    if let Some(key) = cx.groups.last().copied().flatten() {
+                        if cx.groups.len() > 1 && cx.most_left > 0 && !crew.is_done(key) {
+                            cx.leave(crew, key)?;
+                            continue;
+                        }
+                        *cx.groups.last_mut().expect("the walk's") = None;
+                        let dirs = cx.walk.shared()?;
+                        let revisits = cx.complete(crew, key, &dirs[1])?;
+                        if !revisits.is_empty() {
+                            // Visited next, in directory order.
+                            revisits.into_iter().rev().for_each(|n| cx.walk.revisit(n));
+                            continue;
+                        }
+                    }
+                    if cx.groups.len() == 1 {
+                        // Every directory complete before the root.
+                        cx.finish_left(crew, true)?;
+                    }
                     // A directory is complete: its metadata now, children first.
                     let Some((frame, [s, t])) = cx.walk.pop()? else { break };
-                    meta::apply(
-                        Obj::Fd(s.as_fd()),
-                        Obj::Fd(t.as_fd()),
-                        &frame.st,
-                        meta::Made { st: None, inherits: cx.env.inherits },
-                    )?;
-                    cx.report.files += 1;
-                    cx.env.progress.inspect(|p| p.object());
+                    cx.groups.pop();
+                    cx.done_dir(&frame.st, [s.as_fd(), t.as_fd()])?;
                     let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
                     cx.path.truncate(keep);
                     if cx.walk.is_done() {
@@ -154,6 +176,11 @@ pub fn copy_tree<'d>(
                 if crew.workers() > 0 && durability.is_on() {
                     flusher.start();
                 }
+            }
+            // Every batch was taken (a failed one stopped the others, and
+            // its failure was returned): nothing was left out unseen.
+            if cx.env.stop.load(Ordering::Relaxed) {
+                return Err(Error::new(Errno::XDEV, "a copying thread failed"));
             }
             Ok(())
         })
@@ -346,8 +373,28 @@ fn copy_file(
     Ok(Copied { seen, copy, bytes })
 }
 
+/// A directory the walk has left while its files were still being copied:
+/// completed (what became of them, the names left to look at by name, its
+/// metadata) once they are.
+struct Left {
+    /// Its files' jobs on the crew.
+    key: u64,
+    frame: Frame<2>,
+    dirs: [Arc<OwnedFd>; 2],
+    /// Its path inside the copy, with a trailing `/`.
+    path: Vec<u8>,
+}
+
 struct Copy<'r> {
     walk: Walk<2>,
+    /// For each directory of the walk, the key of its files' jobs on the
+    /// crew, until what became of them is taken.
+    groups: Vec<Option<u64>>,
+    /// Directories left with files still being copied, oldest first.
+    left: std::collections::VecDeque<Left>,
+    /// How many directories may be left so.
+    most_left: usize,
+    next_key: u64,
     /// Files with several links already copied and names still to meet:
     /// identity -> path in the copy, and how many names are still to come.
     links: HashMap<Id, (CString, u32)>,
@@ -387,11 +434,12 @@ impl Copy<'_> {
         Ok(())
     }
 
-    /// Copies the files the current directory listed as regular files, in
-    /// batches on the crew's threads, before anything else in it; without
-    /// a stat by name (the open file is looked at). Not when the program
-    /// holds leases: then every file is first looked at by name
-    /// ([`Copy::file`]), never opened if it is one of the leased ones.
+    /// Hands the files the current directory listed as regular files to
+    /// the crew's threads, in batches under a key of the directory's own,
+    /// to be copied while the walk goes on; without a stat by name (the
+    /// open file is looked at). Not when the program holds leases: then
+    /// every file is first looked at by name ([`Copy::file`]), never
+    /// opened if it is one of the leased ones.
     fn files(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<()> {
         if !self.leases.is_empty() {
             return Ok(());
@@ -402,12 +450,79 @@ impl Copy<'_> {
         }
         let dirs = self.walk.shared()?;
         let parent = Arc::new(*self.walk.top().st);
+        let key = self.next_key;
+        self.next_key += 1;
         for (index, names) in crew.batches(names).into_iter().enumerate() {
-            crew.submit(Batch { index, dirs: dirs.clone(), parent: Arc::clone(&parent), names });
+            crew.submit(key, Batch { index, dirs: dirs.clone(), parent: Arc::clone(&parent), names });
         }
-        drop(dirs);
+        *self.groups.last_mut().expect("the walk's") = Some(key);
+        Ok(())
+    }
+
+    /// Leaves the current directory to the crew: the walk goes on, and the
+    /// directory is completed once its files are copied. The oldest
+    /// directories left are completed first if too many are.
+    fn leave(&mut self, crew: &mut FileCrew<'_, '_>, key: u64) -> Result<()> {
+        while self.left.len() >= self.most_left {
+            self.finish_one(crew)?;
+        }
+        let Some((frame, dirs)) = self.walk.pop()? else { return Ok(()) };
+        self.groups.pop();
+        let keep = self.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
+        let path = self.path.split_off(keep);
+        let mut full = self.path.clone();
+        full.extend_from_slice(&path);
+        self.left.push_back(Left { key, frame, dirs, path: full });
+        Ok(())
+    }
+
+    /// Completes the directories left whose files are copied (`all`: every
+    /// one, waiting for them).
+    fn finish_left(&mut self, crew: &mut FileCrew<'_, '_>, all: bool) -> Result<()> {
+        while self.left.front().is_some_and(|l| all || crew.is_done(l.key)) {
+            self.finish_one(crew)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the oldest directory left: takes what became of its
+    /// files, looks at the names left to look at by name, and gives it
+    /// its metadata.
+    fn finish_one(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<()> {
+        let Some(left) = self.left.pop_front() else { return Ok(()) };
+        let revisits = self.complete(crew, left.key, &left.dirs[1])?;
+        for name in revisits {
+            let started = seen::now();
+            let st = match lstat(left.dirs[0].as_fd(), &name) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => continue, // removed meanwhile: not part of the move
+                Err(e) => return Err(Error::new(e, "stat source entry")),
+            };
+            removable(&left.frame.st, &st)?;
+            // Listed as a regular file, and a directory now: the walk has
+            // left the place to enter it.
+            if file_type(&st) == FileType::Directory {
+                return Err(Error::changed(TREE_CHANGED));
+            }
+            self.other(&left.dirs, &left.path, name, &st, started)?;
+        }
+        self.done_dir(&left.frame.st, [left.dirs[0].as_fd(), left.dirs[1].as_fd()])
+    }
+
+    /// A directory whose every entry is copied: its metadata.
+    fn done_dir(&mut self, st: &Statx, [s, t]: [BorrowedFd<'_>; 2]) -> Result<()> {
+        meta::apply(Obj::Fd(s), Obj::Fd(t), st, meta::Made { st: None, inherits: self.env.inherits })?;
+        self.report.files += 1;
+        self.env.progress.inspect(|p| p.object());
+        Ok(())
+    }
+
+    /// Takes what became of the files handed to the crew under `key` (of
+    /// the directory whose copy is `tdir`): records them, and returns the
+    /// names to look at by name.
+    fn complete(&mut self, crew: &mut FileCrew<'_, '_>, key: u64, tdir: &OwnedFd) -> Result<Vec<CString>> {
         let mut batches = Vec::new();
-        for r in crew.drain() {
+        for r in crew.collect(key) {
             match r {
                 Ok(b) => batches.push(b),
                 Err(_) => return Err(Error::new(Errno::XDEV, "a copying thread failed")),
@@ -421,6 +536,7 @@ impl Copy<'_> {
         }
         let mut samples = Vec::new();
         let mut unseen = std::collections::HashSet::new();
+        let mut revisits = Vec::new();
         for d in done {
             match d {
                 Done::Copied(name, c) => {
@@ -433,13 +549,13 @@ impl Copy<'_> {
                     self.copied(c);
                 }
                 Done::Gone => {}
-                Done::Walk(name) => self.walk.revisit(name),
+                Done::Walk(name) => revisits.push(name),
             }
         }
         if !unseen.is_empty() {
-            self.copies_from_listing(&samples, &unseen)?;
+            self.copies_from_listing(tdir.as_fd(), &samples, &unseen)?;
         }
-        Ok(())
+        Ok(revisits)
     }
 
     /// Records the identities of the files just made in the current
@@ -453,6 +569,7 @@ impl Copy<'_> {
     /// private temp is not ours (a rollback leaves it).
     fn copies_from_listing(
         &mut self,
+        tdir: BorrowedFd<'_>,
         samples: &[(CString, Id)],
         unseen: &std::collections::HashSet<CString>,
     ) -> Result<()> {
@@ -463,7 +580,7 @@ impl Copy<'_> {
         let dev = samples.first().map(|(_, (major, minor, _))| (*major, *minor));
         // The copy's side of the walk is never listed otherwise: read from
         // its start.
-        let listed = super::walk::read_inodes(self.walk.fd(1)?)?;
+        let listed = super::walk::read_inodes(tdir)?;
         let agree = dev.is_some()
             && samples.iter().all(|(name, (major, minor, ino))| {
                 Some((*major, *minor)) == dev && listed.iter().any(|(n, i)| n == name && i == ino)
@@ -476,7 +593,7 @@ impl Copy<'_> {
             if agree {
                 self.records.add_copy_id((major, minor, ino));
             } else {
-                let st = lstat(self.walk.fd(1)?, &name).at("stat new file")?;
+                let st = lstat(tdir, &name).at("stat new file")?;
                 self.records.add_copy(&st);
             }
         }
@@ -493,22 +610,40 @@ impl Copy<'_> {
             Err(e) => return Err(Error::new(e, "stat source entry")),
         };
         removable(&parent_st, &st)?;
-        match file_type(&st) {
-            FileType::Directory => self.enter(name, &st, crew),
-            FileType::RegularFile => self.file(name, &st),
-            _ => {
-                let [s, t] = self.walk.fds()?;
-                special::create(s, &name, &st, t, &name).at("create node")?;
-                let made = lstat(t, &name).at("stat new node")?;
-                self.records.add_copy(&made);
-                let made = meta::Made { st: Some(&made), inherits: self.env.inherits };
-                meta::apply(Obj::At(s, &name), Obj::At(t, &name), &st, made)?;
-                self.records.add(&Seen::record(&st, started));
-                self.report.files += 1;
-                self.env.progress.inspect(|p| p.object());
-                Ok(())
-            }
+        if file_type(&st) == FileType::Directory {
+            return self.enter(name, &st, crew);
         }
+        let dirs = self.walk.shared()?;
+        let path = std::mem::take(&mut self.path);
+        let done = self.other(&dirs, &path, name, &st, started);
+        self.path = path;
+        done
+    }
+
+    /// Copies the entry `name` (not a directory, seen as `st` after
+    /// `started`) of the source directory `dirs[0]` into its copy `dirs[1]`,
+    /// at `path` in the copy.
+    fn other(
+        &mut self,
+        dirs: &[Arc<OwnedFd>; 2],
+        path: &[u8],
+        name: CString,
+        st: &Statx,
+        started: seen::Stamp,
+    ) -> Result<()> {
+        let [s, t] = [dirs[0].as_fd(), dirs[1].as_fd()];
+        if file_type(st) == FileType::RegularFile {
+            return self.file([s, t], path, name, st);
+        }
+        special::create(s, &name, st, t, &name).at("create node")?;
+        let made = lstat(t, &name).at("stat new node")?;
+        self.records.add_copy(&made);
+        let made = meta::Made { st: Some(&made), inherits: self.env.inherits };
+        meta::apply(Obj::At(s, &name), Obj::At(t, &name), st, made)?;
+        self.records.add(&Seen::record(st, started));
+        self.report.files += 1;
+        self.env.progress.inspect(|p| p.object());
+        Ok(())
     }
 
     fn enter(&mut self, name: CString, st: &Statx, crew: &mut FileCrew<'_, '_>) -> Result<()> {
@@ -536,23 +671,24 @@ impl Copy<'_> {
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');
         self.walk.push_seen(name, [s, t], [Some(s_st), Some(t_st)])?;
+        self.groups.push(None);
         self.records.add(&Seen::record(&self.walk.top().st, started));
         self.records.add_copy_id(self.walk.top().ids[1]);
         self.check_dir()?;
         self.files(crew)
     }
 
-    /// A regular file looked at by name (listed without a type, or the
-    /// program holds leases).
-    fn file(&mut self, name: CString, st: &Statx) -> Result<()> {
+    /// A regular file looked at by name (listed without a type, with
+    /// several names, or the program holds leases), in the source
+    /// directory `sdir` whose copy is `tdir`, at `path` in the copy.
+    fn file(&mut self, [sdir, tdir]: [BorrowedFd<'_>; 2], path: &[u8], name: CString, st: &Statx) -> Result<()> {
         let key = id(st);
-        if st.stx_nlink > 1 && self.link(&name, key)? {
+        if st.stx_nlink > 1 && self.link(tdir, &name, key)? {
             return Ok(());
         }
         if self.leases.holds(st.stx_ino) {
             return Err(Error::new(Errno::XDEV, super::file::OWN_LEASE));
         }
-        let sdir = self.walk.fd(0)?;
         let s = match copy::open_source(sdir, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
@@ -564,15 +700,14 @@ impl Copy<'_> {
         if id(&st) != key {
             return Err(Error::changed(TREE_CHANGED));
         }
-        self.copy_opened(name, s.as_fd(), &st, started)
+        self.copy_opened(tdir, path, name, s.as_fd(), &st, started)
     }
 
-    /// Links `name` to the copy of another name of the inode `key` met
-    /// before; false if none was.
-    fn link(&mut self, name: &CStr, key: Id) -> Result<bool> {
+    /// Links `name` in `tdir` to the copy of another name of the inode
+    /// `key` met before; false if none was.
+    fn link(&mut self, tdir: BorrowedFd<'_>, name: &CStr, key: Id) -> Result<bool> {
         let Some((first, left)) = self.links.get_mut(&key) else { return Ok(false) };
-        let (root, tdir) = self.walk.root_and_current(1)?;
-        let (parent, last) = open_parent(root, first)?;
+        let (parent, last) = open_parent(self.walk.root(1), first)?;
         retry(|| rustix::fs::linkat(&parent, &*last, tdir, name, AtFlags::empty())).at("link")?;
         *left = left.saturating_sub(1);
         if *left == 0 {
@@ -592,14 +727,21 @@ impl Copy<'_> {
         self.report.bytes += c.bytes;
     }
 
-    /// Copies the open file `s` into the current directory of the copy,
-    /// and remembers it if it has other names to meet.
-    fn copy_opened(&mut self, name: CString, s: BorrowedFd<'_>, st: &Statx, started: seen::Stamp) -> Result<()> {
-        let tdir = self.walk.fd(1)?;
+    /// Copies the open file `s` into `tdir`, at `path` in the copy, and
+    /// remembers it if it has other names to meet.
+    fn copy_opened(
+        &mut self,
+        tdir: BorrowedFd<'_>,
+        path: &[u8],
+        name: CString,
+        s: BorrowedFd<'_>,
+        st: &Statx,
+        started: seen::Stamp,
+    ) -> Result<()> {
         let copied = copy_file(self.env, s, st, started, tdir, &name, &mut None)?;
         self.copied(copied);
         if st.stx_nlink > 1 {
-            let mut p = self.path.clone();
+            let mut p = path.to_vec();
             p.extend_from_slice(name.as_bytes());
             self.link_bytes += p.len() + LINK_ENTRY_COST;
             if self.link_bytes > LINK_MAP_MAX {

@@ -3,9 +3,14 @@
 //! A tree move spends its time in per-file system calls, which other cores
 //! can make at the same time. [`crew`] runs a body with a [`Crew`] that
 //! takes jobs (a batch of files each, so that handing work over costs a
-//! few futex calls per batch, not per file) and gives back their results at
-//! [`Crew::drain`], the barrier before anything that depends on them (a
-//! directory's metadata after its children).
+//! few futex calls per batch, not per file), each under a key (the
+//! directory its files are in), and gives back their results by key at
+//! [`Crew::collect`] or all at once at [`Crew::drain`]: the barrier before
+//! anything that depends on them (a directory's metadata after its
+//! children). The jobs of several directories may wait at once; a worker
+//! takes a job of a directory no other thread is working in where there is
+//! one, since creating or removing entries in one directory serialises on
+//! its lock.
 //!
 //! The guarantees the rest of the engine relies on:
 //! - **No thread is left behind**: the crew lives inside
@@ -25,7 +30,7 @@
 //!   and their calls are never interrupted.
 //! - A job that panics is reported as a panic result; the others go on.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -44,9 +49,14 @@ const STACK: usize = 256 << 10;
 pub type Outcome<R> = std::thread::Result<R>;
 
 struct State<J, R> {
-    queue: VecDeque<J>,
+    queue: VecDeque<(u64, J)>,
     running: usize,
-    done: Vec<Outcome<R>>,
+    /// Results, by the key of their job.
+    done: HashMap<u64, Vec<Outcome<R>>>,
+    /// Jobs of each key queued or running.
+    open: HashMap<u64, usize>,
+    /// Keys of the running jobs.
+    busy: Vec<u64>,
     closed: bool,
     /// Workers waiting for a job: only then is one woken (a futex call).
     sleeping: usize,
@@ -66,6 +76,39 @@ impl<J, R> Shared<J, R> {
     fn lock(&self) -> MutexGuard<'_, State<J, R>> {
         // A panic is caught around every job, never while the lock is held.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<J, R> State<J, R> {
+    /// The next job to run, marked running: of `want` if given and queued,
+    /// else the first of a key no thread is running, else the first.
+    fn take(&mut self, want: Option<u64>) -> Option<(u64, J)> {
+        let wanted = want.and_then(|k| self.queue.iter().position(|(key, _)| *key == k));
+        let at = wanted.or_else(|| self.queue.iter().position(|(key, _)| !self.busy.contains(key))).unwrap_or(0);
+        let job = self.queue.remove(at)?;
+        self.running += 1;
+        self.busy.push(job.0);
+        Some(job)
+    }
+
+    /// Records the result of a job of `key` that ran.
+    fn finish(&mut self, key: u64, r: Outcome<R>) {
+        self.running -= 1;
+        if let Some(i) = self.busy.iter().position(|k| *k == key) {
+            self.busy.swap_remove(i);
+        }
+        self.ended(key, r);
+    }
+
+    /// Records the result of a job of `key` that is no longer open.
+    fn ended(&mut self, key: u64, r: Outcome<R>) {
+        if let Some(n) = self.open.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.open.remove(&key);
+            }
+        }
+        self.done.entry(key).or_default().push(r);
     }
 }
 
@@ -92,7 +135,9 @@ pub fn crew<J: Send, R: Send, T>(
         state: Mutex::new(State {
             queue: VecDeque::new(),
             running: 0,
-            done: Vec::new(),
+            done: HashMap::new(),
+            open: HashMap::new(),
+            busy: Vec::new(),
             closed: false,
             sleeping: 0,
             draining: false,
@@ -130,17 +175,18 @@ impl<J: Send, R: Send> Crew<'_, '_, J, R> {
         self.spawned
     }
 
-    /// Hands over a job: queued for a worker, or run at once on the calling
-    /// thread when the queue is full.
-    pub fn submit(&mut self, job: J) {
+    /// Hands over a job under `key`: queued for a worker, or run at once
+    /// on the calling thread when the queue is full.
+    pub fn submit(&mut self, key: u64, job: J) {
         let mut st = self.shared.lock();
+        *st.open.entry(key).or_insert(0) += 1;
         if st.queue.len() >= QUEUE {
             drop(st);
             let r = run(self.work, job);
-            self.shared.lock().done.push(r);
+            self.shared.lock().ended(key, r);
             return;
         }
-        st.queue.push_back(job);
+        st.queue.push_back((key, job));
         let waiting = st.queue.len();
         let wake = st.sleeping > 0;
         drop(st);
@@ -166,23 +212,54 @@ impl<J: Send, R: Send> Crew<'_, '_, J, R> {
         out
     }
 
+    /// Whether every job handed over under `key` has ended.
+    pub fn is_done(&self, key: u64) -> bool {
+        !self.shared.lock().open.contains_key(&key)
+    }
+
+    /// Waits until every job handed over under `key` has ended, running
+    /// queued ones on the calling thread meanwhile (that key's first);
+    /// returns their results, in no particular order.
+    pub fn collect(&mut self, key: u64) -> Vec<Outcome<R>> {
+        let mut out = Vec::new();
+        self.wait(Some(key), |st| {
+            if st.open.contains_key(&key) {
+                return false;
+            }
+            out = st.done.remove(&key).unwrap_or_default();
+            true
+        });
+        out
+    }
+
     /// Waits until every job handed over has ended, running queued ones on
     /// the calling thread meanwhile; returns their results, in no
     /// particular order.
     pub fn drain(&mut self) -> Vec<Outcome<R>> {
+        let mut out = Vec::new();
+        self.wait(None, |st| {
+            if !st.open.is_empty() {
+                return false;
+            }
+            out = std::mem::take(&mut st.done).into_values().flatten().collect();
+            true
+        });
+        out
+    }
+
+    /// Runs queued jobs (of `want` first) until `ready` says the wait is over.
+    fn wait(&mut self, want: Option<u64>, mut ready: impl FnMut(&mut State<J, R>) -> bool) {
         let mut st = self.shared.lock();
         loop {
-            if let Some(job) = st.queue.pop_front() {
-                st.running += 1;
+            if ready(&mut st) {
+                return;
+            }
+            if let Some((key, job)) = st.take(want) {
                 drop(st);
                 let r = run(self.work, job);
                 st = self.shared.lock();
-                st.running -= 1;
-                st.done.push(r);
+                st.finish(key, r);
                 continue;
-            }
-            if st.running == 0 {
-                return std::mem::take(&mut st.done);
             }
             st.draining = true;
             st = self.shared.idle.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -217,14 +294,13 @@ fn run<J, R>(work: &(dyn Fn(J) -> R + Sync), job: J) -> Outcome<R> {
 fn worker<J, R>(shared: &Shared<J, R>, work: &(dyn Fn(J) -> R + Sync)) {
     let mut st = shared.lock();
     loop {
-        if let Some(job) = st.queue.pop_front() {
-            st.running += 1;
+        if let Some((key, job)) = st.take(None) {
             drop(st);
             let r = run(work, job);
             st = shared.lock();
-            st.running -= 1;
-            st.done.push(r);
-            if st.running == 0 && st.queue.is_empty() && st.draining {
+            st.finish(key, r);
+            // The caller waits for some keys: it looks whether its own are done.
+            if st.draining {
                 shared.idle.notify_all();
             }
             continue;
@@ -321,7 +397,7 @@ mod tests {
             let mut total = 0;
             for round in 0..5 {
                 for i in 0..200 {
-                    c.submit(round * 1000 + i);
+                    c.submit(0, round * 1000 + i);
                 }
                 let out = c.drain();
                 assert_eq!(out.len(), 200);
@@ -335,6 +411,51 @@ mod tests {
     }
 
     #[test]
+    fn collect_waits_for_its_key_and_takes_only_its_results() {
+        let work = |(k, n): (u64, usize)| (k, n);
+        crew(2, &work, |c| {
+            for k in 0..3 {
+                for i in 0..50 {
+                    c.submit(k, (k, i));
+                }
+            }
+            let one = c.collect(1);
+            assert!(c.is_done(1));
+            assert_eq!(one.len(), 50);
+            assert!(one.iter().all(|r| r.as_ref().unwrap().0 == 1));
+            let rest = c.drain();
+            assert_eq!(rest.len(), 100);
+            assert!(rest.iter().all(|r| r.as_ref().unwrap().0 != 1));
+            assert!(c.is_done(0) && c.is_done(2));
+            assert!(c.collect(1).is_empty());
+        });
+    }
+
+    #[test]
+    fn a_job_of_a_key_no_one_runs_is_taken_first() {
+        let mut st: State<usize, ()> = State {
+            queue: [(7, 0), (7, 1), (8, 2)].into(),
+            running: 0,
+            done: HashMap::new(),
+            open: HashMap::from([(7, 2), (8, 1)]),
+            busy: Vec::new(),
+            closed: false,
+            sleeping: 0,
+            draining: false,
+        };
+        assert_eq!(st.take(None), Some((7, 0)));
+        // Key 7 is busy: the other thread takes key 8's job.
+        assert_eq!(st.take(None), Some((8, 2)));
+        st.finish(8, Ok(()));
+        assert!(!st.open.contains_key(&8));
+        // Only busy keys left: the first.
+        assert_eq!(st.take(None), Some((7, 1)));
+        // A waiter asking for a key gets its job first.
+        st.queue = [(9, 3), (7, 4)].into();
+        assert_eq!(st.take(Some(7)), Some((7, 4)));
+    }
+
+    #[test]
     fn a_panicking_job_is_reported_and_the_others_run() {
         let work = |n: usize| {
             if n == 7 {
@@ -345,7 +466,7 @@ mod tests {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let out = crew(2, &work, |c| {
-            (0..20).for_each(|i| c.submit(i));
+            (0..20).for_each(|i| c.submit(0, i));
             c.drain()
         });
         std::panic::set_hook(prev);
@@ -358,7 +479,7 @@ mod tests {
         let me = std::thread::current().id();
         let work = |_: ()| std::thread::current().id();
         let out = crew(0, &work, |c| {
-            (0..100).for_each(|_| c.submit(()));
+            (0..100).for_each(|_| c.submit(0, ()));
             assert_eq!(c.workers(), 0);
             c.drain()
         });
@@ -373,7 +494,7 @@ mod tests {
             live.fetch_sub(1, Ordering::SeqCst);
         };
         let r: Result<(), ()> = crew(3, &work, |c| {
-            (0..50).for_each(|i| c.submit(i));
+            (0..50).for_each(|i| c.submit(0, i));
             Err(()) // no drain: the queue is dropped, running jobs end
         });
         assert!(r.is_err());

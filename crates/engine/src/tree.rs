@@ -491,7 +491,7 @@ fn prune(
                 return;
             };
             for names in crew.batches(names) {
-                crew.submit(Batch { dirs: dirs.clone(), has_ref, names });
+                crew.submit(0, Batch { dirs: dirs.clone(), has_ref, names });
             }
             drop(dirs);
             for r in crew.drain() {

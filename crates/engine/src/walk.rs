@@ -265,12 +265,9 @@ impl<const N: usize> Walk<N> {
         Ok(std::array::from_fn(|side| self.frames[j].fds[side].as_ref().expect("opened").as_fd()))
     }
 
-    /// The root's and the current directory's descriptors on `side`.
-    pub fn root_and_current(&mut self, side: usize) -> Result<(BorrowedFd<'_>, BorrowedFd<'_>)> {
-        let j = self.frames.len() - 1;
-        self.ensure_open(j)?;
-        let fd = |k: usize| self.frames[k].fds[side].as_ref().expect("opened").as_fd();
-        Ok((fd(0), fd(j)))
+    /// The root's descriptor on `side` (the root's stay open).
+    pub fn root(&self, side: usize) -> BorrowedFd<'_> {
+        self.frames[0].fds[side].as_ref().expect("the root stays open").as_fd()
     }
 
     /// Whether `id` is a directory on the current path (side `side`).
