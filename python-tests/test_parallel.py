@@ -224,6 +224,48 @@ def test_a_tree_moved_by_several_threads_is_what_one_thread_makes(tmpfs, ext4, t
     assert snapshot(ext4 / "b") == want
 
 
+def make_wide_tree(root: Path) -> None:
+    """Many directories whose files the crew copies while the walk goes on
+    (a directory is left to the crew and completed later): hard links to
+    names in earlier and in later directories and one level down, special
+    files and symlinks (made by name, by whoever completes the directory),
+    read-only directories, files at every level."""
+    rng = random.Random(7)
+    dirs = [root / f"w{d:02}" for d in range(24)]
+    for d, sub in enumerate(dirs):
+        (sub / "deeper").mkdir(parents=True)
+        for i in range(40):
+            (sub / f"f{i:02}").write_bytes(rng.randbytes(rng.choice([0, 10, 5000])))
+        (sub / "deeper" / "g").write_bytes(rng.randbytes(100))
+        os.symlink(f"f{d % 40:02}", sub / "sym")
+        os.mkfifo(sub / "fifo")
+    for d, sub in enumerate(dirs):
+        os.link(dirs[(d + 5) % len(dirs)] / "f03", sub / "to-later-or-earlier")
+        os.link(sub / "deeper" / "g", sub / "to-deeper")
+    (root / "top").write_bytes(b"top")
+    for p in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        os.utime(p, ns=(1_000_000_000, 3_000_000_000 + len(p.parts)), follow_symlinks=False)
+    for sub in dirs[::3]:
+        os.chmod(sub / "deeper", 0o555)
+        os.chmod(sub, 0o555)
+
+
+def test_directories_copied_at_once_are_what_one_thread_makes(tmpfs, ext4):
+    """The walk leaves a directory whose files are still being copied and
+    completes it later (its hard links, special files, metadata): the
+    result is what one thread makes, name for name and link for link."""
+    need(len(os.sched_getaffinity(0)) >= 2, "one CPU: no worker threads")
+    make_wide_tree(tmpfs / "a")
+    make_wide_tree(tmpfs / "b")
+    want = snapshot(tmpfs / "a")
+    assert snapshot(tmpfs / "b") == want
+    assert run("plain", tmpfs / "a", ext4 / "a", threads=1) == [0, 1, 1]
+    assert run("plain", tmpfs / "b", ext4 / "b", threads=8) == [0, 1, 1]
+    assert not (tmpfs / "a").exists() and not (tmpfs / "b").exists()
+    assert snapshot(ext4 / "a") == want
+    assert snapshot(ext4 / "b") == want
+
+
 def test_no_thread_outlives_a_failed_parallel_copy_and_nothing_changes(tmpfs, small_tmpfs):
     """A destination that fills up in the middle of the crew's copy: the
     program gets ENOSPC, the source is as it was, no temp is left, and the

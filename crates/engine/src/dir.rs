@@ -147,12 +147,7 @@ pub fn copy_tree<'d>(
                             cx.leave(crew, key)?;
                             continue;
                         }
-                        *cx.groups.last_mut().expect("the walk's") = None;
-                        let dirs = cx.walk.shared()?;
-                        let revisits = cx.complete(crew, key, &dirs[1])?;
-                        if !revisits.is_empty() {
-                            // Visited next, in directory order.
-                            revisits.into_iter().rev().for_each(|n| cx.walk.revisit(n));
+                        if cx.complete_current(crew)? {
                             continue;
                         }
                     }
@@ -459,6 +454,18 @@ impl Copy<'_> {
         Ok(())
     }
 
+    /// Takes what became of the current directory's files on the crew, if
+    /// not yet taken; true if names are left to look at by name (visited
+    /// next, in directory order).
+    fn complete_current(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<bool> {
+        let Some(key) = self.groups.last_mut().and_then(Option::take) else { return Ok(false) };
+        let dirs = self.walk.shared()?;
+        let revisits = self.complete(crew, key, &dirs[1])?;
+        let any = !revisits.is_empty();
+        revisits.into_iter().rev().for_each(|n| self.walk.revisit(n));
+        Ok(any)
+    }
+
     /// Leaves the current directory to the crew: the walk goes on, and the
     /// directory is completed once its files are copied. The oldest
     /// directories left are completed first if too many are.
@@ -650,6 +657,9 @@ impl Copy<'_> {
         if id(st) == self.tmp_id || self.walk.on_path(0, id(st)) {
             return Err(Error::new(Errno::INVAL, "destination inside source"));
         }
+        // The files of this directory first: jobs waiting on the crew hold
+        // their directory open, and a deep tree must not hold every level.
+        self.complete_current(crew)?;
         let s = match open_dir(self.walk.fd(0)?, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
