@@ -475,11 +475,9 @@ impl Copy<'_> {
         }
         let Some((frame, dirs)) = self.walk.pop()? else { return Ok(()) };
         self.groups.pop();
-        let keep = self.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
-        let path = self.path.split_off(keep);
-        let mut full = self.path.clone();
-        full.extend_from_slice(&path);
-        self.left.push_back(Left { key, frame, dirs, path: full });
+        let path = self.path.clone();
+        self.path.truncate(path.len().saturating_sub(frame.name.as_bytes().len() + 1));
+        self.left.push_back(Left { key, frame, dirs, path });
         Ok(())
     }
 
