@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,77 @@ def test_directories_copied_at_once_are_what_one_thread_makes(tmpfs, ext4):
     assert not (tmpfs / "a").exists() and not (tmpfs / "b").exists()
     assert snapshot(ext4 / "a") == want
     assert snapshot(ext4 / "b") == want
+
+
+def as_nobody(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("threads", [1, None])
+def test_a_hard_link_is_copied_before_the_subdirectory_holding_its_other_name(tmpfs, ext4, threads):
+    """A file with two names, one in a directory and one in its
+    subdirectory, whose mode lets only others in (0007, another owner's):
+    the name in the directory is copied first, before the subdirectory gets
+    that mode, so the name inside links to it. Taken after the
+    subdirectory, its link had to reach a name through the subdirectory's
+    final mode: EACCES and a temp left behind (session 8, before this fix)."""
+    need(os.geteuid() == 0 and shutil.which("setpriv") is not None, "needs root and setpriv")
+    src = tmpfs / "src"
+    (src / "P" / "sub").mkdir(parents=True)
+    (src / "P" / "x").write_text("hello")
+    os.link(src / "P" / "x", src / "P" / "sub" / "y")
+    for d in (tmpfs, ext4):
+        os.chown(d, 65534, 65534)
+    for p in [src, *src.rglob("*")]:
+        os.chown(p, 65534, 65534, follow_symlinks=False)
+    os.chown(src / "P" / "sub", 1000, 1000)
+    os.chmod(src / "P" / "sub", 0o007)
+    from test_trace import searchable_for_all
+    env = child_env({"XRENAME_THREADS": str(threads)} if threads else None)
+    with searchable_for_all(tmpfs, ext4):
+        p = as_nobody([sys.executable, "-c", "import os,sys; os.rename(sys.argv[1], sys.argv[2])",
+                       str(src), str(ext4 / "dst")], env)
+    assert p.returncode == 0, p.stderr
+    dst = ext4 / "dst" / "P"
+    assert (dst / "x").read_text() == "hello"
+    os.chmod(dst / "sub", 0o700)
+    assert os.stat(dst / "sub" / "y").st_ino == os.stat(dst / "x").st_ino
+    assert not [n for n in os.listdir(ext4) if n.startswith(".xrename-")]
+
+
+def test_a_hard_link_made_during_the_move_is_never_deleted_unseen(tmpfs, ext4):
+    """A second name made for a file of the tree while the tree is copied,
+    in a directory listed before it was made: the copy has no such name,
+    and the inode's record proves only the inode. The name stays at the
+    source (the move succeeds and leaves what changed there) or the move
+    fails: it never vanishes. Deleted with the rest before this fix."""
+    src = tmpfs / "src"
+    (src / "B").mkdir(parents=True)
+    (src / "A").mkdir()
+    (src / "A" / "zlast").write_text("last")
+    for i in range(40):
+        (src / "A" / f"f{i:02}").write_bytes(os.urandom(3_000_000))
+    (src / "B" / "o").write_text("other")
+    linked = []
+
+    def racer():
+        # Polls (no sleep): links once the copy of A's last big file exists.
+        for _ in range(5_000_000):
+            if any((ext4 / n / "A" / "f39").exists() for n in os.listdir(ext4) if n.startswith(".xrename-")):
+                os.link(src / "A" / "zlast", src / "B" / "zlink")
+                linked.append(True)
+                return
+
+    import threading
+    t = threading.Thread(target=racer)
+    t.start()
+    p = subprocess.run([sys.executable, "-c", "import os,sys; os.rename(sys.argv[1], sys.argv[2])",
+                        str(src), str(ext4 / "dst")], env=child_env(), capture_output=True, text=True, timeout=120)
+    t.join()
+    names = {str(q.relative_to(r)) for r in (src, ext4 / "dst") if r.exists() for q in r.rglob("*")}
+    want = {"A", "B", "A/zlast", "B/o"} | {f"A/f{i:02}" for i in range(40)} | ({"B/zlink"} if linked else set())
+    assert want <= names, (p.stderr, sorted(want - names))
 
 
 def test_no_thread_outlives_a_failed_parallel_copy_and_nothing_changes(tmpfs, small_tmpfs):

@@ -147,14 +147,16 @@ pub fn copy_tree<'d>(
                             cx.leave(crew, key)?;
                             continue;
                         }
-                        if cx.complete_current(crew)? {
+                        let revisits = cx.complete_current(crew)?;
+                        if !revisits.is_empty() {
+                            cx.revisit(revisits);
                             continue;
                         }
                     }
-                    if cx.groups.len() == 1 {
-                        // Every directory complete before the root.
-                        cx.finish_left(crew, true)?;
-                    }
+                    // Every directory left (all below this one) complete before
+                    // this one gets its mode: a late hard link may need to
+                    // reach a name through it, which its final mode may forbid.
+                    cx.finish_left(crew, true)?;
                     // A directory is complete: its metadata now, children first.
                     let Some((frame, [s, t])) = cx.walk.pop()? else { break };
                     cx.groups.pop();
@@ -455,15 +457,16 @@ impl Copy<'_> {
     }
 
     /// Takes what became of the current directory's files on the crew, if
-    /// not yet taken; true if names are left to look at by name (visited
-    /// next, in directory order).
-    fn complete_current(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<bool> {
-        let Some(key) = self.groups.last_mut().and_then(Option::take) else { return Ok(false) };
+    /// not yet taken; returns the names left to look at by name.
+    fn complete_current(&mut self, crew: &mut FileCrew<'_, '_>) -> Result<Vec<CString>> {
+        let Some(key) = self.groups.last_mut().and_then(Option::take) else { return Ok(Vec::new()) };
         let dirs = self.walk.shared()?;
-        let revisits = self.complete(crew, key, &dirs[1])?;
-        let any = !revisits.is_empty();
-        revisits.into_iter().rev().for_each(|n| self.walk.revisit(n));
-        Ok(any)
+        self.complete(crew, key, &dirs[1])
+    }
+
+    /// Has the walk visit `names` of the current directory next, in order.
+    fn revisit(&mut self, names: Vec<CString>) {
+        names.into_iter().rev().for_each(|n| self.walk.revisit(n));
     }
 
     /// Leaves the current directory to the crew: the walk goes on, and the
@@ -657,7 +660,17 @@ impl Copy<'_> {
         }
         // The files of this directory first: jobs waiting on the crew hold
         // their directory open, and a deep tree must not hold every level.
-        self.complete_current(crew)?;
+        // Names left to look at by name (files with several names) are
+        // visited before the subdirectory, as without a crew: a hard link
+        // made later inside the subdirectory then links to the copy here,
+        // never the other way, through a subdirectory already given a
+        // mode that may forbid it.
+        let revisits = self.complete_current(crew)?;
+        if !revisits.is_empty() {
+            self.walk.revisit(name);
+            self.revisit(revisits);
+            return Ok(());
+        }
         let s = match open_dir(self.walk.fd(0)?, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),

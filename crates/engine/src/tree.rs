@@ -278,7 +278,14 @@ impl Rule for Delete<'_> {
         // What was recorded when it was copied proves it (an entry that
         // appeared during the move is not recorded; one replaced, renamed
         // or written since has another ctime). Only an entry whose times
-        // cannot tell is compared with its copy.
+        // cannot tell is compared with its copy. A record is of an inode,
+        // not of a name: a name of an inode with several (a hard link made
+        // during the move, in a directory listed before it was made, gets
+        // no ctime of its own) goes only if the copy has that name too.
+        let several = st.stx_nlink > 1 || unlinked > 0 || self.records.had_links(st);
+        if several && !copy.get().is_some_and(|c| file_type(&c) == file_type(st)) {
+            return false;
+        }
         match self.records.judge(st, unlinked) {
             Verdict::Unchanged => true,
             Verdict::Racy => match copy.get() {
