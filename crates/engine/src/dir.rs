@@ -161,8 +161,7 @@ pub fn copy_tree<'d>(
                     let Some((frame, [s, t])) = cx.walk.pop()? else { break };
                     cx.groups.pop();
                     cx.done_dir(&frame.st, [s.as_fd(), t.as_fd()])?;
-                    let keep = cx.path.len().saturating_sub(frame.name.as_bytes().len() + 1);
-                    cx.path.truncate(keep);
+                    cx.up(&frame.name);
                     if cx.walk.is_done() {
                         durability.tree(t.as_fd())?;
                         break;
@@ -313,6 +312,20 @@ fn open_file(
     removable(parent, &st)?;
     let copied = copy_file(env, s.as_fd(), &st, started, tdir, &name, learned)?;
     Ok(Done::Copied(name, copied))
+}
+
+/// Looks at the entry `name` of the source directory `dir` (seen as
+/// `parent`), and when; `None` if it was removed meanwhile (not part of
+/// the move). Checks it can later be removed.
+fn look(dir: BorrowedFd<'_>, parent: &Statx, name: &CStr) -> Result<Option<(Statx, seen::Stamp)>> {
+    let started = seen::now();
+    let st = match lstat(dir, name) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(Error::new(e, "stat source entry")),
+    };
+    removable(parent, &st)?;
+    Ok(Some((st, started)))
 }
 
 /// What removing the entry seen as `st` from the source directory seen as
@@ -479,9 +492,14 @@ impl Copy<'_> {
         let Some((frame, dirs)) = self.walk.pop()? else { return Ok(()) };
         self.groups.pop();
         let path = self.path.clone();
-        self.path.truncate(path.len().saturating_sub(frame.name.as_bytes().len() + 1));
+        self.up(&frame.name);
         self.left.push_back(Left { key, frame, dirs, path });
         Ok(())
+    }
+
+    /// The walk has left the directory `name`: the path in the copy too.
+    fn up(&mut self, name: &CStr) {
+        self.path.truncate(self.path.len().saturating_sub(name.to_bytes().len() + 1));
     }
 
     /// Completes the directories left whose files are copied (`all`: every
@@ -500,13 +518,7 @@ impl Copy<'_> {
         let Some(left) = self.left.pop_front() else { return Ok(()) };
         let revisits = self.complete(crew, left.key, &left.dirs[1])?;
         for name in revisits {
-            let started = seen::now();
-            let st = match lstat(left.dirs[0].as_fd(), &name) {
-                Ok(st) => st,
-                Err(Errno::NOENT) => continue, // removed meanwhile: not part of the move
-                Err(e) => return Err(Error::new(e, "stat source entry")),
-            };
-            removable(&left.frame.st, &st)?;
+            let Some((st, started)) = look(left.dirs[0].as_fd(), &left.frame.st, &name)? else { continue };
             // Listed as a regular file, and a directory now: the walk has
             // left the place to enter it.
             if file_type(&st) == FileType::Directory {
@@ -610,14 +622,7 @@ impl Copy<'_> {
 
     fn entry(&mut self, name: CString, crew: &mut FileCrew<'_, '_>) -> Result<()> {
         let parent_st = self.walk.top().st.clone();
-        let sdir = self.walk.fd(0)?;
-        let started = seen::now();
-        let st = match lstat(sdir, &name) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
-            Err(e) => return Err(Error::new(e, "stat source entry")),
-        };
-        removable(&parent_st, &st)?;
+        let Some((st, started)) = look(self.walk.fd(0)?, &parent_st, &name)? else { return Ok(()) };
         if file_type(&st) == FileType::Directory {
             return self.enter(name, &st, crew);
         }

@@ -21,7 +21,8 @@
 //!   ([`SPAWN_AT`]): a small tree never pays for a thread. A thread that
 //!   cannot be made (`RLIMIT_NPROC`, a seccomp filter, no memory) is not an
 //!   error: the calling thread runs the jobs itself.
-//! - The calling thread **helps**: while it waits at [`Crew::drain`] it runs
+//! - The calling thread **helps**: while it waits at [`Crew::collect`] or
+//!   [`Crew::drain`] it runs
 //!   queued jobs itself, and a job that does not fit in the bounded queue
 //!   ([`QUEUE`]) runs at once on the caller, so memory stays bounded.
 //! - **Signals** go to the program's own threads: workers start with every
@@ -50,7 +51,6 @@ pub type Outcome<R> = std::thread::Result<R>;
 
 struct State<J, R> {
     queue: VecDeque<(u64, J)>,
-    running: usize,
     /// Results, by the key of their job.
     done: HashMap<u64, Vec<Outcome<R>>>,
     /// Jobs of each key queued or running.
@@ -86,14 +86,12 @@ impl<J, R> State<J, R> {
         let wanted = want.and_then(|k| self.queue.iter().position(|(key, _)| *key == k));
         let at = wanted.or_else(|| self.queue.iter().position(|(key, _)| !self.busy.contains(key))).unwrap_or(0);
         let job = self.queue.remove(at)?;
-        self.running += 1;
         self.busy.push(job.0);
         Some(job)
     }
 
     /// Records the result of a job of `key` that ran.
     fn finish(&mut self, key: u64, r: Outcome<R>) {
-        self.running -= 1;
         if let Some(i) = self.busy.iter().position(|k| *k == key) {
             self.busy.swap_remove(i);
         }
@@ -134,7 +132,6 @@ pub fn crew<J: Send, R: Send, T>(
     let shared = Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
-            running: 0,
             done: HashMap::new(),
             open: HashMap::new(),
             busy: Vec::new(),
@@ -435,7 +432,6 @@ mod tests {
     fn a_job_of_a_key_no_one_runs_is_taken_first() {
         let mut st: State<usize, ()> = State {
             queue: [(7, 0), (7, 1), (8, 2)].into(),
-            running: 0,
             done: HashMap::new(),
             open: HashMap::from([(7, 2), (8, 1)]),
             busy: Vec::new(),

@@ -347,6 +347,8 @@ struct Other<'a> {
     present: bool,
     /// Looking failed (not for want of an entry): the step failed.
     failed: std::cell::Cell<bool>,
+    /// What the one look found.
+    looked: std::cell::OnceCell<Option<Statx>>,
 }
 
 impl Other<'_> {
@@ -354,14 +356,14 @@ impl Other<'_> {
         if !self.present {
             return None;
         }
-        match tidy(|| lstat(self.dir, self.name)) {
+        *self.looked.get_or_init(|| match tidy(|| lstat(self.dir, self.name)) {
             Ok(o) => Some(o),
             Err(Errno::NOENT) => None,
             Err(_) => {
                 self.failed.set(true);
                 None
             }
-        }
+        })
     }
 }
 
@@ -431,7 +433,7 @@ fn prune_file(
         return Step::Walk;
     }
     let count = state.as_ref().and_then(|s| s.unlinked.get(&id(&st)).copied()).unwrap_or(0);
-    let other = Other { dir: r, name: n, present: has_ref, failed: std::cell::Cell::new(false) };
+    let other = Other { dir: r, name: n, present: has_ref, failed: Default::default(), looked: Default::default() };
     if rule.delete(d, r, n, &st, &other, count) {
         let gone = tidy(|| rustix::fs::unlinkat(d, n, AtFlags::empty())).is_ok();
         if gone && st.stx_nlink > 1 {
