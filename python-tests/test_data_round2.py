@@ -939,6 +939,54 @@ def test_hard_link_created_in_source_tree_during_move_is_not_lost(child, tmpfs, 
                       "the move exist neither in the destination tree nor back at the source: deleted")
 
 
+def test_a_hard_link_made_before_its_file_is_copied_in_a_directory_walked_already_is_kept(
+        child, tmpfs, ext4, tmp_path, movers):
+    """os.link(tree/a/x, tree/b-?/y) while the move is stopped right after
+    opening a/x to copy it, with b-before or b-after (one of them, whatever
+    the directory order) walked already: x is recorded with the new link,
+    so its record proves the inode, but that y is in no directory of the
+    copy. The deletion must keep it (records prove inodes, not names);
+    before session 8's fix it was deleted with the source. One thread, so
+    that the stop lands on the same call in every run."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst = p.src_dir / "tree", p.dst_dir / "tree"
+    data = random_bytes(50_000, seed=402)
+    subs = ("b-before", "b-after")
+    one = {"XRENAME_THREADS": "1"}
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        tree.mkdir()
+        (tree / subs[0]).mkdir()
+        (tree / "a").mkdir()
+        (tree / subs[1]).mkdir()
+        (tree / "a" / "x").write_bytes(data)
+        for s in subs:
+            (tree / s / "other").write_bytes(b"other")
+        fh.age(p.src_dir, p.dst_dir)  # same calls in every run: no racy compare
+
+    reset()
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace", env_extra=one)
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    target = next(c for c in calls[first:end] if c.name == "openat" and quoted(c.text)[-1:] == ["x"]
+                  and "O_CREAT" not in c.text and not c.ret.startswith("-"))
+    reset()
+    m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(target),), env_extra=one)
+    stop_and(m, target, "after opening a/x")
+    for s in subs:
+        os.link(tree / "a" / "x", tree / s / "y")
+    m.cont()
+    out = m.finish()
+    assert out.kind in ("ok", "error"), out.describe()
+    lost = [s for s in subs
+            if not any(q.is_file() and read(q) == data for q in (dst / s / "y", tree / s / "y"))]
+    assert not lost, (f"{out.describe()}, and the hard link(s) {[s + '/y' for s in lost]} made during "
+                      "the move exist neither in the destination tree nor back at the source: deleted")
+
+
 # --------------------------------------------------------------------------
 # 5. hidden names where O_TMPFILE is missing
 # --------------------------------------------------------------------------
