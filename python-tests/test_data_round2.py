@@ -987,6 +987,44 @@ def test_a_hard_link_made_before_its_file_is_copied_in_a_directory_walked_alread
                       "the move exist neither in the destination tree nor back at the source: deleted")
 
 
+def test_a_directory_another_rename_puts_over_an_installed_empty_tree_stays_there(
+        child, tmpfs, ext4, tmp_path, movers):
+    """An empty directory moved to a free name; right after the install,
+    another process renames its own (full) directory onto that name, which
+    the kernel allows over an empty one. The move cannot say its tree is
+    at the name: EXDEV, the source back. The other directory stays where
+    its owner's rename put it, as the kernel leaves it: before session 8
+    the undo moved it to a hidden temp name, which `xrename clean --remove`
+    then deletes."""
+    need_strace()
+    p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
+    tree, dst, theirs = p.src_dir / "tree", p.dst_dir / "tree", p.dst_dir / "theirs"
+
+    def reset():
+        clear_dir(p.src_dir)
+        clear_dir(p.dst_dir)
+        tree.mkdir()
+        theirs.mkdir()
+        (theirs / "data").write_bytes(b"theirs")
+        fh.age(p.src_dir, p.dst_dir)
+
+    reset()
+    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
+    assert out.kind == "ok", out.describe()
+    calls, first, end = window(out)
+    install = install_call(calls, first, end, dst.name)
+    reset()
+    m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(install),))
+    stop_and(m, install, "after the install")
+    os.rename(theirs, dst)
+    m.cont()
+    out = m.finish()
+    assert out.kind == "error" and out.errname == "EXDEV", out.describe()
+    assert tree.is_dir() and not os.listdir(tree)
+    assert read(dst / "data") == b"theirs", "the other process's directory left the name it renamed it to"
+    assert hidden(p.src_dir, p.dst_dir) == []
+
+
 # --------------------------------------------------------------------------
 # 5. hidden names where O_TMPFILE is missing
 # --------------------------------------------------------------------------

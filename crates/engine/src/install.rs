@@ -410,20 +410,29 @@ impl<'d> Temp<'d> {
     /// goes back to `from`, an old destination back to `name`) and this
     /// fails (EXDEV for another directory); once undone, the temp names
     /// `from` again, and dropping it empties the tree through its
-    /// descriptor, wherever it is. Returns when it was installed, for a
-    /// rollback.
+    /// descriptor, wherever it is. Where nothing of anyone's was at `name`
+    /// before (no destination, or an empty directory the rename replaced)
+    /// and the tree built is gone (no link left: another rename replaced
+    /// it, empty, after ours), the directory found there came by that
+    /// rename and stays, as the kernel leaves it; no name is touched.
+    /// Returns when it was installed, for a rollback.
     fn placed_ours(&mut self, from: &CStr, name: &CStr, placed: &Placed, new: &Statx) -> Result<Since> {
         let (dir, at) = (self.dir, self.at());
-        let error = match tidy(|| lstat(dir, name)) {
+        let (error, another) = match tidy(|| lstat(dir, name)) {
             Ok(st) if same_inode(&st, new) => {
                 return Ok(Since { ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec), wall: super::seen::now() });
             }
-            Ok(_) | Err(Errno::NOENT) => Error::new(Errno::XDEV, "the temp directory was replaced"),
-            Err(e) => Error::new(e, "stat installed directory"),
+            Ok(_) => (Error::new(Errno::XDEV, "the temp directory was replaced"), self.unlinked()),
+            Err(Errno::NOENT) => (Error::new(Errno::XDEV, "the temp directory was replaced"), false),
+            Err(e) => (Error::new(e, "stat installed directory"), false),
         };
         let undone = match placed {
             Placed::Exchanged { backup } => {
                 tidy(|| rustix::fs::renameat_with(at, &**backup, dir, name, RenameFlags::EXCHANGE))
+            }
+            _ if another => {
+                self.name = None;
+                return Err(error);
             }
             _ => tidy(|| rustix::fs::renameat_with(dir, name, at, from, RenameFlags::NOREPLACE)),
         };
@@ -434,6 +443,13 @@ impl<'d> Temp<'d> {
             self.name = Some(from.to_owned());
         }
         Err(error)
+    }
+}
+
+impl Temp<'_> {
+    /// Whether the tree built has no name left anywhere.
+    fn unlinked(&self) -> bool {
+        self.fd.as_ref().is_some_and(|fd| fstat(fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0))
     }
 }
 
