@@ -29,7 +29,7 @@ from oracle_harness import (
     ERRNO_SENTINEL, NOBODY, OTHER_UID, RENAME_EXCHANGE, RENAME_NOREPLACE, OpenRoot, Table,
     errno_res, listing, listing_str, op, res_eq, res_str, run_ops,
 )
-from xrename_harness import PRIVILEGED, Pair, assert_cross_device, need
+from xrename_harness import PRIVILEGED, Pair, assert_cross_device, need, run_child
 
 NAME_MAX = 255
 PATH_MAX = 4096
@@ -579,6 +579,41 @@ def test_chattr_flags_on_an_ext4_source_give_eperm_like_the_kernel(privileged, e
     same, cross = simple_sides(opened.ext4, opened.ext4, opened.tmpfs)
     run_perm_case(EXT4_CASES[case], same, cross,
                   chattr_paths=lambda S, D: [S, S / "a"])
+
+
+def test_moves_into_an_append_only_directory_leave_no_hidden_name(privileged, tmpfs, ext4):
+    """Two names of one file moved into an ext4 directory that is
+    append-only (+a: entries may be added, never renamed or removed).
+    The second move would reuse the first one's copy through a hidden hard
+    link, which could never be renamed to its name there (EPERM, and the
+    link stuck for good): it is copied like the first instead. A file
+    replacing one there is refused without leaving a hidden name."""
+    need(subprocess.run(["findmnt", "-n", "-o", "FSTYPE", str(ext4)], capture_output=True,
+                        text=True).stdout.strip() == "ext4", "the ext4 fixture is not a real ext4 mount: no chattr flags")
+    src, dst = tmpfs / "s", ext4 / "d"
+    src.mkdir()
+    dst.mkdir()
+    (src / "a").write_bytes(b"one file, two names")
+    os.link(src / "a", src / "b")
+    chattr(dst, "+a")
+    try:
+        run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"] + "/a", ARGS["dst"] + "/a"))\n'
+                        'RESULTS.append(attempt(os.rename, ARGS["src"] + "/b", ARGS["dst"] + "/b"))',
+                        {"src": str(src), "dst": str(dst)})
+        assert [r["ok"] for r in run.results] == [True, True], run.results
+        assert sorted(os.listdir(dst)) == ["a", "b"]
+        assert (dst / "a").read_bytes() == (dst / "b").read_bytes() == b"one file, two names"
+        assert os.listdir(src) == []
+        # Replacing a name there: the old file could never leave it (the
+        # kernel says EPERM on one filesystem); nothing hidden is left.
+        (src / "c").write_bytes(b"new")
+        run = run_child('RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))',
+                        {"src": str(src / "c"), "dst": str(dst / "a")})
+        assert run.result["errname"] in ("EXDEV", "EPERM"), run.result
+        assert sorted(os.listdir(dst)) == ["a", "b"] and (dst / "a").read_bytes() == b"one file, two names"
+        assert (src / "c").read_bytes() == b"new"
+    finally:
+        chattr(dst, "-a")
 
 
 def _read_only_view(ext4: Path, opened: OpenRoot) -> tuple[Path, Path]:

@@ -164,6 +164,15 @@ fn only_ours(st: &Statx, me: u32) -> bool {
 /// the private directory it is in, if any.
 type Made<'d, T> = (T, CString, Role, Option<Private<'d>>);
 
+/// Fails with EXDEV where a hidden name (or a private directory) could
+/// never be renamed or removed again: an append-only directory seen as `st`.
+fn names_allowed(st: &Statx) -> Result<()> {
+    match is_append_only(st) {
+        true => Err(Error::new(Errno::XDEV, "append-only destination directory")),
+        false => Ok(()),
+    }
+}
+
 /// Makes an object by name, with `create` (given a directory and a name,
 /// it fails with EEXIST if the name is taken), where no one else can rename
 /// anything over it or away: under a fresh hidden name of `role` in `dir`
@@ -179,6 +188,7 @@ fn make<'d, T>(
     step: &'static str,
     mut create: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<T>,
 ) -> Result<Made<'d, T>> {
+    names_allowed(st)?;
     let Some(private) = Private::if_shared(dir, st)? else {
         let (made, name) = with_fresh(role, |n| create(dir, n)).at(step)?;
         return Ok((made, name, role, None));
@@ -216,10 +226,6 @@ impl<'d> Temp<'d> {
             }
         }
         let st = fstat(dir).at("stat destination directory")?;
-        if is_append_only(&st) {
-            // A named temp could never be renamed or removed there.
-            return Err(Error::new(Errno::XDEV, "append-only destination directory"));
-        }
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let create =
             |at: BorrowedFd<'_>, n: &CStr| retry(|| rustix::fs::openat(at, n, flags, Mode::from_raw_mode(0o600)));
@@ -324,7 +330,9 @@ impl<'d> Temp<'d> {
             (None, _, _) => {
                 // Anyone who may write to the destination directory could
                 // rename their own file over that name before the exchange.
-                self.private = Private::if_shared(self.dir, &fstat(self.dir).at("stat destination directory")?)?;
+                let st = fstat(self.dir).at("stat destination directory")?;
+                names_allowed(&st)?;
+                self.private = Private::if_shared(self.dir, &st)?;
                 let ((), name) = with_fresh(Role::Old, |name| self.link_unnamed(name)).at("name temp file")?;
                 self.name = Some(name);
                 self.role = Role::Old;
