@@ -51,6 +51,7 @@ from pathlib import Path
 import pytest
 
 import fault_harness as fh
+from cli_harness import XRENAME
 from test_data_round2 import (  # noqa: F401 (child and movers are fixtures)
     child, clear_dir, copy_done_call, cross_pair, hidden, install_call, movers, need_strace, quoted, run_traced,
     start, stop_and, stop_spec, window, without_tmpfile,
@@ -676,7 +677,6 @@ def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(ch
     clean --remove` reports and never deletes (it was a temp's name, which
     clean --remove deleted with the file in it)."""
     need_strace()
-    from cli_harness import XRENAME
     p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
     src, dst = p.src_dir / "tree", p.dst_dir / "tree"
 
@@ -685,10 +685,7 @@ def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(ch
         (src / "sub" / "f").write_text("copy")
         dst.mkdir()
     reset = resetter(p, fill)
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace")
-    assert out.kind == "ok", out.describe()
-    calls, first, end = window(out)
+    calls, first, end, _ = calibrate(child, src, dst, tmp_path, reset)
     exchange = next(c for c in calls[first:end] if c.name == "renameat2" and "RENAME_EXCHANGE" in c.text)
     before = calls[exchange.index - 1]
     reset()
@@ -703,6 +700,7 @@ def test_an_old_destination_filled_after_the_check_survives_a_crash_and_clean(ch
     out = m.finish()
     assert out.kind == "killed", out.describe()
     proc = subprocess.run([str(XRENAME), "clean", "--remove", str(p.dst_dir)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     found = [d for d in p.dst_dir.rglob("precious")]
     assert [f.read_text() for f in found] == ["theirs"], (proc.stdout, proc.stderr, sorted(os.listdir(p.dst_dir)))
     assert found[0].parent.name.startswith(".xrename-old-") or found[0].parent == dst, found

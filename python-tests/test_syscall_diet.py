@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -25,6 +26,18 @@ PER_DIR = 100  # files in each directory
 # children): measured 15.2, not the issue's case.
 CASES = {"1000-files": (1000, None, 15.0), "1000-files-nofile-64": (1000, 64, 15.6)}
 
+
+
+def traced(child: Path, src: Path, dst: Path, strace_args: list[str], env: dict[str, str] | None = None,
+           nofile: int | None = None) -> subprocess.CompletedProcess:
+    """The C child moving `src` to `dst` under `strace -f` with
+    `strace_args`, the library preloaded in the child only (not in strace),
+    with `env` added and at most `nofile` descriptors."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))) if nofile else None
+    return subprocess.run(["strace", "-f", *strace_args, "-E", f"LD_PRELOAD={LIBRARY}", "--",
+                           str(child), str(src), str(dst)],
+                          capture_output=True, text=True, env=child_env(env, preload=False), preexec_fn=limit)
 
 def make_tree(root: Path, files: int) -> None:
     rng = random.Random(15)
@@ -52,13 +65,7 @@ def test_a_tree_move_makes_few_system_calls_per_file(tmpfs, ext4, tmp_path, case
     make_tree(src, files)
     fh.age(tmpfs)  # no racy compares: the calls every move makes
     summary = tmp_path / "summary.txt"
-    env = child_env()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nofile = nofile or soft
-    proc = subprocess.run(["strace", "-f", "-c", "-o", str(summary), "-E", f"LD_PRELOAD={LIBRARY}", "--",
-                           str(child), str(src), str(dst)],
-                          capture_output=True, text=True, env={k: v for k, v in env.items() if k != "LD_PRELOAD"},
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard)))
+    proc = traced(child, src, dst, ["-c", "-o", str(summary)], nofile=nofile)
     assert proc.returncode == 0, proc.stderr
     assert not src.exists() and sum(1 for _ in dst.rglob("f*")) == files
     c = counts(summary.read_text())
@@ -232,20 +239,15 @@ def test_a_tree_move_holds_few_descriptors_in_the_programs_table(tmpfs, ext4, tm
     aborts a `select` given one of 1,024 or more). `strace -f` reports
     every descriptor the program's threads are given (the probe's child
     opens none)."""
-    import re
     need(shutil.which("strace") is not None, "strace missing")
     files, nofile = 600, 8192
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     need(hard >= nofile, f"a descriptor limit of {nofile} cannot be had (hard limit {hard})")
     child = fh.build_child()
     src, dst = tmpfs / "tree", ext4 / "tree"
     make_tree(src, files)
     trace = tmp_path / "trace"
-    env = child_env()
-    proc = subprocess.run(["strace", "-f", "-e", "trace=openat,close_range", "-o", str(trace),
-                           "-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)],
-                          capture_output=True, text=True, env={k: v for k, v in env.items() if k != "LD_PRELOAD"},
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard)))
+    proc = traced(child, src, dst, ["-e", "trace=openat,close_range", "-o", str(trace)], nofile=nofile)
     assert proc.returncode == 0, proc.stderr
     assert not src.exists() and sum(1 for _ in dst.rglob("f*")) == files
     text = trace.read_text()
@@ -255,8 +257,6 @@ def test_a_tree_move_holds_few_descriptors_in_the_programs_table(tmpfs, ext4, tm
     print(f"highest descriptor {highest}, {ranges} close_range calls")
     assert highest < 128 + 64, highest
     assert ranges >= files // 128, "each batch of the probe is closed by close_range"
-
-
 
 
 def test_the_probes_descriptors_are_closed_where_close_range_is_refused(tmpfs, ext4, tmp_path):
@@ -270,10 +270,7 @@ def test_the_probes_descriptors_are_closed_where_close_range_is_refused(tmpfs, e
     src, dst = tmpfs / "tree", ext4 / "tree"
     make_tree(src, files)
     summary = tmp_path / "summary.txt"
-    env = child_env()
-    proc = subprocess.run(["strace", "-f", "-c", "-o", str(summary), "-e", "inject=close_range:error=ENOSYS",
-                           "-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)],
-                          capture_output=True, text=True, env={k: v for k, v in env.items() if k != "LD_PRELOAD"})
+    proc = traced(child, src, dst, ["-c", "-o", str(summary), "-e", "inject=close_range:error=ENOSYS"])
     assert proc.returncode == 0, proc.stderr
     assert not src.exists() and sum(1 for _ in dst.rglob("f*")) == files
     c = counts(summary.read_text())
@@ -297,20 +294,15 @@ def test_the_probe_waits_for_a_descriptor_after_the_install(tmpfs, ext4, tmp_pat
     withdrawal had no descriptors either; a hostile review saw EXDEV with
     the source put back and the whole copy left at the destination). One thread, so that strace's
     count of openat calls finds that open in a second, identical run."""
-    import re
     need(shutil.which("strace") is not None, "strace missing")
     child = fh.build_child()
-    env = child_env()
-    env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
-    env["XRENAME_THREADS"] = "1"
 
     def run(tag: str, inject: list[str]) -> tuple[subprocess.CompletedProcess, str]:
         src, dst = tmpfs / tag, ext4 / tag
         _small_tree(src)
         trace = tmp_path / f"{tag}.trace"
-        proc = subprocess.run(["strace", "-f", "-e", "trace=openat,renameat2", *inject, "-o", str(trace),
-                               "-E", f"LD_PRELOAD={LIBRARY}", "--", str(child), str(src), str(dst)],
-                              capture_output=True, text=True, env=env)
+        proc = traced(child, src, dst, ["-e", "trace=openat,renameat2", *inject, "-o", str(trace)],
+                      {"XRENAME_THREADS": "1"})
         return proc, trace.read_text()
 
     proc, text = run("plain", [])
