@@ -131,7 +131,7 @@ fn chmod(dst: Obj<'_>, mode: u32) -> Result<()> {
 /// older kernels through an `O_PATH` descriptor of what is there, checked
 /// not to be a symlink, by its `/proc/thread-self/fd` link. Without either,
 /// the move is refused (EXDEV). The inner result is the chmod's own.
-fn chmod_nofollow(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<rustix::io::Result<()>> {
+pub(crate) fn chmod_nofollow(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<rustix::io::Result<()>> {
     let swapped = || Error::new(Errno::XDEV, "chmod: a symlink replaced the new node");
     match retry(|| super::sys::chmod_nofollow(dir, name, mode)) {
         Err(Errno::NOSYS | Errno::PERM) => {} // no fchmodat2, or a filter refusing it

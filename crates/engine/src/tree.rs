@@ -84,7 +84,17 @@ fn empty(root: OwnedFd) -> Result<()> {
                 let d = walk.fd(0)?;
                 match retry(|| rustix::fs::unlinkat(d, &*n, AtFlags::empty())) {
                     Err(Errno::ISDIR) => {
-                        let sub = open_dir(d, &n).at("open temp subdirectory")?;
+                        let sub = match open_dir(d, &n) {
+                            // Ours, given its final mode already, one that
+                            // shuts its owner out (0007, say): opened up.
+                            Err(Errno::ACCESS)
+                                if super::meta::chmod_nofollow(d, &n, 0o700).is_ok_and(|r| r.is_ok()) =>
+                            {
+                                open_dir(d, &n)
+                            }
+                            other => other,
+                        }
+                        .at("open temp subdirectory")?;
                         // Something mounted in it (another device, or a
                         // bind mount of this one) is not ours: never descend.
                         let st = fstat(sub.as_fd()).at("stat temp subdirectory")?;
