@@ -894,6 +894,21 @@ def test_coarse_clock_chmod_during_tree_move_of_a_copied_file_is_kept(
 # 4. a hard link made during a tree move
 # --------------------------------------------------------------------------
 
+def link_and_finish(m: Mover, x: Path, tree: Path, dst: Path, subs: tuple[str, ...], data: bytes) -> None:
+    """With the mover stopped: links `x` as y in each of `subs` of `tree`,
+    lets the move finish, and checks each y exists (with `data`) in the
+    destination tree or back at the source: never deleted unseen."""
+    for s in subs:
+        os.link(x, tree / s / "y")
+    m.cont()
+    out = m.finish()
+    assert out.kind in ("ok", "error"), out.describe()
+    lost = [s for s in subs
+            if not any(q.is_file() and read(q) == data for q in (dst / s / "y", tree / s / "y"))]
+    assert not lost, (f"{out.describe()}, and the hard link(s) {[s + '/y' for s in lost]} made during "
+                      "the move exist neither in the destination tree nor back at the source: deleted")
+
+
 @pytest.mark.parametrize("stop", ["after-copy", "after-install"])
 def test_hard_link_created_in_source_tree_during_move_is_not_lost(child, tmpfs, ext4, tmp_path, movers, stop):
     """os.link(tree/x, tree/sub-?/y) while the move is stopped. The source
@@ -928,15 +943,7 @@ def test_hard_link_created_in_source_tree_during_move_is_not_lost(child, tmpfs, 
     m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(target),))
     stop_and(m, target, stop)
     installed_check(stop, dst)()
-    for s in subs:
-        os.link(tree / "x", tree / s / "y")
-    m.cont()
-    out = m.finish()
-    assert out.kind in ("ok", "error"), out.describe()
-    lost = [s for s in subs
-            if not any(q.is_file() and read(q) == data for q in (dst / s / "y", tree / s / "y"))]
-    assert not lost, (f"{out.describe()}, and the hard link(s) {[s + '/y' for s in lost]} made during "
-                      "the move exist neither in the destination tree nor back at the source: deleted")
+    link_and_finish(m, tree / "x", tree, dst, subs, data)
 
 
 def test_a_hard_link_made_before_its_file_is_copied_in_a_directory_walked_already_is_kept(
@@ -976,15 +983,7 @@ def test_a_hard_link_made_before_its_file_is_copied_in_a_directory_walked_alread
     reset()
     m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(target),), env_extra=one)
     stop_and(m, target, "after opening a/x")
-    for s in subs:
-        os.link(tree / "a" / "x", tree / s / "y")
-    m.cont()
-    out = m.finish()
-    assert out.kind in ("ok", "error"), out.describe()
-    lost = [s for s in subs
-            if not any(q.is_file() and read(q) == data for q in (dst / s / "y", tree / s / "y"))]
-    assert not lost, (f"{out.describe()}, and the hard link(s) {[s + '/y' for s in lost]} made during "
-                      "the move exist neither in the destination tree nor back at the source: deleted")
+    link_and_finish(m, tree / "a" / "x", tree, dst, subs, data)
 
 
 def test_a_directory_another_rename_puts_over_an_installed_empty_tree_stays_there(
