@@ -304,6 +304,16 @@ def copy_done_call(calls: list[fh.Call], first: int, install: fh.Call) -> fh.Cal
     return synced[-1] if synced else calls[install.index - 1]
 
 
+def calibrate(child, src: Path, dst: Path, tmp_path: Path, reset, injects=()):
+    """Runs the move once unstopped and unattacked, after `reset()`: its
+    calls, the move's window in them and its install call."""
+    reset()
+    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", injects)
+    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
+    calls, first, end = window(out)
+    return calls, first, end, install_call(calls, first, end, dst.name)
+
+
 def stop_spec(c: fh.Call) -> str:
     return f"{c.name}:signal=SIGSTOP:when={c.ordinal}"
 
@@ -1007,11 +1017,7 @@ def test_a_directory_another_rename_puts_over_an_installed_empty_tree_stays_ther
         (theirs / "data").write_bytes(b"theirs")
         fh.age(p.src_dir, p.dst_dir)
 
-    reset()
-    out = run_traced(child, tree, dst, tmp_path / "calibrate.trace")
-    assert out.kind == "ok", out.describe()
-    calls, first, end = window(out)
-    install = install_call(calls, first, end, dst.name)
+    *_, install = calibrate(child, tree, dst, tmp_path, reset)
     reset()
     m = start(movers, child, tree, dst, tmp_path / "move.trace", (stop_spec(install),))
     stop_and(m, install, "after the install")

@@ -53,8 +53,8 @@ import pytest
 import fault_harness as fh
 from cli_harness import XRENAME
 from test_data_round2 import (  # noqa: F401 (child and movers are fixtures)
-    child, clear_dir, copy_done_call, cross_pair, hidden, install_call, movers, need_strace, quoted, run_traced,
-    start, stop_and, stop_spec, window, without_tmpfile,
+    calibrate, child, clear_dir, copy_done_call, cross_pair, hidden, install_call, movers, need_strace, quoted,
+    run_traced, start, stop_and, stop_spec, window, without_tmpfile,
 )
 from xrename_harness import PRIVILEGED, child_env, need
 
@@ -407,16 +407,6 @@ def shared_pair(tmpfs: Path, ext4: Path):
     p = cross_pair(tmpfs, ext4, "tmpfs-to-ext4")
     os.chmod(p.dst_dir, 0o777)  # shared, not sticky
     return p
-
-
-def calibrate(child, src: Path, dst: Path, tmp_path: Path, reset, injects=()):
-    """Runs the move once unstopped and unattacked, after `reset()`: its
-    calls, the move's window in them and its install call."""
-    reset()
-    out = run_traced(child, src, dst, tmp_path / "calibrate.trace", injects)
-    assert out.kind == "ok", f"calibration move failed: {out.describe()}"
-    calls, first, end = window(out)
-    return calls, first, end, install_call(calls, first, end, dst.name)
 
 
 def assert_outcome(out, src: Path, dst: Path, existing: bool, done, placed, moved, intact, old_kept) -> None:
