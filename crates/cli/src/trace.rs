@@ -697,7 +697,7 @@ fn start_move(
         creds = inside_ids(tid, creds)?;
     }
     // The program's own leases and file size limit, not the helper's.
-    let leases = engine::copy::OwnLeases::of(tgid(tid) as u32);
+    let leases = engine::copy::OwnLeases::of(tid as u32, tgid(tid) as u32);
     let fsize = ptrace::fsize_limit(tid);
     let proc = |p: String| -> std::io::Result<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;

@@ -14,8 +14,8 @@
 use super::report::Progress;
 use std::os::fd::BorrowedFd;
 
-use std::ffi::CStr;
-use std::os::fd::OwnedFd;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
@@ -100,60 +100,79 @@ pub struct Job<'a> {
     pub threads: Option<usize>,
 }
 
-/// The inodes this process holds a lease on, as `/proc/locks` lists them
-/// (`N: LEASE ACTIVE|BREAKING TYPE PID MAJ:MIN:INO ...`), or (for the
-/// process itself) a POSIX record lock, read once per move. Opening such a file, even to read it and even non-blocking, starts
-/// a break of the program's own lease (SIGIO to it, its lease downgraded),
-/// which the kernel's rename never does: such a file is not opened at all
-/// (EXDEV). Matched by inode number alone (btrfs and overlayfs show another
-/// device there than `stat` does): a false match only gives EXDEV. The pid
-/// is the one `/proc/self` names, in that `/proc`'s pid namespace.
+/// The inodes the program holds a lease on or (for the process itself) a
+/// POSIX record lock on, read once per move. Opening a leased file, even
+/// to read it and even non-blocking, starts a break of the program's own
+/// lease (SIGIO to it, its lease downgraded), and closing any descriptor of
+/// a file drops every record lock the process holds on it; the kernel's
+/// rename does neither: such a file is not opened at all (EXDEV). Matched
+/// by inode number alone (btrfs and overlayfs show another device there
+/// than `stat` does): a false match only gives EXDEV.
+///
+/// A lease or lock belongs to a file the program has open, and
+/// `/proc/PID/fdinfo/FD` lists those of each descriptor: read there, one
+/// small file per descriptor, for up to [`FDINFO_MOST`] descriptors. Not
+/// from `/proc/locks` but for more: reading it takes the kernel's lock
+/// table for writing, which waits for an RCU grace period (5-20 ms, in
+/// every move; measured on Linux 6.18), and holds up every lock call on
+/// the machine meanwhile.
 #[derive(Debug, Default, Clone)]
 pub struct OwnLeases(Vec<u64>);
 
+/// Most descriptors whose `fdinfo` is read one by one; with more,
+/// `/proc/locks` is read once instead.
+pub const FDINFO_MOST: usize = 256;
+
 impl OwnLeases {
-    /// Reads `/proc/locks` for this process; none if it cannot be read.
+    /// This process's, as the calling thread's descriptor table holds them
+    /// (the table whose closes would drop the record locks); none if
+    /// `/proc` cannot be read.
     pub fn read() -> OwnLeases {
         match rustix::fs::readlinkat(rustix::fs::CWD, c"/proc/self", Vec::new()) {
-            Ok(me) => OwnLeases::held_by(me.to_bytes(), true),
+            Ok(me) => OwnLeases::held(c"/proc/thread-self/fdinfo", me.to_bytes(), true),
             Err(_) => OwnLeases::default(),
         }
     }
 
-    /// The leases of process `pid` (as this process's `/proc` numbers it):
-    /// for a supervisor that moves on another process's behalf.
-    pub fn of(pid: u32) -> OwnLeases {
-        // Its record locks are its own process's: a helper's closes cannot
-        // drop them.
-        OwnLeases::held_by(pid.to_string().as_bytes(), false)
+    /// The leases of thread `tid` (as this process's `/proc` numbers it):
+    /// for a supervisor that moves on another process's behalf. Its
+    /// record locks are its own process's: a helper's closes cannot drop
+    /// them.
+    pub fn of(tid: u32, tgid: u32) -> OwnLeases {
+        let Ok(path) = CString::new(format!("/proc/{tid}/fdinfo")) else { return OwnLeases::default() };
+        OwnLeases::held(&path, tgid.to_string().as_bytes(), false)
     }
 
-    fn held_by(me: &[u8], record_locks: bool) -> OwnLeases {
-        let Ok(fd) = retry(|| rustix::fs::open(c"/proc/locks", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())) else {
+    fn held(fdinfo: &CStr, me: &[u8], record_locks: bool) -> OwnLeases {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(dir) = retry(|| rustix::fs::open(fdinfo, flags, Mode::empty())) else {
             return OwnLeases::default();
         };
-        let mut text = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n @ 1..) = retry(|| rustix::io::read(&fd, &mut buf)) {
-            text.extend_from_slice(&buf[..n]);
+        let Ok(names) = super::walk::read_names(dir.as_fd()) else { return OwnLeases::default() };
+        if names.len() > FDINFO_MOST {
+            return OwnLeases::held_by(me, record_locks);
         }
-        let inodes = text
-            .split(|&b| b == b'\n')
-            .filter_map(|line| {
-                let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
-                // "BREAKER" entries are openers waiting, not holders; "->" lines are waiters.
-                // A POSIX record lock of the program's counts too: closing
-                // any descriptor of the file in the program's process (the
-                // copy's source, the writer probe's) drops every such lock
-                // it holds on the file, which the kernel's rename never does.
-                // (OFD locks and flock belong to an open file: untouched.)
-                let lease = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
-                let holder = lease || (record_locks && f.get(1) == Some(&&b"POSIX"[..]));
-                if holder && f.get(4) == Some(&me) { f.get(5).copied() } else { None }
-            })
-            .filter_map(|dev_ino| std::str::from_utf8(dev_ino.rsplit(|&b| b == b':').next()?).ok()?.parse().ok())
-            .collect();
+        let mut inodes = Vec::new();
+        for name in names {
+            // A descriptor closed since the listing has nothing to show.
+            if let Ok(text) = read_small(dir.as_fd(), &name) {
+                // Each lock of the descriptor, as /proc/locks shows it;
+                // every one listed is the program's (a lease is of the open
+                // file, a record lock shown is of this descriptor table).
+                let locks = text.split(|&b| b == b'\n').filter_map(|line| line.strip_prefix(b"lock:\t"));
+                inodes.extend(locks.filter_map(|line| holder(line, None, record_locks)));
+            }
+        }
         OwnLeases(inodes)
+    }
+
+    /// From `/proc/locks`: the ones process `me` (as that `/proc` numbers
+    /// it) holds.
+    fn held_by(me: &[u8], record_locks: bool) -> OwnLeases {
+        let Ok(text) = read_small(rustix::fs::CWD, c"/proc/locks") else {
+            return OwnLeases::default();
+        };
+        OwnLeases(text.split(|&b| b == b'\n').filter_map(|line| holder(line, Some(me), record_locks)).collect())
     }
 
     /// Whether the program holds no lease at all.
@@ -164,6 +183,34 @@ impl OwnLeases {
     /// Whether the program may hold a lease on the inode `ino`.
     pub fn holds(&self, ino: u64) -> bool {
         self.0.contains(&ino)
+    }
+}
+
+/// The inode a line of `/proc/locks` (`N: LEASE ACTIVE|BREAKING TYPE PID
+/// MAJ:MIN:INO ...`) names, if it is a lease or (`record_locks`) a POSIX
+/// record lock, held by process `me` (any, if `None`). "BREAKER" entries
+/// are openers waiting, not holders; "->" lines are waiters. OFD locks and
+/// flock belong to an open file: our closes leave them alone.
+fn holder(line: &[u8], me: Option<&[u8]>, record_locks: bool) -> Option<u64> {
+    let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
+    let lease = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
+    let holds = lease || (record_locks && f.get(1) == Some(&&b"POSIX"[..]));
+    if !holds || me.is_some_and(|me| f.get(4) != Some(&me)) {
+        return None;
+    }
+    std::str::from_utf8(f.get(5)?.rsplit(|&b| b == b':').next()?).ok()?.parse().ok()
+}
+
+/// The whole of a small file (in `/proc`).
+fn read_small(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Vec<u8>> {
+    let fd = retry(|| rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match retry(|| rustix::io::read(&fd, &mut buf))? {
+            0 => return Ok(text),
+            n => text.extend_from_slice(&buf[..n]),
+        }
     }
 }
 
