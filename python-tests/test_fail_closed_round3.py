@@ -61,9 +61,8 @@ def test_a_log_past_the_file_size_limit_is_skipped_and_never_kills_the_program(f
 # for itself
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("open_fds", [0, 300])
-def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waiting_for_itself(fs_pair, tmp_path,
-                                                                                             open_fds):
+@pytest.mark.parametrize("case", ["few-descriptors", "300-descriptors", "fdinfo-refused"])
+def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waiting_for_itself(fs_pair, tmp_path, case):
     """The program holds F_SETLEASE(F_WRLCK) on the file it renames across
     devices. Opening it to copy starts a break of the program's own lease;
     waiting for it would last lease-break-time (45 s) and then break it.
@@ -73,8 +72,10 @@ def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waitin
     The program's leases are read from /proc/self/fdinfo, one file a
     descriptor, while it has few open, and never from /proc/locks (whose
     reading takes the kernel's lock table for writing: an RCU grace period,
-    5-20 ms, in every move); with 300 more open, from /proc/locks once. The
-    lease is found either way (the strace of the move says which was read)."""
+    5-20 ms, in every move); with 300 more open, or where the fdinfo
+    directory cannot be opened (EACCES injected: a sandbox, a program that
+    is not dumpable), from /proc/locks once. The lease is found each way
+    (the strace of the move says which was read)."""
     p = fs_pair
     src, dst = p.src_dir / "leased", p.dst_dir / "leased"
     src.write_bytes(b"leased by the program itself\n")
@@ -89,7 +90,10 @@ RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
 RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcntl.F_GETLEASE)})
 """
     trace = tmp_path / "strace.txt"
-    run = run_child(body, {"src": str(src), "dst": str(dst), "open_fds": open_fds}, strace_to=trace)
+    open_fds = 300 if case == "300-descriptors" else 0
+    # (-P: only the calls on that path are traced, and refused.)
+    refuse = ("-e", "inject=open,openat:error=EACCES", "-P", "/proc/thread-self/fdinfo") if case == "fdinfo-refused" else ()
+    run = run_child(body, {"src": str(src), "dst": str(dst), "open_fds": open_fds}, strace_to=trace, strace_args=refuse)
     moved, after = run.results
     # Waiting for itself, the move would end after lease-break-time with
     # the lease broken, and succeed: EXDEV is what shows it did not wait.
@@ -101,8 +105,12 @@ RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcnt
     assert src.read_bytes() == b"leased by the program itself\n" and not dst.exists()
     assert entries(p.dst_dir) == set()
     calls = trace.read_text()
-    assert ("/proc/locks" in calls) == (open_fds > 256), "the program's leases were read from the wrong place"
-    assert "/fdinfo" in calls
+    if case == "fdinfo-refused":
+        # The lease was found, so from /proc/locks: the fdinfo directory was refused.
+        assert "fdinfo" in calls and "(INJECTED)" in calls, calls
+    else:
+        assert "/fdinfo" in calls
+        assert ("/proc/locks" in calls) == (case == "300-descriptors"), "the leases were read from the wrong place"
 
 
 # --------------------------------------------------------------------------

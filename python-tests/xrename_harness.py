@@ -241,7 +241,8 @@ def child_env(extra: dict[str, str] | None = None, preload: bool = True) -> dict
 
 
 def run_child(body: str, args: dict | None = None, env: dict[str, str] | None = None,
-              cwd: Path | None = None, strace_to: Path | None = None) -> ChildRun:
+              cwd: Path | None = None, strace_to: Path | None = None,
+              strace_args: tuple[str, ...] = ()) -> ChildRun:
     """Run `body` in a fresh Python under LD_PRELOAD=libxrename.so.
 
     Asserts the child exited 0, that the shim really was loaded in it, and
@@ -253,7 +254,7 @@ def run_child(body: str, args: dict | None = None, env: dict[str, str] | None = 
     full_env = child_env(env)
     if strace_to is not None:
         # Preload only the traced program, not strace itself.
-        argv = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=%file,%desc",
+        argv = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=%file,%desc", *strace_args,
                 "-o", str(strace_to), "-E", f"LD_PRELOAD={full_env.pop('LD_PRELOAD')}", "--", *argv]
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=full_env, cwd=cwd,

@@ -143,25 +143,31 @@ impl OwnLeases {
         OwnLeases::held(&path, tgid.to_string().as_bytes(), false)
     }
 
+    /// From `fdinfo` (a `/proc/PID/fdinfo` directory); from `/proc/locks`
+    /// with the pid `me` where that directory has too many descriptors or
+    /// cannot be read (`hidepid`, a program that is not dumpable, a
+    /// sandbox), or where one of its files cannot.
     fn held(fdinfo: &CStr, me: &[u8], record_locks: bool) -> OwnLeases {
+        let from_locks = || OwnLeases::held_by(me, record_locks);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let Ok(dir) = retry(|| rustix::fs::open(fdinfo, flags, Mode::empty())) else {
-            return OwnLeases::default();
+        let Ok(dir) = retry(|| rustix::fs::open(fdinfo, flags, Mode::empty())) else { return from_locks() };
+        let names = match super::walk::read_names(dir.as_fd()) {
+            Ok(names) if names.len() <= FDINFO_MOST => names,
+            _ => return from_locks(),
         };
-        let Ok(names) = super::walk::read_names(dir.as_fd()) else { return OwnLeases::default() };
-        if names.len() > FDINFO_MOST {
-            return OwnLeases::held_by(me, record_locks);
-        }
         let mut inodes = Vec::new();
         for name in names {
-            // A descriptor closed since the listing has nothing to show.
-            if let Ok(text) = read_small(dir.as_fd(), &name) {
-                // Each lock of the descriptor, as /proc/locks shows it;
-                // every one listed is the program's (a lease is of the open
-                // file, a record lock shown is of this descriptor table).
-                let locks = text.split(|&b| b == b'\n').filter_map(|line| line.strip_prefix(b"lock:\t"));
-                inodes.extend(locks.filter_map(|line| holder(line, None, record_locks)));
-            }
+            let text = match read_small(dir.as_fd(), &name) {
+                Ok(text) => text,
+                // A descriptor closed since the listing has nothing to show.
+                Err(Errno::NOENT) => continue,
+                Err(_) => return from_locks(),
+            };
+            // Each lock of the descriptor, as /proc/locks shows it; every
+            // one listed is the program's (a lease is of the open file, a
+            // record lock shown is of this descriptor table).
+            let locks = text.split(|&b| b == b'\n').filter_map(|line| line.strip_prefix(b"lock:\t"));
+            inodes.extend(locks.filter_map(|line| holder(line, None, record_locks)));
         }
         OwnLeases(inodes)
     }
