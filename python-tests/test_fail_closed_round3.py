@@ -7,6 +7,7 @@ written against.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -61,7 +62,7 @@ def test_a_log_past_the_file_size_limit_is_skipped_and_never_kills_the_program(f
 # for itself
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["few-descriptors", "300-descriptors", "fdinfo-refused"])
+@pytest.mark.parametrize("case", ["few-descriptors", "from-another-thread", "300-descriptors", "fdinfo-refused"])
 def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waiting_for_itself(fs_pair, tmp_path, case):
     """The program holds F_SETLEASE(F_WRLCK) on the file it renames across
     devices. Opening it to copy starts a break of the program's own lease;
@@ -69,13 +70,15 @@ def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waitin
     The kernel's rename ignores leases; a copy cannot: EXDEV at once,
     nothing changed, and the program keeps running.
 
-    The program's leases are read from /proc/self/fdinfo, one file a
-    descriptor, while it has few open, and never from /proc/locks (whose
-    reading takes the kernel's lock table for writing: an RCU grace period,
-    5-20 ms, in every move); with 300 more open, or where the fdinfo
-    directory cannot be opened (EACCES injected: a sandbox, a program that
-    is not dumpable), from /proc/locks once. The lease is found each way
-    (the strace of the move says which was read)."""
+    The program's leases are read from /proc/thread-self/fdinfo, the file
+    of each descriptor that is a regular file (not of its inotify instance,
+    whose fdinfo lists every watch, nor of its pipe), while it has few
+    open, and never from /proc/locks (whose reading takes the kernel's lock
+    table for writing: an RCU grace period, 5-12 ms for a move in a fresh
+    process); also when another thread than the lease holder renames; with
+    300 more open, or where the fdinfo directory cannot be opened (EACCES
+    injected: a sandbox), from /proc/locks once. The lease is found each
+    way (the strace of the move says which was read)."""
     p = fs_pair
     src, dst = p.src_dir / "leased", p.dst_dir / "leased"
     src.write_bytes(b"leased by the program itself\n")
@@ -83,17 +86,29 @@ def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waitin
 import fcntl, signal
 breaks = []
 signal.signal(signal.SIGIO, lambda *a: breaks.append(1))  # a lease holder handles its break signal
+import ctypes, threading
 others = [os.open("/dev/null", os.O_RDONLY) for _ in range(ARGS["open_fds"])]
+libc = ctypes.CDLL(None, use_errno=True)
+watches = libc.inotify_init1(os.O_CLOEXEC)
+assert libc.inotify_add_watch(watches, ARGS["src"].encode(), 0x2) >= 0  # IN_MODIFY
+pipe = os.pipe()
 fd = os.open(ARGS["src"], os.O_RDONLY)
 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
-RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcntl.F_GETLEASE)})
+if ARGS["thread"]:
+    t = threading.Thread(target=lambda: RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"])))
+    t.start()
+    t.join()
+else:
+    RESULTS.append(attempt(os.rename, ARGS["src"], ARGS["dst"]))
+RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcntl.F_GETLEASE),
+                "leased": fd, "not_files": [watches, *pipe]})
 """
     trace = tmp_path / "strace.txt"
     open_fds = 300 if case == "300-descriptors" else 0
     # (-P: only the calls on that path are traced, and refused.)
     refuse = ("-e", "inject=open,openat:error=EACCES", "-P", "/proc/thread-self/fdinfo") if case == "fdinfo-refused" else ()
-    run = run_child(body, {"src": str(src), "dst": str(dst), "open_fds": open_fds}, strace_to=trace, strace_args=refuse)
+    args = {"src": str(src), "dst": str(dst), "open_fds": open_fds, "thread": case == "from-another-thread"}
+    run = run_child(body, args, strace_to=trace, strace_args=refuse)
     moved, after = run.results
     # Waiting for itself, the move would end after lease-break-time with
     # the lease broken, and succeed: EXDEV is what shows it did not wait.
@@ -111,6 +126,11 @@ RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcnt
     else:
         assert "/fdinfo" in calls
         assert ("/proc/locks" in calls) == (case == "300-descriptors"), "the leases were read from the wrong place"
+    if case in ("few-descriptors", "from-another-thread"):
+        # Read by number, relative to the fdinfo directory.
+        fdinfo_read = lambda n: re.search(rf'openat\(\d+, "{n}", O_RDONLY', calls) is not None
+        assert fdinfo_read(after["leased"]), calls
+        assert not any(fdinfo_read(n) for n in after["not_files"]), "fdinfo of a descriptor that is no file was read"
 
 
 # --------------------------------------------------------------------------

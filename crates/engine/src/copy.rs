@@ -17,7 +17,7 @@ use std::os::fd::BorrowedFd;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{Mode, OFlags, SeekFrom};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, StatxFlags};
 use rustix::io::Errno;
 
 use super::durable::Durability;
@@ -66,7 +66,7 @@ fn open_leased(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> 
     let path =
         retry(|| rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()))?;
     let st = retry(|| rustix::fs::fstat(&path))?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(Errno::AGAIN);
     }
     let proc = std::ffi::CString::new(format!("/proc/thread-self/fd/{}", path.as_raw_fd())).expect("no NUL");
@@ -109,13 +109,18 @@ pub struct Job<'a> {
 /// by inode number alone (btrfs and overlayfs show another device there
 /// than `stat` does): a false match only gives EXDEV.
 ///
-/// A lease or lock belongs to a file the program has open, and
-/// `/proc/PID/fdinfo/FD` lists those of each descriptor: read there, one
-/// small file per descriptor, for up to [`FDINFO_MOST`] descriptors. Not
-/// from `/proc/locks` but for more: reading it takes the kernel's lock
-/// table for writing, which waits for an RCU grace period (5-20 ms, in
-/// every move; measured on Linux 6.18), and holds up every lock call on
-/// the machine meanwhile.
+/// A record lock, and a lease the program works with, belong to a file it
+/// has open, and `/proc/PID/fdinfo/FD` lists those of each descriptor:
+/// read there for each regular file among up to [`FDINFO_MOST`]
+/// descriptors (other descriptors cannot hold either, and an inotify
+/// instance's fdinfo lists every watch). Not from `/proc/locks` but for
+/// more: reading it takes the kernel's lock table for writing, which waits
+/// for an RCU grace period (5-12 ms for a move in a fresh process, measured
+/// on Linux 6.18) and makes every lock call on the machine wait while it
+/// reads.
+/// What no descriptor of the table shows is not seen (README, Known
+/// limits): a lease kept only by a mapping, a descriptor in flight over a
+/// socket, or a thread that unshared its table.
 #[derive(Debug, Default, Clone)]
 pub struct OwnLeases(Vec<u64>);
 
@@ -145,8 +150,8 @@ impl OwnLeases {
 
     /// From `fdinfo` (a `/proc/PID/fdinfo` directory); from `/proc/locks`
     /// with the pid `me` where that directory has too many descriptors or
-    /// cannot be read (`hidepid`, a program that is not dumpable, a
-    /// sandbox), or where one of its files cannot.
+    /// cannot be read (a sandbox refusing it), or where one of its files
+    /// cannot.
     fn held(fdinfo: &CStr, me: &[u8], record_locks: bool) -> OwnLeases {
         let from_locks = || OwnLeases::held_by(me, record_locks);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -157,9 +162,21 @@ impl OwnLeases {
         };
         let mut inodes = Vec::new();
         for name in names {
+            // What the descriptor is, through its link in `fd` beside
+            // `fdinfo` (never opened; what is cached, so a hung network
+            // filesystem does not hold this up). Closed since the listing
+            // (ENOENT): nothing to show.
+            let mut link = b"../fd/".to_vec();
+            link.extend_from_slice(name.to_bytes());
+            let Ok(link) = CString::new(link) else { continue };
+            let kind = retry(|| rustix::fs::statx(&dir, &link, AtFlags::STATX_DONT_SYNC, StatxFlags::TYPE));
+            match kind {
+                Ok(st) if FileType::from_raw_mode(st.stx_mode.into()) == FileType::RegularFile => {}
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(_) => return from_locks(),
+            }
             let text = match read_small(dir.as_fd(), &name) {
                 Ok(text) => text,
-                // A descriptor closed since the listing has nothing to show.
                 Err(Errno::NOENT) => continue,
                 Err(_) => return from_locks(),
             };
@@ -210,8 +227,9 @@ fn holder(line: &[u8], me: Option<&[u8]>, record_locks: bool) -> Option<u64> {
 /// The whole of a small file (in `/proc`).
 fn read_small(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Vec<u8>> {
     let fd = retry(|| rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()))?;
+    // In few reads: each read of /proc/locks takes the lock table again.
+    let mut buf = vec![0u8; 16 << 10];
     let mut text = Vec::new();
-    let mut buf = [0u8; 4096];
     loop {
         match retry(|| rustix::io::read(&fd, &mut buf))? {
             0 => return Ok(text),
