@@ -156,7 +156,7 @@ impl OwnLeases {
         let from_locks = || OwnLeases::held_by(me, record_locks);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let Ok(dir) = retry(|| rustix::fs::open(fdinfo, flags, Mode::empty())) else { return from_locks() };
-        let names = match super::walk::read_names(dir.as_fd()) {
+        let names = match descriptors(dir.as_fd()) {
             Ok(names) if names.len() <= FDINFO_MOST => names,
             _ => return from_locks(),
         };
@@ -222,6 +222,23 @@ fn holder(line: &[u8], me: Option<&[u8]>, record_locks: bool) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(f.get(5)?.rsplit(|&b| b == b':').next()?).ok()?.parse().ok()
+}
+
+/// The names in a `/proc/PID/fdinfo` directory (descriptor numbers).
+fn descriptors(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
+    let mut buf = Vec::with_capacity(8 << 10);
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
+        let name = match entry {
+            Err(Errno::INTR) => continue,
+            other => other?.file_name().to_owned(),
+        };
+        if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// The whole of a small file (in `/proc`).
