@@ -96,36 +96,18 @@ struct Private<'d> {
 impl<'d> Private<'d> {
     /// Makes one in `parent`, for the filesystem user `me`.
     fn new(parent: BorrowedFd<'d>, me: u32) -> Result<Private<'d>> {
-        let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(parent, n, Mode::from_raw_mode(0o700)));
-        let ((), name) = with_fresh(Role::Old, mkdir).at_copy("create temp directory")?;
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match retry(|| rustix::fs::openat(parent, &*name, flags, Mode::empty())) {
-            Ok(fd) => fd,
-            Err(e) => {
-                // Removes only an empty directory: ours, or one that anyone
-                // with write access here could remove.
-                let _ = tidy(|| rustix::fs::unlinkat(parent, &*name, AtFlags::REMOVEDIR));
-                return Err(Error::copy_step(e, "open temp directory"));
-            }
+        let path = |d: BorrowedFd<'_>, n: &CStr| {
+            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            retry(|| rustix::fs::openat(d, n, flags, Mode::empty()))
         };
-        let private = Private { parent, name, fd };
-        // Someone may have renamed their own directory over ours between
-        // the mkdirat and the open. What mkdirat(0700) makes is ours, and
-        // has no group or other permission whatever the umask or default
-        // ACL (with an ACL, the group bits are its mask): anything else
-        // could be entered by someone else. (Not the owner of what is then
-        // made in it: theirs could be swapped in by then.)
-        let st = fstat(private.fd.as_fd()).at_copy("stat temp directory")?;
-        let mode = u32::from(st.stx_mode);
-        if st.stx_uid != me || mode & 0o077 != 0 {
-            return Err(Error::new(Errno::XDEV, "the temp directory is not private"));
-        }
         // A umask that takes write or search from the owner: nothing could
         // be made in it (but by root, which needs neither).
-        if mode & 0o300 != 0o300 && me != 0 {
-            return Err(Error::new(Errno::XDEV, "the umask leaves no access to a temp directory"));
-        }
-        Ok(private)
+        let usable = |_: &OwnedFd, st: &Statx| match u32::from(st.stx_mode) & 0o300 != 0o300 && me != 0 {
+            true => Err(Error::new(Errno::XDEV, "the umask leaves no access to a temp directory")),
+            false => Ok(()),
+        };
+        let (name, fd, _) = own_dir(parent, Role::Old, false, me, path, usable)?;
+        Ok(Private { parent, name, fd })
     }
 }
 
@@ -264,25 +246,17 @@ impl<'d> Temp<'d> {
     /// could remove. The temp keeps a descriptor of it: if the name is
     /// swapped later, the tree is still found (and emptied on drop).
     pub fn dir(dir: BorrowedFd<'d>) -> Result<(Temp<'d>, OwnedFd, Statx)> {
-        let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)));
-        let ((), name) = with_fresh(Role::Temp, mkdir).at("create temp")?;
-        let opened = (|| {
-            // Anyone who may write to `dir` could have removed or replaced
-            // it meanwhile: no errno of these is rename's.
-            let fd = open_dir(dir, &name).at_copy("open temp directory")?;
-            let st = fstat(fd.as_fd()).at_copy("stat temp directory")?;
-            let mode = u32::from(st.stx_mode) & 0o7777 & !Mode::SGID.bits();
-            if st.stx_uid != super::sys::fsuid() || mode & !0o700 != 0 || !is_empty_at_start(fd.as_fd())? {
-                return Err(Error::new(Errno::XDEV, "the temp directory is not ours"));
-            }
-            let kept = rustix::io::fcntl_dupfd_cloexec(&fd, 0).at("dup")?;
-            Ok((fd, kept, st))
-        })();
-        let (fd, kept, st) = match opened {
-            Ok(opened) => opened,
+        // Not another directory of ours renamed there.
+        let empty = |fd: &OwnedFd, _: &Statx| match is_empty_at_start(fd.as_fd())? {
+            true => Ok(()),
+            false => Err(Error::new(Errno::XDEV, "the temp directory is not ours")),
+        };
+        let (name, fd, st) = own_dir(dir, Role::Temp, true, super::sys::fsuid(), open_dir, empty)?;
+        let kept = match rustix::io::fcntl_dupfd_cloexec(&fd, 0) {
+            Ok(kept) => kept,
             Err(e) => {
                 let _ = tidy(|| rustix::fs::unlinkat(dir, &*name, AtFlags::REMOVEDIR));
-                return Err(e);
+                return Err(Error::new(e, "dup"));
             }
         };
         let tmp =
@@ -477,6 +451,51 @@ impl Drop for Temp<'_> {
                 let _ = tidy(|| rustix::fs::unlinkat(self.at(), &**name, AtFlags::REMOVEDIR));
             }
             _ => remove_ours(self.at(), name, self.is_dir),
+        }
+    }
+}
+
+/// Makes a directory, mode 0700, under a fresh hidden `role` name in
+/// `parent`, opens it with `open` and checks it: nothing makes a directory
+/// and opens it at once, and anyone who may write to `parent` could rename
+/// their own over the name in between. What is opened must be ours (the
+/// filesystem uid `me`: no one else can make one of ours), grant no one
+/// else anything whatever the umask or default ACL (with an ACL, the group
+/// bits are its mask; the set-group-ID bit a setgid `parent` passes on
+/// grants nothing), and pass `more`; else EXDEV. On any failure the name
+/// is removed only if it holds an empty directory, which anyone who may
+/// write there could remove. The `mkdir`'s errno is rename's where the
+/// directory is what is moved (`as_rename`: EMLINK, EDQUOT...); no errno of
+/// the later steps is.
+fn own_dir(
+    parent: BorrowedFd<'_>,
+    role: Role,
+    as_rename: bool,
+    me: u32,
+    open: impl Fn(BorrowedFd<'_>, &CStr) -> rustix::io::Result<OwnedFd>,
+    more: impl FnOnce(&OwnedFd, &Statx) -> Result<()>,
+) -> Result<(CString, OwnedFd, Statx)> {
+    let mkdir = |n: &CStr| retry(|| rustix::fs::mkdirat(parent, n, Mode::from_raw_mode(0o700)));
+    let ((), name) = match with_fresh(role, mkdir) {
+        Ok(made) => made,
+        Err(e) if as_rename => return Err(Error::new(e, "create temp")),
+        Err(e) => return Err(Error::copy_step(e, "create temp directory")),
+    };
+    let opened = (|| {
+        let fd = open(parent, &name).at_copy("open temp directory")?;
+        let st = fstat(fd.as_fd()).at_copy("stat temp directory")?;
+        let mode = u32::from(st.stx_mode) & 0o7777 & !Mode::SGID.bits();
+        if st.stx_uid != me || mode & !0o700 != 0 {
+            return Err(Error::new(Errno::XDEV, "the temp directory is not ours"));
+        }
+        more(&fd, &st)?;
+        Ok((fd, st))
+    })();
+    match opened {
+        Ok((fd, st)) => Ok((name, fd, st)),
+        Err(e) => {
+            let _ = tidy(|| rustix::fs::unlinkat(parent, &*name, AtFlags::REMOVEDIR));
+            Err(e)
         }
     }
 }
