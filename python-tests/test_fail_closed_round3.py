@@ -62,7 +62,8 @@ def test_a_log_past_the_file_size_limit_is_skipped_and_never_kills_the_program(f
 # for itself
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["few-descriptors", "from-another-thread", "300-descriptors", "fdinfo-refused"])
+@pytest.mark.parametrize("case", ["few-descriptors", "from-another-thread", "300-descriptors", "fdinfo-refused",
+                                  "descriptor-gone"])
 def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waiting_for_itself(fs_pair, tmp_path, case):
     """The program holds F_SETLEASE(F_WRLCK) on the file it renames across
     devices. Opening it to copy starts a break of the program's own lease;
@@ -76,9 +77,12 @@ def test_a_program_holding_a_write_lease_on_its_source_gets_exdev_without_waitin
     open, and never from /proc/locks (whose reading takes the kernel's lock
     table for writing: an RCU grace period, 5-12 ms for a move in a fresh
     process); also when another thread than the lease holder renames; with
-    300 more open, or where the fdinfo directory cannot be opened (EACCES
-    injected: a sandbox), from /proc/locks once. The lease is found each
-    way (the strace of the move says which was read)."""
+    300 more open, where the fdinfo directory cannot be opened (EACCES
+    injected: a sandbox), or where the leased descriptor is gone when its
+    turn comes (ENOENT injected into the look at its link: closed, or
+    renumbered with dup2 and its lease gone with it), from /proc/locks
+    once. The lease is found each way (the strace of the move says which
+    was read)."""
     p = fs_pair
     src, dst = p.src_dir / "leased", p.dst_dir / "leased"
     src.write_bytes(b"leased by the program itself\n")
@@ -108,6 +112,15 @@ RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcnt
     # (-P: only the calls on that path are traced, and refused.)
     refuse = ("-e", "inject=open,openat:error=EACCES", "-P", "/proc/thread-self/fdinfo") if case == "fdinfo-refused" else ()
     args = {"src": str(src), "dst": str(dst), "open_fds": open_fds, "thread": case == "from-another-thread"}
+    if case == "descriptor-gone":
+        # Which readlinkat of the program looks at the leased descriptor's
+        # link (a first run; the program is single-threaded and does the
+        # same calls again).
+        first = run_child(body, args, strace_to=trace)
+        leased = first.results[1]["leased"]
+        looks = [line for line in trace.read_text().splitlines() if "readlinkat(" in line]
+        nth = next(i for i, line in enumerate(looks, 1) if f'"../fd/{leased}"' in line)
+        refuse = ("-e", f"inject=readlinkat:error=ENOENT:when={nth}")
     run = run_child(body, args, strace_to=trace, strace_args=refuse)
     moved, after = run.results
     # Waiting for itself, the move would end after lease-break-time with
@@ -125,7 +138,10 @@ RESULTS.append({"ok": True, "breaks": len(breaks), "lease": fcntl.fcntl(fd, fcnt
         assert "fdinfo" in calls and "(INJECTED)" in calls, calls
     else:
         assert "/fdinfo" in calls
-        assert ("/proc/locks" in calls) == (case == "300-descriptors"), "the leases were read from the wrong place"
+        from_locks = case in ("300-descriptors", "descriptor-gone")
+        assert ("/proc/locks" in calls) == from_locks, "the leases were read from the wrong place"
+    if case == "descriptor-gone":
+        assert re.search(r'readlinkat\(\d+, "\.\./fd/\d+", .*ENOENT.*\(INJECTED\)', calls), calls
     if case in ("few-descriptors", "from-another-thread"):
         # Read by number, relative to the fdinfo directory.
         fdinfo_read = lambda n: re.search(rf'openat\(\d+, "{n}", O_RDONLY', calls) is not None

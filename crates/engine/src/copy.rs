@@ -17,7 +17,7 @@ use std::os::fd::BorrowedFd;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, SeekFrom, StatxFlags};
+use rustix::fs::{FileType, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 use super::durable::Durability;
@@ -111,22 +111,24 @@ pub struct Job<'a> {
 ///
 /// A record lock, and a lease the program works with, belong to a file it
 /// has open, and `/proc/PID/fdinfo/FD` lists those of each descriptor:
-/// read there for each regular file among up to [`FDINFO_MOST`]
-/// descriptors (other descriptors cannot hold either, and an inotify
-/// instance's fdinfo lists every watch). Not from `/proc/locks` but for
+/// read there for each file among up to [`FDINFO_MOST`] descriptors
+/// (not for sockets, pipes and anonymous inodes, which hold neither: an
+/// inotify instance's fdinfo lists every watch). Not from `/proc/locks` but for
 /// more: reading it takes the kernel's lock table for writing, which waits
 /// for an RCU grace period (5-12 ms for a move in a fresh process, measured
 /// on Linux 6.18) and makes every lock call on the machine wait while it
 /// reads.
 /// What no descriptor of the table shows is not seen (README, Known
-/// limits): a lease kept only by a mapping, a descriptor in flight over a
-/// socket, or a thread that unshared its table.
+/// limits): a lease kept only by a mapping, an io_uring registered file, a
+/// descriptor in flight over a socket, or a thread that unshared its
+/// table. A descriptor gone between the listing and its reading may have
+/// been renumbered with its lease: `/proc/locks` then.
 #[derive(Debug, Default, Clone)]
 pub struct OwnLeases(Vec<u64>);
 
-/// Most descriptors whose `fdinfo` is read one by one; with more,
-/// `/proc/locks` is read once instead.
-pub const FDINFO_MOST: usize = 256;
+/// Most descriptors whose `fdinfo` is read one by one (about 8 us each);
+/// with more, `/proc/locks` is read once instead.
+pub const FDINFO_MOST: usize = 64;
 
 impl OwnLeases {
     /// This process's, as the calling thread's descriptor table holds them
@@ -151,40 +153,37 @@ impl OwnLeases {
     /// From `fdinfo` (a `/proc/PID/fdinfo` directory); from `/proc/locks`
     /// with the pid `me` where that directory has too many descriptors or
     /// cannot be read (a sandbox refusing it), or where one of its files
-    /// cannot.
+    /// cannot (a descriptor closed or renumbered meanwhile).
     fn held(fdinfo: &CStr, me: &[u8], record_locks: bool) -> OwnLeases {
         let from_locks = || OwnLeases::held_by(me, record_locks);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let Ok(dir) = retry(|| rustix::fs::open(fdinfo, flags, Mode::empty())) else { return from_locks() };
-        let names = match descriptors(dir.as_fd()) {
+        let names = match descriptors(dir.as_fd(), FDINFO_MOST + 1) {
             Ok(names) if names.len() <= FDINFO_MOST => names,
             _ => return from_locks(),
         };
         let mut inodes = Vec::new();
         for name in names {
-            // What the descriptor is, through its link in `fd` beside
-            // `fdinfo` (never opened; what is cached, so a hung network
-            // filesystem does not hold this up). Closed since the listing
-            // (ENOENT): nothing to show.
+            // What the descriptor is, as its link in `fd` beside `fdinfo`
+            // names it (the filesystem is not asked: a hung server cannot
+            // hold this up). Gone since the listing (ENOENT): closed, or
+            // moved to another number (dup2 and close) with its lease:
+            // nothing can tell which.
             let mut link = b"../fd/".to_vec();
             link.extend_from_slice(name.to_bytes());
             let Ok(link) = CString::new(link) else { continue };
-            let kind = retry(|| rustix::fs::statx(&dir, &link, AtFlags::STATX_DONT_SYNC, StatxFlags::TYPE));
-            match kind {
-                Ok(st) if FileType::from_raw_mode(st.stx_mode.into()) == FileType::RegularFile => {}
-                Ok(_) | Err(Errno::NOENT) => continue,
-                Err(_) => return from_locks(),
+            let Ok(target) = retry(|| rustix::fs::readlinkat(&dir, &link, Vec::new())) else { return from_locks() };
+            let target = target.to_bytes();
+            if [&b"anon_inode:"[..], b"socket:", b"pipe:"].iter().any(|kind| target.starts_with(kind)) {
+                continue;
             }
-            let text = match read_small(dir.as_fd(), &name) {
-                Ok(text) => text,
-                Err(Errno::NOENT) => continue,
-                Err(_) => return from_locks(),
-            };
-            // Each lock of the descriptor, as /proc/locks shows it; every
-            // one listed is the program's (a lease is of the open file, a
-            // record lock shown is of this descriptor table).
+            let Ok(text) = read_small(dir.as_fd(), &name) else { return from_locks() };
+            // Each lock of the descriptor, as /proc/locks shows it, with the
+            // pid of who set it: a lease a parent set on a file the program
+            // inherited is the parent's, which the open waits for (a record
+            // lock shown here is of this table, so set by this process).
             let locks = text.split(|&b| b == b'\n').filter_map(|line| line.strip_prefix(b"lock:\t"));
-            inodes.extend(locks.filter_map(|line| holder(line, None, record_locks)));
+            inodes.extend(locks.filter_map(|line| holder(line, me, record_locks)));
         }
         OwnLeases(inodes)
     }
@@ -195,7 +194,7 @@ impl OwnLeases {
         let Ok(text) = read_small(rustix::fs::CWD, c"/proc/locks") else {
             return OwnLeases::default();
         };
-        OwnLeases(text.split(|&b| b == b'\n').filter_map(|line| holder(line, Some(me), record_locks)).collect())
+        OwnLeases(text.split(|&b| b == b'\n').filter_map(|line| holder(line, me, record_locks)).collect())
     }
 
     /// Whether the program holds no lease at all.
@@ -211,21 +210,22 @@ impl OwnLeases {
 
 /// The inode a line of `/proc/locks` (`N: LEASE ACTIVE|BREAKING TYPE PID
 /// MAJ:MIN:INO ...`) names, if it is a lease or (`record_locks`) a POSIX
-/// record lock, held by process `me` (any, if `None`). "BREAKER" entries
+/// record lock, held by process `me`. "BREAKER" entries
 /// are openers waiting, not holders; "->" lines are waiters. OFD locks and
 /// flock belong to an open file: our closes leave them alone.
-fn holder(line: &[u8], me: Option<&[u8]>, record_locks: bool) -> Option<u64> {
+fn holder(line: &[u8], me: &[u8], record_locks: bool) -> Option<u64> {
     let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|w| !w.is_empty()).collect();
     let lease = f.get(1) == Some(&&b"LEASE"[..]) && f.get(2) != Some(&&b"BREAKER"[..]);
     let holds = lease || (record_locks && f.get(1) == Some(&&b"POSIX"[..]));
-    if !holds || me.is_some_and(|me| f.get(4) != Some(&me)) {
+    if !holds || f.get(4) != Some(&me) {
         return None;
     }
     std::str::from_utf8(f.get(5)?.rsplit(|&b| b == b':').next()?).ok()?.parse().ok()
 }
 
-/// The names in a `/proc/PID/fdinfo` directory (descriptor numbers).
-fn descriptors(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
+/// The names in a `/proc/PID/fdinfo` directory (descriptor numbers), at
+/// most `most` of them (the listing of a big table is not read whole).
+fn descriptors(dir: BorrowedFd<'_>, most: usize) -> rustix::io::Result<Vec<CString>> {
     let mut buf = Vec::with_capacity(8 << 10);
     let mut names = Vec::new();
     let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
@@ -236,6 +236,9 @@ fn descriptors(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<CString>> {
         };
         if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
             names.push(name);
+            if names.len() == most {
+                break;
+            }
         }
     }
     Ok(names)
