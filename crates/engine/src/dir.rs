@@ -48,9 +48,13 @@ use super::stat::{Id, file_type, fstat, id, locked, lstat, mount_root, same_inod
 use super::walk::{Frame, TREE_CHANGED, Walk, open_dir, open_dir_noatime};
 use super::{copy, pool, source, special, writers};
 
-/// Files whose writers are looked for at once (one probe a batch); their
-/// descriptors stay open until then.
-const WRITER_BATCH: usize = 128;
+/// Files whose writers one child of the probe looks for, at most (it
+/// opens, probes and closes them itself).
+const WRITER_NAMES: usize = 1024;
+
+/// Directories whose files one child of the probe looks at, at most (each
+/// kept open until then).
+const WRITER_DIRS: usize = 32;
 
 /// Most memory the hard-link map of one tree copy may hold (paths and
 /// their bookkeeping). An entry leaves the map once every name of its
@@ -835,15 +839,36 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
     // is tried again rather than undoing it.
     let root = patient(|| open_dir_noatime(src.dir.as_fd(), name)).at("open source directory")?;
     let mut walk = Walk::new([root])?;
-    // A quarter of the free descriptors, at most WRITER_BATCH, at least one.
-    let batch_len = (super::walk::free_descriptors() / 4).clamp(1, WRITER_BATCH);
-    let mut batch: Vec<OwnedFd> = Vec::new();
-    // Probes a batch and closes it: its descriptors were opened one after
-    // the other, so mostly one `close_range` for all.
-    let check = |batch: &mut Vec<OwnedFd>| {
-        let done = probe.check(&batch.iter().map(|fd| fd.as_fd()).collect::<Vec<_>>());
-        super::sys::close_all(std::mem::take(batch));
-        done
+    // A quarter of the free descriptors for the files the probe holds open
+    // at once, as many for the directories its pending names are in.
+    let budget = (super::walk::free_descriptors() / 4).max(1);
+    let hold = budget.min(super::sys::HOLD_MOST);
+    let most_dirs = budget.min(WRITER_DIRS);
+    // Names of regular files to probe, each with its directory (kept open
+    // until then, whatever that directory is called by now), handed to one
+    // child of the probe at a time: it opens, probes and closes them.
+    let mut pending: Vec<(Arc<OwnedFd>, CString)> = Vec::new();
+    let mut dirs = 0;
+    let run = |pending: &mut Vec<(Arc<OwnedFd>, CString)>| -> Result<()> {
+        let mut rest = &pending[..];
+        while !rest.is_empty() {
+            let dirs: Vec<BorrowedFd<'_>> = rest.iter().map(|(d, _)| d.as_fd()).collect();
+            let names: Vec<&CStr> = rest.iter().map(|(_, n)| n.as_c_str()).collect();
+            let done = probe.check_names(&dirs, &names, hold)?;
+            let Some((i, errno)) = done.iter().enumerate().find_map(|(i, p)| match *p {
+                super::sys::Probed::Open(e) => Some((i, Errno::from_raw_os_error(e))),
+                _ => None,
+            }) else {
+                break;
+            };
+            // The child stopped at an open that failed: taken from there
+            // as one file, as the copy opens one.
+            let (d, n) = &rest[i];
+            probe_one(&probe, d.as_fd(), n, errno)?;
+            rest = &rest[i + 1..];
+        }
+        pending.clear();
+        Ok(())
     };
     while !walk.is_done() {
         let Some((n, listed)) = walk.next_entry() else {
@@ -878,35 +903,48 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
                 walk.push(n, [sub])?;
             }
             FileType::RegularFile => {
-                // Opened here, through its directory (whatever that
-                // directory is called now), and probed in batches: the
-                // probe's child takes and drops each lease at once, so a
-                // fork of the program meanwhile inherits no lease.
-                let mut opened = tidy(|| copy::open_source(d, &n));
-                if matches!(opened, Err(Errno::MFILE | Errno::NFILE)) {
-                    // Out of descriptors: the batch's go back first, then
-                    // one is waited for.
-                    check(&mut batch)?;
-                    opened = patient(|| copy::open_source(d, &n));
+                let [dir] = walk.shared()?;
+                if !pending.last().is_some_and(|(last, _)| Arc::ptr_eq(last, &dir)) {
+                    if dirs == most_dirs {
+                        run(&mut pending)?;
+                        dirs = 0;
+                    }
+                    dirs += 1;
                 }
-                match opened {
-                    Ok(fd) => batch.push(fd),
-                    // Gone since the listing: removed, or renamed, which
-                    // changed its ctime: its deletion keeps it.
-                    Err(Errno::NOENT) => continue,
-                    // Something else under its name now: nothing proves
-                    // what it is; fail closed.
-                    Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::new(Errno::XDEV, TREE_CHANGED)),
-                    Err(e) => return Err(Error::new(e, "open source file")),
-                }
-                if batch.len() >= batch_len {
-                    check(&mut batch)?;
+                pending.push((dir, n));
+                if pending.len() >= WRITER_NAMES {
+                    run(&mut pending)?;
+                    dirs = 0;
                 }
             }
             _ => {}
         }
     }
-    check(&mut batch)
+    run(&mut pending)
+}
+
+/// Opens the regular file `n` in `d` (whose open by the probe's child
+/// failed with `errno`) as the copy opens one (a transient error tried
+/// again, another process's lease waited for, a free descriptor waited
+/// for), and probes it alone.
+fn probe_one(probe: &writers::Probe, d: BorrowedFd<'_>, n: &CStr, errno: Errno) -> Result<()> {
+    let mut opened = match errno {
+        Errno::NOENT | Errno::LOOP | Errno::NXIO | Errno::NODEV => Err(errno),
+        _ => tidy(|| copy::open_source(d, n)),
+    };
+    if matches!(opened, Err(Errno::MFILE | Errno::NFILE)) {
+        opened = patient(|| copy::open_source(d, n));
+    }
+    match opened {
+        Ok(fd) => probe.check(&[fd.as_fd()]),
+        // Gone since the listing: removed, or renamed, which changed its
+        // ctime: its deletion keeps it.
+        Err(Errno::NOENT) => Ok(()),
+        // Something else under its name now: nothing proves what it is;
+        // fail closed.
+        Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => Err(Error::new(Errno::XDEV, TREE_CHANGED)),
+        Err(e) => Err(Error::new(e, "open source file")),
+    }
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is

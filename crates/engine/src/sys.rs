@@ -3,7 +3,6 @@
 #![allow(unsafe_code)]
 
 use core::ffi::{c_int, c_uint, c_void};
-use std::os::fd::{IntoRawFd, OwnedFd};
 
 /// This thread's filesystem uid, which permission checks use.
 pub(crate) fn fsuid() -> u32 {
@@ -25,31 +24,131 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` points at the parent's `Job`, alive and untouched
     // while the parent is suspended (CLONE_VFORK) until we exit.
     let job = unsafe { &*(arg as *const Job) };
-    // A child trapped by a seccomp filter (SIGSYS) would dump the program's
-    // whole memory, shared with it, as a core file: never. Limits are per
-    // process, and this one is ours alone.
-    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: prlimit64 on this process (pid 0) with a valid new limit.
-    unsafe { libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_CORE, &no_core as *const libc::rlimit, 0usize) };
+    no_core();
     for i in 0..job.len {
         // SAFETY: `i < len`, the length of both arrays.
         let fd = unsafe { *job.fds.add(i) };
-        // SAFETY: fcntl on a descriptor of the shared table; a lease
-        // taken here is dropped at once, so that no fork of the program
-        // (another thread's, while the caller still holds the descriptor)
-        // can inherit it, and no writer ever waits for it.
-        let answer = unsafe {
-            if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
-                0
-            } else {
-                *libc::__errno_location()
-            }
-        };
         // SAFETY: as above.
-        unsafe { *job.out.add(i) = answer };
+        unsafe { *job.out.add(i) = lease_once(fd) };
     }
     0
+}
+
+/// What the probe that opens files itself is given ([`lease_probe_names`]).
+struct NamesJob {
+    dirs: *const c_int,
+    names: *const *const libc::c_char,
+    /// Per entry: the answer (>= 0), or minus the errno of its open.
+    out: *mut c_int,
+    /// Per entry: the descriptor while it is open, else -1.
+    fds: *mut c_int,
+    len: usize,
+    /// Most descriptors open at once.
+    hold: usize,
+}
+
+/// Most descriptors the probe that opens files keeps open at once.
+pub(crate) const HOLD_MOST: usize = 64;
+
+/// Runs in the child: opens each name in its directory as the copy opens
+/// a source file (read-only, never following a symlink, non-blocking, no
+/// controlling tty, without touching its atime where allowed), asks for a
+/// read lease and drops it, and closes the files in runs of consecutive
+/// numbers; stops at the first open that fails (the caller takes it from
+/// there).
+extern "C" fn names_child(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` points at the parent's `NamesJob`, alive and untouched
+    // while the parent is suspended (CLONE_VFORK) until we exit.
+    let job = unsafe { &*(arg as *const NamesJob) };
+    no_core();
+    let hold = job.hold.clamp(1, HOLD_MOST);
+    let mut held = [0 as c_int; HOLD_MOST];
+    let mut n = 0;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    for i in 0..job.len {
+        // SAFETY: `i < len`, the length of every array of the job; each
+        // name is a C string the parent keeps.
+        let (dir, name) = unsafe { (*job.dirs.add(i), *job.names.add(i)) };
+        // SAFETY: openat with a C string and flags; the descriptor lands
+        // in the shared table and is recorded at once (below).
+        let mut fd = unsafe { libc::openat(dir, name, flags | libc::O_NOATIME) };
+        if fd < 0 && errno() == libc::EPERM {
+            // SAFETY: as above, without O_NOATIME (not the file's owner).
+            fd = unsafe { libc::openat(dir, name, flags) };
+        }
+        if fd < 0 {
+            // SAFETY: `i < len`.
+            unsafe { *job.out.add(i) = -errno() };
+            break;
+        }
+        // SAFETY: `i < len`. Recorded before anything else can happen, so
+        // that a parent that finds this child killed closes it.
+        unsafe { *job.fds.add(i) = fd };
+        // SAFETY: `i < len`.
+        unsafe { *job.out.add(i) = lease_once(fd) };
+        held[n] = i as c_int;
+        n += 1;
+        if n == hold {
+            close_held(job, &mut held[..n]);
+            n = 0;
+        }
+    }
+    close_held(job, &mut held[..n]);
+    0
+}
+
+/// In the child: closes the descriptors of the entries `held` (indexes),
+/// each run of consecutive numbers with one `close_range`; each is marked
+/// closed before it is (a child killed in between leaks it rather than
+/// have the parent close a number someone may have reused).
+fn close_held(job: &NamesJob, held: &mut [c_int]) {
+    let mut fds = [0 as c_int; HOLD_MOST];
+    for (k, &i) in held.iter().enumerate() {
+        // SAFETY: every index in `held` is below `len`.
+        unsafe {
+            fds[k] = *job.fds.add(i as usize);
+            *job.fds.add(i as usize) = -1;
+        }
+    }
+    let fds = &mut fds[..held.len()];
+    fds.sort_unstable();
+    for run in fds.chunk_by(|a, b| *b == a + 1) {
+        let (first, last) = (run[0] as c_uint, run[run.len() - 1] as c_uint);
+        // SAFETY: every descriptor from `first` to `last` was opened by
+        // this child and is closed once.
+        let closed = run.len() > 1 && unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
+        if !closed {
+            for &fd in run {
+                // SAFETY: as above, one at a time.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
+/// In the child: a read lease on `fd`, dropped at once: 0 if granted,
+/// else the errno.
+fn lease_once(fd: c_int) -> c_int {
+    // SAFETY: fcntl on a descriptor of the shared table; a lease taken
+    // here is dropped at once, so that no fork of the program can inherit
+    // it, and no writer ever waits for it.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            0
+        } else {
+            errno()
+        }
+    }
+}
+
+/// In the child: no core dump. A child trapped by a seccomp filter
+/// (SIGSYS) would dump the program's whole memory, shared with it, as a
+/// core file: never. Limits are per process, and this one is ours alone.
+fn no_core() {
+    let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit64 on this process (pid 0) with a valid new limit.
+    unsafe { libc::syscall(libc::SYS_prlimit64, 0, libc::RLIMIT_CORE, &no_core as *const libc::rlimit, 0usize) };
 }
 
 /// The lease probe's child stack: a mapping, not an allocation, so that a
@@ -115,28 +214,67 @@ pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int
     answers
 }
 
-/// Closes every descriptor of `fds`: each run of consecutive numbers with
-/// one `close_range` (Linux 5.9; the writer probe opens a batch one file
-/// after the other, so a batch is mostly one run), one by one where that
-/// is refused (an older kernel, a seccomp filter). `errno` is kept.
-pub(crate) fn close_all(fds: Vec<OwnedFd>) {
-    let mut raw: Vec<c_int> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
-    raw.sort_unstable();
+/// What became of one entry of [`lease_probe_names`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probed {
+    /// Opened and probed: 0 if a lease was granted (and dropped), else the
+    /// errno that refused it.
+    Lease(c_int),
+    /// Its open failed with this errno; the probe stopped there.
+    Open(c_int),
+    /// Not reached (after an open that failed).
+    NotReached,
+}
+
+/// As [`lease_probe`], but the child opens each of `names` in its
+/// directory of `dirs` itself (as the copy opens a source file), keeping
+/// at most `hold` open at once: one child for many files, without their
+/// descriptors held meanwhile. `None` if the probe could not run.
+pub(crate) fn lease_probe_names(
+    stack: &ProbeStack,
+    dirs: &[c_int],
+    names: &[*const libc::c_char],
+    hold: usize,
+) -> Option<Vec<Probed>> {
+    assert_eq!(dirs.len(), names.len());
+    let mut out = vec![c_int::MIN; names.len()];
+    let mut fds = vec![-1 as c_int; names.len()];
+    let job = NamesJob {
+        dirs: dirs.as_ptr(),
+        names: names.as_ptr(),
+        out: out.as_mut_ptr(),
+        fds: fds.as_mut_ptr(),
+        len: names.len(),
+        hold,
+    };
+    let top = (stack.0 as usize + STACK) & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES;
     let saved_errno = errno();
-    for run in raw.chunk_by(|a, b| *b == a + 1) {
-        let (first, last) = (run[0] as c_uint, run[run.len() - 1] as c_uint);
-        // SAFETY: every descriptor from `first` to `last` was ours alone
-        // (owned until `into_raw_fd` above): close_range closes those and
-        // nothing else.
-        let closed = run.len() > 1 && unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
-        if !closed {
-            for &fd in run {
-                // SAFETY: as above, one at a time.
-                unsafe { libc::close(fd) };
-            }
+    let pid = with_signals_blocked(|| {
+        // SAFETY: `names_child` only reads `job` and writes `out` and
+        // `fds`, all alive until it has exited (CLONE_VFORK suspends us
+        // until then), on its own stack.
+        unsafe { libc::clone(names_child, top as *mut c_void, flags, &job as *const NamesJob as *mut c_void) }
+    });
+    let done = pid > 0 && reap(pid);
+    if pid > 0 && !done {
+        // Killed, or reaped by the program: what it left open is closed
+        // here (each was marked closed before it was).
+        for &fd in fds.iter().filter(|&&fd| fd >= 0) {
+            // SAFETY: a descriptor the child opened and did not close.
+            unsafe { libc::close(fd) };
         }
     }
     set_errno(saved_errno);
+    done.then(|| {
+        out.iter()
+            .map(|&r| match r {
+                c_int::MIN => Probed::NotReached,
+                r if r < 0 => Probed::Open(-r),
+                r => Probed::Lease(r),
+            })
+            .collect()
+    })
 }
 
 /// Waits for the child; false if it did not exit normally, or if the

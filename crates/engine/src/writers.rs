@@ -17,7 +17,9 @@
 //! shares the program's memory and descriptor table (`CLONE_VM |
 //! CLONE_VFORK | CLONE_FILES`, as posix_spawn does), has every signal but
 //! SIGSYS blocked, takes and drops the leases on the descriptors it is
-//! given, and exits (`sys::lease_probe`). It
+//! given (`sys::lease_probe`) or on the files it is given by name, which
+//! it opens and closes itself (`sys::lease_probe_names`: a tree's, up to
+//! 1,024 a child), and exits. It
 //! raises no SIGCHLD (exit signal 0) and is reaped with `__WCLONE`, so the
 //! program's ordinary `wait` never sees it.
 //!
@@ -59,6 +61,34 @@ impl Probe {
         let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
         let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
         super::sys::lease_probe(stack, &fds).into_iter().try_for_each(verdict)
+    }
+}
+
+impl Probe {
+    /// Opens each of `names` (C strings) in its directory of `dirs` in the
+    /// probe's child and asks each for a read lease there, keeping at most
+    /// `hold` open at once: fails with EXDEV if one is open for writing or
+    /// cannot be told; else what became of each ([`Probed`]: the child
+    /// stops at the first open that fails, and the caller takes it from
+    /// there).
+    pub(crate) fn check_names(
+        &self,
+        dirs: &[BorrowedFd<'_>],
+        names: &[&std::ffi::CStr],
+        hold: usize,
+    ) -> Result<Vec<super::sys::Probed>> {
+        let Some(stack) = &self.0 else { return Err(Error::new(Errno::XDEV, UNCHECKABLE)) };
+        let raw: Vec<i32> = dirs.iter().map(|fd| fd.as_raw_fd()).collect();
+        let ptrs: Vec<*const libc::c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let Some(done) = super::sys::lease_probe_names(stack, &raw, &ptrs, hold) else {
+            return Err(Error::new(Errno::XDEV, UNCHECKABLE));
+        };
+        for p in &done {
+            if let super::sys::Probed::Lease(answer) = *p {
+                verdict(Some(answer))?;
+            }
+        }
+        Ok(done)
     }
 }
 
