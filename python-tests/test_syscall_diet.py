@@ -286,14 +286,18 @@ def _small_tree(root: Path) -> None:
 
 
 def test_the_probe_waits_for_a_descriptor_after_the_install(tmpfs, ext4, tmp_path):
-    """The writer probe opens the taken tree's files after the copy was
-    installed: a moment without free descriptors there (another thread of
-    the program holding them all; EMFILE injected into the probe's first
-    six opens) is waited out, and the move completes (before, the probe
-    gave up after three tries and the move failed half undone: the
-    withdrawal had no descriptors either; a hostile review saw EXDEV with
-    the source put back and the whole copy left at the destination). One thread, so that strace's
-    count of openat calls finds that open in a second, identical run."""
+    """The writer probe opens the taken tree's directories after the copy
+    was installed (and its child the files in them): a moment without free
+    descriptors there (another thread of the program holding them all;
+    EMFILE injected into the walk's first six opens after the take) is
+    waited out, and the move completes (before, the probe gave up after
+    three tries and the move failed half undone: the withdrawal had no
+    descriptors either; a hostile review saw EXDEV with the source put back
+    and the whole copy left at the destination). One thread, so that
+    strace's count of openat calls finds that open in a second, identical
+    run. (strace counts calls per process: the injection cannot single out
+    the probe child's opens of the files, whose EMFILE the walk waits out
+    the same way, `probe_one`.)"""
     need(shutil.which("strace") is not None, "strace missing")
     child = fh.build_child()
 
