@@ -443,6 +443,70 @@ print(result, len(kids), blocked, leases)
 '''
 
 
+def test_a_file_renamed_within_the_tree_before_the_probe_reaches_it_fails_the_move(tmpfs, ext4, tmp_path):
+    """The writer probe hands a batch of names (up to 1,024, listed before)
+    to its child, which opens them. A log rotated meanwhile by a writer
+    holding it (renamed within the taken tree, through a working directory
+    there) is gone from the name the probe has: its writes would go on at a
+    name the probe may never look at, while the program is told the move
+    happened (the deletion keeps the renamed file, split from its copy).
+    The move must fail (EXDEV), everything back at the source, the writer's
+    file whole. The mover is stopped (strace SIGSTOP) on the clone of the
+    probe's walk has listed the last directory, before its child is made
+    (found in a first run of the same move), then the file is renamed."""
+    need(shutil.which("strace") is not None, "strace missing")
+    import fault_harness as fh
+    from test_data_round2 import Mover, stop_spec
+    src = tmpfs / "t"
+    for d in ("d0", "d1"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+    child = fh.build_child()
+    fh.age(tmpfs)
+    calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace")
+    out = calib.finish()
+    assert out.kind == "ok", out.describe()
+    calls = fh.parse_trace(calib.trace())
+    me = fh.main_tid(calls)
+    root = next(i for i, c in enumerate(calls) if c.tid == me and c.name == "openat"
+                and ".xrename-src-" in c.text and "O_DIRECTORY" in c.text)
+    # The probe's child opens the files (another process); the walk's last
+    # listing before it (d1's, read whole when entered) is where to stop.
+    child_opens = next(i for i, c in enumerate(calls) if i > root and c.tid != me and c.name == "openat")
+    listed = [c for c in calls[root:child_opens] if c.tid == me and c.name == "getdents64"][-1]
+    # Back as it was, for the move that is stopped.
+    shutil.rmtree(ext4 / "t")
+    for d in ("d0", "d1"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+    fh.age(tmpfs)
+    m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(listed),))
+    writer = None
+    try:
+        assert m.wait_stopped(), m.finish().describe()
+        taken = [n for n in os.listdir(tmpfs) if n.startswith(".xrename-src-")]
+        assert len(taken) == 1, os.listdir(tmpfs)
+        d1 = tmpfs / taken[0] / "d1"
+        writer = open(d1 / "f1", "a")
+        os.rename(d1 / "f1", d1 / "f1.1")
+        m.cont()
+        out = m.finish()
+    finally:
+        m.kill()
+    try:
+        writer.write("after the rotation")
+        writer.flush()
+        assert out.kind == "error" and out.errno == 18, out.describe()  # EXDEV
+        assert os.fstat(writer.fileno()).st_nlink == 1, "the rotated file was deleted under its writer"
+        assert (src / "d1" / "f1.1").read_text() == "d11after the rotation"
+        assert sorted(os.listdir(src / "d1")) == ["f0", "f1.1", "f2"]
+        assert sorted(os.listdir(ext4)) in ([], ["lost+found"])
+    finally:
+        writer.close()
+
+
 def test_a_fork_during_the_writer_probe_inherits_no_descriptor_and_no_lease(tmpfs, ext4):
     """The writer probe takes read leases on every file of the taken tree.
     Another thread of the program forks (without exec) all through the

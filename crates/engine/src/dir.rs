@@ -937,12 +937,13 @@ fn probe_one(probe: &writers::Probe, d: BorrowedFd<'_>, n: &CStr, errno: Errno) 
     }
     match opened {
         Ok(fd) => probe.check(&[fd.as_fd()]),
-        // Gone since the listing: removed, or renamed, which changed its
-        // ctime: its deletion keeps it.
-        Err(Errno::NOENT) => Ok(()),
-        // Something else under its name now: nothing proves what it is;
-        // fail closed.
-        Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => Err(Error::new(Errno::XDEV, TREE_CHANGED)),
+        // Gone since the listing (up to a batch ago): removed, or renamed
+        // within the tree by someone who may hold it open for writing (a
+        // log rotated), to a name this probe may never look at: its
+        // deletion would keep it, but the program would be told the move
+        // happened while the writes go on at the source. Something else
+        // under its name now: nothing proves what it is. Fail closed.
+        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO | Errno::NODEV) => Err(Error::new(Errno::XDEV, TREE_CHANGED)),
         Err(e) => Err(Error::new(e, "open source file")),
     }
 }

@@ -98,27 +98,26 @@ extern "C" fn names_child(arg: *mut c_void) -> c_int {
 }
 
 /// In the child: closes the descriptors of the entries `held` (indexes),
-/// each run of consecutive numbers with one `close_range`; each is marked
-/// closed before it is (a child killed in between leaks it rather than
-/// have the parent close a number someone may have reused).
+/// each run of consecutive numbers with one `close_range`; the entries of
+/// a run are marked closed just before it is closed (a child killed in
+/// between leaks that run rather than have the parent close numbers
+/// someone else may have been given since).
 fn close_held(job: &NamesJob, held: &mut [c_int]) {
-    let mut fds = [0 as c_int; HOLD_MOST];
-    for (k, &i) in held.iter().enumerate() {
-        // SAFETY: every index in `held` is below `len`.
-        unsafe {
-            fds[k] = *job.fds.add(i as usize);
-            *job.fds.add(i as usize) = -1;
+    // SAFETY: every index in `held` is below `len`.
+    let fd_of = |i: c_int| unsafe { *job.fds.add(i as usize) };
+    held.sort_unstable_by_key(|&i| fd_of(i));
+    for run in held.chunk_by(|&a, &b| fd_of(b) == fd_of(a) + 1) {
+        let (first, last) = (fd_of(run[0]), fd_of(run[run.len() - 1]));
+        for &i in run {
+            // SAFETY: `i < len`.
+            unsafe { *job.fds.add(i as usize) = -1 };
         }
-    }
-    let fds = &mut fds[..held.len()];
-    fds.sort_unstable();
-    for run in fds.chunk_by(|a, b| *b == a + 1) {
-        let (first, last) = (run[0] as c_uint, run[run.len() - 1] as c_uint);
         // SAFETY: every descriptor from `first` to `last` was opened by
         // this child and is closed once.
-        let closed = run.len() > 1 && unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } == 0;
+        let closed =
+            run.len() > 1 && unsafe { libc::syscall(libc::SYS_close_range, first as c_uint, last as c_uint, 0) } == 0;
         if !closed {
-            for &fd in run {
+            for fd in first..=last {
                 // SAFETY: as above, one at a time.
                 unsafe { libc::close(fd) };
             }
