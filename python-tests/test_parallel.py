@@ -443,6 +443,14 @@ print(result, len(kids), blocked, leases)
 '''
 
 
+def two_small_dirs(src: Path) -> None:
+    """`src` with d0 and d1, three small files each (f0-f2, holding "d0" + i)."""
+    for d in ("d0", "d1"):
+        (src / d).mkdir(parents=True)
+        for i in range(3):
+            (src / d / f"f{i}").write_text(f"{d}{i}")
+
+
 def test_a_file_renamed_within_the_tree_before_the_probe_reaches_it_fails_the_move(tmpfs, ext4, tmp_path):
     """The writer probe hands a batch of names (up to 1,024, listed before)
     to its child, which opens them. A log rotated meanwhile by a writer
@@ -451,17 +459,14 @@ def test_a_file_renamed_within_the_tree_before_the_probe_reaches_it_fails_the_mo
     name the probe may never look at, while the program is told the move
     happened (the deletion keeps the renamed file, split from its copy).
     The move must fail (EXDEV), everything back at the source, the writer's
-    file whole. The mover is stopped (strace SIGSTOP) on the clone of the
-    probe's walk has listed the last directory, before its child is made
-    (found in a first run of the same move), then the file is renamed."""
+    file whole. The mover is stopped (strace SIGSTOP) once the probe's walk
+    has listed the last directory, before its child is made (found in a
+    first run of the same move), then the file is renamed."""
     need(shutil.which("strace") is not None, "strace missing")
     import fault_harness as fh
     from test_data_round2 import Mover, stop_spec
     src = tmpfs / "t"
-    for d in ("d0", "d1"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            (src / d / f"f{i}").write_text(f"{d}{i}")
+    two_small_dirs(src)
     child = fh.build_child()
     fh.age(tmpfs)
     calib = Mover(child, src, ext4 / "t", tmp_path / "calibrate.trace")
@@ -477,10 +482,7 @@ def test_a_file_renamed_within_the_tree_before_the_probe_reaches_it_fails_the_mo
     listed = [c for c in calls[root:child_opens] if c.tid == me and c.name == "getdents64"][-1]
     # Back as it was, for the move that is stopped.
     shutil.rmtree(ext4 / "t")
-    for d in ("d0", "d1"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            (src / d / f"f{i}").write_text(f"{d}{i}")
+    two_small_dirs(src)
     fh.age(tmpfs)
     m = Mover(child, src, ext4 / "t", tmp_path / "stop.trace", (stop_spec(listed),))
     writer = None
@@ -672,10 +674,7 @@ def test_a_directory_renamed_during_the_writer_probe_fails_the_move(tmpfs, ext4,
     import fault_harness as fh
     from test_data_round2 import Mover, stop_spec
     src = tmpfs / "t"
-    for d in ("d0", "d1"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            (src / d / f"f{i}").write_text(f"{d}{i}")
+    two_small_dirs(src)
     writer = open(src / "d1" / "f1", "ab")
     try:
         child = fh.build_child()
@@ -717,10 +716,7 @@ def withdrawn_while(tmpfs: Path, ext4: Path, tmp_path: Path, act) -> "fh.Outcome
     import fault_harness as fh
     from test_data_round2 import Mover, stop_spec
     src = tmpfs / "t"
-    for d in ("d0", "d1"):
-        (src / d).mkdir(parents=True)
-        for i in range(3):
-            (src / d / f"f{i}").write_text(f"{d}{i}")
+    two_small_dirs(src)
     with open(src / "d1" / "f1", "ab"):
         child = fh.build_child()
         fh.age(tmpfs)
