@@ -113,11 +113,12 @@ pub struct Job<'a> {
 /// has open, and `/proc/PID/fdinfo/FD` lists those of each descriptor:
 /// read there for each file among up to [`FDINFO_MOST`] descriptors
 /// (not for sockets, pipes and anonymous inodes, which hold neither: an
-/// inotify instance's fdinfo lists every watch). Not from `/proc/locks` but for
-/// more: reading it takes the kernel's lock table for writing, which waits
-/// for an RCU grace period (5-12 ms for a move in a fresh process, measured
-/// on Linux 6.18) and makes every lock call on the machine wait while it
-/// reads.
+/// inotify instance's fdinfo lists every watch). `/proc/locks` only for
+/// more, or where fdinfo cannot be read: reading it takes the kernel's
+/// lock table for writing, which waits for an RCU grace period (5-12 ms
+/// for a move in a fresh process, measured on Linux 6.18) and makes every
+/// lock call on the machine wait while it reads.
+///
 /// What no descriptor of the table shows is not seen (README, Known
 /// limits): a lease kept only by a mapping, an io_uring registered file, a
 /// descriptor in flight over a socket, or a thread that unshared its

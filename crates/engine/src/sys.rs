@@ -192,23 +192,11 @@ pub(crate) fn lease_probe(stack: &ProbeStack, fds: &[c_int]) -> Vec<Option<c_int
     let unknown = || vec![None; fds.len()];
     let mut out = vec![-1 as c_int; fds.len()];
     let job = Job { fds: fds.as_ptr(), out: out.as_mut_ptr(), len: fds.len() };
-    let stack = stack.0;
-    // The stack grows down from its 16-byte-aligned top.
-    let top = (stack as usize + STACK) & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES; // exit signal 0: no SIGCHLD
     let saved_errno = errno();
-    // Signals blocked here are blocked in the child: a lease break (SIGIO)
-    // or any other signal dies with it, never run as a handler; SIGSYS
-    // stays deliverable, so that a seccomp filter trapping the clone
-    // (SECCOMP_RET_TRAP) reaches the program's handler, which may answer
-    // an error, instead of killing it as a blocked SIGSYS does.
-    let pid = with_signals_blocked(|| {
-        // SAFETY: `child` only reads `job` and writes `out`, both alive
-        // until it has exited (CLONE_VFORK suspends us until then), on its
-        // own stack.
-        unsafe { libc::clone(child, top as *mut c_void, flags, &job as *const Job as *mut c_void) }
-    });
-    let answers = if pid > 0 && reap(pid) { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
+    // SAFETY: `child` only reads `job` and writes `out`, both alive until
+    // `in_child` returns.
+    let ran = unsafe { in_child(stack, child, &job as *const Job as *mut c_void) };
+    let answers = if ran == Ran::Exited { out.iter().map(|&r| (r >= 0).then_some(r)).collect() } else { unknown() };
     set_errno(saved_errno);
     answers
 }
@@ -246,26 +234,20 @@ pub(crate) fn lease_probe_names(
         len: names.len(),
         hold,
     };
-    let top = (stack.0 as usize + STACK) & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES;
     let saved_errno = errno();
-    let pid = with_signals_blocked(|| {
-        // SAFETY: `names_child` only reads `job` and writes `out` and
-        // `fds`, all alive until it has exited (CLONE_VFORK suspends us
-        // until then), on its own stack.
-        unsafe { libc::clone(names_child, top as *mut c_void, flags, &job as *const NamesJob as *mut c_void) }
-    });
-    let done = pid > 0 && reap(pid);
-    if pid > 0 && !done {
+    // SAFETY: `names_child` only reads `job` and writes `out` and `fds`,
+    // all alive until `in_child` returns.
+    let ran = unsafe { in_child(stack, names_child, &job as *const NamesJob as *mut c_void) };
+    if ran == Ran::Lost {
         // Killed, or reaped by the program: what it left open is closed
-        // here (each was marked closed before it was).
+        // here (each run was marked closed just before it was).
         for &fd in fds.iter().filter(|&&fd| fd >= 0) {
             // SAFETY: a descriptor the child opened and did not close.
             unsafe { libc::close(fd) };
         }
     }
     set_errno(saved_errno);
-    done.then(|| {
+    (ran == Ran::Exited).then(|| {
         out.iter()
             .map(|&r| match r {
                 c_int::MIN => Probed::NotReached,
@@ -274,6 +256,44 @@ pub(crate) fn lease_probe_names(
             })
             .collect()
     })
+}
+
+/// How a probe's child went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ran {
+    /// It could not be made.
+    NotStarted,
+    /// It exited normally, and was reaped here.
+    Exited,
+    /// It was killed, or the program reaped it first.
+    Lost,
+}
+
+/// Runs `child(arg)` in a child sharing our memory and descriptor table
+/// (`CLONE_VM | CLONE_VFORK | CLONE_FILES`, exit signal 0: no SIGCHLD), on
+/// `stack`, and waits for it. Signals blocked here are blocked in the
+/// child: a lease break (SIGIO) or any other signal dies with it, never run
+/// as a handler; SIGSYS stays deliverable, so that a seccomp filter
+/// trapping the clone (SECCOMP_RET_TRAP) reaches the program's handler,
+/// which may answer an error, instead of killing it as a blocked SIGSYS
+/// does. `errno` may change.
+///
+/// # Safety
+/// `arg` must be what `child` expects, and what it points at must stay
+/// alive and untouched until this returns (CLONE_VFORK suspends us until
+/// the child has exited).
+unsafe fn in_child(stack: &ProbeStack, child: extern "C" fn(*mut c_void) -> c_int, arg: *mut c_void) -> Ran {
+    // The stack grows down from its 16-byte-aligned top.
+    let top = (stack.0 as usize + STACK) & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES;
+    // SAFETY: `child` runs on its own stack with what the caller vouches
+    // for.
+    let pid = with_signals_blocked(|| unsafe { libc::clone(child, top as *mut c_void, flags, arg) });
+    match pid {
+        ..=0 => Ran::NotStarted,
+        pid if reap(pid) => Ran::Exited,
+        _ => Ran::Lost,
+    }
 }
 
 /// Waits for the child; false if it did not exit normally, or if the

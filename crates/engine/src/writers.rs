@@ -62,9 +62,7 @@ impl Probe {
         let fds: Vec<i32> = files.iter().map(|fd| fd.as_raw_fd()).collect();
         super::sys::lease_probe(stack, &fds).into_iter().try_for_each(verdict)
     }
-}
 
-impl Probe {
     /// Opens each of `names` (C strings) in its directory of `dirs` in the
     /// probe's child and asks each for a read lease there, keeping at most
     /// `hold` open at once: fails with EXDEV if one is open for writing or
