@@ -9,7 +9,7 @@
 //! to open directories ([`Walk`]), never following a symlink, never
 //! crossing into another mount.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -466,8 +466,11 @@ fn prune_file(
 /// directory is entered only if `reference` has one of that name and it is
 /// on the root's device. Each step is a cleanup step ([`tidy`]).
 /// `state` carries what earlier passes did. The files of each directory
-/// are pruned by up to `threads` threads ([`pool`](super::pool)), before
-/// its subdirectories.
+/// are pruned by up to `threads` threads ([`pool`](super::pool)), handed
+/// over when the walk enters it, while the walk goes on into its
+/// subdirectories and, with up to `threads + 1` directories left with
+/// their files pending, on to the next ones; each directory is removed
+/// once its files are, and after everything left below it.
 fn prune(
     dir: BorrowedFd<'_>,
     name: &CStr,
@@ -495,34 +498,27 @@ fn prune(
     let dev = (walk.top().st.stx_dev_major, walk.top().st.stx_dev_minor);
     let work = |b: Batch| prune_batch(rule, b);
     super::pool::crew(threads, &work, |crew| {
-        // The files of the directory just entered, on the crew.
-        // (Without threads, every entry is judged by the walk itself.)
-        let mut files = |walk: &mut Walk<2>, out: &mut Pruned, has_ref: bool| {
+        // The files of the directory just entered, on the crew, under a
+        // key of their own (without threads, every entry is judged by the
+        // walk itself).
+        let mut next_key = 0;
+        let mut files = |walk: &mut Walk<2>, crew: &mut PruneCrew<'_, '_>, out: &mut Pruned, has_ref: bool| {
             if threads == 0 {
-                return;
+                return None;
             }
             let names = walk.take_files();
             if names.is_empty() {
-                return;
+                return None;
             }
             let Ok(dirs) = walk.shared() else {
                 out.errors = true;
-                return;
+                return None;
             };
+            next_key += 1;
             for names in crew.batches(names) {
-                crew.submit(0, Batch { dirs: dirs.clone(), has_ref, names });
+                crew.submit(next_key, Batch { dirs: dirs.clone(), has_ref, names });
             }
-            drop(dirs);
-            for r in crew.drain() {
-                match r {
-                    Ok(done) => {
-                        out.kept |= done.pruned.kept;
-                        out.errors |= done.pruned.errors;
-                        done.revisit.into_iter().for_each(|n| walk.revisit(n));
-                    }
-                    Err(_) => out.errors = true,
-                }
-            }
+            Some(next_key)
         };
         // Directories on the current path that must stay (changed meanwhile).
         let mut keep_dirs: Vec<bool> = vec![true];
@@ -530,7 +526,18 @@ fn prune(
         // reference tree (a withdrawn copy's directory may not: the
         // original's was renamed meanwhile; it is then judged alone).
         let mut refs: Vec<bool> = vec![has_ref];
-        files(&mut walk, &mut out, has_ref);
+        // The key of each directory's files on the crew, until taken back.
+        let mut keys: Vec<Option<u64>> = vec![files(&mut walk, crew, &mut out, has_ref)];
+        // Directories walked whose files are still on the crew: a few, so
+        // that each thread may be removing files in a directory of its own
+        // (removals in one directory take its lock in turn). Each is
+        // removed once its files are.
+        let mut left: VecDeque<Left> = VecDeque::new();
+        let most_left = threads + 1;
+        // How many directories had been left when each directory on the
+        // current path was entered: those left since are below it.
+        let mut entered: Vec<u64> = vec![0];
+        let mut left_count = 0;
         loop {
             let has_ref = *refs.last().expect("the root's");
             if let Some(n) = walk.next_name() {
@@ -594,7 +601,8 @@ fn prune(
                             Ok(()) => {
                                 keep_dirs.push(keep);
                                 refs.push(sub_ref);
-                                files(&mut walk, &mut out, sub_ref);
+                                keys.push(files(&mut walk, crew, &mut out, sub_ref));
+                                entered.push(left_count);
                             }
                             Err(_) => out.errors = true,
                         }
@@ -603,21 +611,44 @@ fn prune(
                 }
                 continue;
             }
+            // Every name of the directory visited. Its files are taken back
+            // now where the walk must look at some again, or where it is the
+            // root (it stays); else the walk leaves it with them.
+            let key = *keys.last().expect("the root's");
+            if let Some(key) = key.filter(|&k| keys.len() == 1 || crew.is_done(k)) {
+                *keys.last_mut().expect("the root's") = None;
+                let revisit = settle(crew.collect(key), &mut out);
+                if !revisit.is_empty() {
+                    revisit.into_iter().for_each(|n| walk.revisit(n));
+                    continue;
+                }
+            }
             match walk.pop() {
-                Ok(Some((frame, _))) if !walk.is_done() => {
-                    refs.pop();
-                    if keep_dirs.pop() == Some(true) {
-                        out.kept = true;
+                Ok(Some((frame, [d, r]))) if !walk.is_done() => {
+                    let (has_ref, keep, key) =
+                        (refs.pop() == Some(true), keep_dirs.pop() == Some(true), keys.pop().flatten());
+                    let since = entered.pop().unwrap_or(0);
+                    let Ok([parent, _]) = walk.shared() else {
+                        out.errors = true;
+                        continue;
+                    };
+                    let dir = Left { key, dirs: [d, r], parent, name: frame.name, keep, has_ref, seq: left_count };
+                    if key.is_some() {
+                        left.push_back(dir);
+                        left_count += 1;
+                        while left.len() > most_left {
+                            let oldest = left.pop_front().expect("more than one");
+                            finish(oldest, crew, rule, state, &mut out);
+                        }
                         continue;
                     }
-                    match walk.fd(0) {
-                        Ok(d) => match tidy(|| rustix::fs::unlinkat(d, &*frame.name, AtFlags::REMOVEDIR)) {
-                            Ok(()) => {}
-                            Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
-                            Err(_) => out.errors = true,
-                        },
-                        Err(_) => out.errors = true,
+                    // The ones left below it first (with those left before
+                    // them: children always come before their parent).
+                    while left.back().is_some_and(|l| l.seq >= since) {
+                        let first = left.pop_front().expect("not empty");
+                        finish(first, crew, rule, state, &mut out);
                     }
+                    finish(dir, crew, rule, state, &mut out);
                 }
                 Ok(_) => break,
                 Err(_) => {
@@ -626,8 +657,75 @@ fn prune(
                 }
             }
         }
+        while let Some(dir) = left.pop_front() {
+            finish(dir, crew, rule, state, &mut out);
+        }
     });
     out
+}
+
+type PruneCrew<'s, 'e> = super::pool::Crew<'s, 'e, Batch, BatchDone>;
+
+/// A directory walked, to remove once its files are (on the crew under
+/// `key`, if any).
+struct Left {
+    key: Option<u64>,
+    /// The directory, and its reference.
+    dirs: [Arc<OwnedFd>; 2],
+    /// Its parent in the tree being pruned.
+    parent: Arc<OwnedFd>,
+    name: CString,
+    /// Whether it must stay (changed meanwhile).
+    keep: bool,
+    has_ref: bool,
+    /// How many directories were left before it.
+    seq: u64,
+}
+
+/// Takes back what became of the batches of one directory; returns the
+/// names left to the walk.
+fn settle(done: Vec<super::pool::Outcome<BatchDone>>, out: &mut Pruned) -> Vec<CString> {
+    let mut revisit = Vec::new();
+    for r in done {
+        match r {
+            Ok(done) => {
+                out.kept |= done.pruned.kept;
+                out.errors |= done.pruned.errors;
+                revisit.extend(done.revisit);
+            }
+            Err(_) => out.errors = true,
+        }
+    }
+    revisit
+}
+
+/// Removes a directory the walk has left, once its files are: the names
+/// they left (files with several names) are judged here, with the walk's
+/// state; a directory among them (a file replaced by one since the
+/// listing) keeps it.
+fn finish(dir: Left, crew: &mut PruneCrew<'_, '_>, rule: &(dyn Rule + Sync), state: &mut PruneState, out: &mut Pruned) {
+    let mut keep = dir.keep;
+    if let Some(key) = dir.key {
+        let [d, r] = &dir.dirs;
+        for n in settle(crew.collect(key), out) {
+            match prune_file(d.as_fd(), r.as_fd(), &n, rule, dir.has_ref, Some(state)) {
+                Step::Done(p) => {
+                    out.kept |= p.kept;
+                    out.errors |= p.errors;
+                }
+                Step::Dir(_) | Step::Walk => keep = true,
+            }
+        }
+    }
+    if keep {
+        out.kept = true;
+        return;
+    }
+    match tidy(|| rustix::fs::unlinkat(&*dir.parent, &*dir.name, AtFlags::REMOVEDIR)) {
+        Ok(()) => {}
+        Err(Errno::NOTEMPTY | Errno::EXIST) if out.kept || out.errors => {}
+        Err(_) => out.errors = true,
+    }
 }
 
 /// Starts a walk of two roots, trying again on a transient failure.

@@ -211,6 +211,71 @@ fn directory_tree_moves_with_hard_links_symlinks_and_empty_dirs() {
     assert_eq!(t.names(), ["dst"]);
 }
 
+/// A tree whose directories are deleted by the crew while the walk goes
+/// on (files of up to three directories at once, each removed once its
+/// files are): nested directories left with their files pending, files
+/// with several names in them (the walk takes those back and judges them
+/// with its count of names deleted), and a parent removed only after what
+/// was left below it. Whatever order the threads finish in, the whole
+/// source goes and the copy keeps every name and link.
+#[test]
+fn tree_deleted_by_threads_goes_whole_and_keeps_its_links() {
+    let t = TempDir::new("tree-threads");
+    let src = t.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    let mut names = vec!["top".to_string()];
+    for i in 0..12 {
+        for (j, dir) in ["", "/sub", "/sub/deeper"].iter().enumerate().take(1 + i % 3) {
+            let d = format!("d{i}{dir}");
+            fs::create_dir_all(src.join(&d)).unwrap();
+            for k in 0..40 {
+                let f = format!("{d}/f{k}");
+                fs::write(src.join(&f), format!("{f} {j}")).unwrap();
+                names.push(f);
+            }
+            let (first, top) = (format!("d{i}/f0"), format!("{d}/top-link"));
+            fs::hard_link(src.join("top"), src.join(&top)).unwrap();
+            names.push(top);
+            if j > 0 {
+                let f = format!("{d}/first-link");
+                fs::hard_link(src.join(&first), src.join(&f)).unwrap();
+                names.push(f);
+            }
+        }
+    }
+    let options = Options { threads: Some(4), ..Options::default() };
+    let (old, new) = (c(&src), c(&t.path("dst")));
+    let req = Request { op: Op::Rename, old_dir: CWD, old: &old, new_dir: CWD, new: &new, flags: 0 };
+    let mut report = Report::default();
+    engine::rename(&req, &options, &mut report).unwrap();
+    assert_eq!(report.leftover, None);
+    assert_eq!(t.names(), ["dst"]);
+    let dst = t.path("dst");
+    for n in &names {
+        let want = if n.ends_with("top-link") {
+            "top".to_string()
+        } else if n.ends_with("first-link") {
+            format!("{}/f0 0", &n[..n.find('/').unwrap()])
+        } else if n == "top" {
+            "top".to_string()
+        } else {
+            format!("{n} {}", n.matches('/').count() - 1)
+        };
+        assert_eq!(fs::read_to_string(dst.join(n)).unwrap(), want, "{n}");
+    }
+    let top = fs::metadata(dst.join("top")).unwrap();
+    let top_links: Vec<_> = names.iter().filter(|n| n.ends_with("top-link")).collect();
+    assert_eq!(top.nlink() as usize, 1 + top_links.len());
+    for n in top_links {
+        assert_eq!(fs::metadata(dst.join(n)).unwrap().ino(), top.ino(), "{n}");
+    }
+    for i in 0..12 {
+        let first = fs::metadata(dst.join(format!("d{i}/f0"))).unwrap();
+        assert_eq!(first.nlink(), 1 + (i % 3) as u64, "d{i}/f0");
+    }
+}
+
 #[test]
 fn directory_replaces_an_empty_directory() {
     let t = TempDir::new("tree-empty-dst");
