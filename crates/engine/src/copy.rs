@@ -229,19 +229,12 @@ fn holder(line: &[u8], me: &[u8], record_locks: bool) -> Option<u64> {
 fn descriptors(dir: BorrowedFd<'_>, most: usize) -> rustix::io::Result<Vec<CString>> {
     let mut buf = Vec::with_capacity(8 << 10);
     let mut names = Vec::new();
-    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
-    while let Some(entry) = entries.next() {
-        let name = match entry {
-            Err(Errno::INTR) => continue,
-            other => other?.file_name().to_owned(),
-        };
+    super::stat::list_dir(dir, &mut buf, |name, _, _| {
         if name.to_bytes().first().is_some_and(u8::is_ascii_digit) {
-            names.push(name);
-            if names.len() == most {
-                break;
-            }
+            names.push(name.to_owned());
         }
-    }
+        names.len() < most
+    })?;
     Ok(names)
 }
 

@@ -4,6 +4,7 @@ use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use rustix::fs::{AtFlags, FileType, Statx, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
 
 use super::error::retry;
 
@@ -59,4 +60,28 @@ pub fn locked(st: &Statx) -> bool {
 /// removed or renamed away, so no hidden temp may be made there.
 pub fn append_only(dir: BorrowedFd<'_>) -> bool {
     fstat(dir).is_ok_and(|st| is_append_only(&st))
+}
+
+/// Lists `dir` from its current offset (`getdents64` into `buf`'s spare
+/// capacity): calls `each` with the name, listed type (`d_type`, a hint)
+/// and inode number (`d_ino`) of every entry but `.` and `..`, until it
+/// returns false. A read interrupted by a signal is made again (it
+/// consumed nothing).
+pub fn list_dir(
+    dir: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&CStr, FileType, u64) -> bool,
+) -> rustix::io::Result<()> {
+    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Err(Errno::INTR) => continue,
+            other => other?,
+        };
+        let name = entry.file_name();
+        if name != c"." && name != c".." && !each(name, entry.file_type(), entry.ino()) {
+            break;
+        }
+    }
+    Ok(())
 }

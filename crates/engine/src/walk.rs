@@ -19,7 +19,7 @@ use rustix::fs::{FileType, Mode, OFlags, SeekFrom, Statx};
 use rustix::io::Errno;
 
 use super::error::{At, Error, Result, TIDY_TRIES, retry, tidy};
-use super::stat::{Id, fstat, id};
+use super::stat::{Id, fstat, id, list_dir};
 
 /// How many of the deepest levels keep open descriptors.
 pub const WINDOW: usize = 32;
@@ -84,33 +84,20 @@ pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Vec<(CString, FileType)>> {
 pub fn read_inodes(dir: BorrowedFd<'_>) -> Result<Vec<(CString, u64)>> {
     let mut buf = Vec::with_capacity(32 * 1024);
     let mut out = Vec::new();
-    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
-    while let Some(entry) = entries.next() {
-        let entry = match entry {
-            Err(Errno::INTR) => continue,
-            other => other.at("read directory")?,
-        };
-        let name = entry.file_name();
-        if name != c"." && name != c".." {
-            out.push((name.to_owned(), entry.ino()));
-        }
-    }
+    list_dir(dir, &mut buf, |name, _, ino| {
+        out.push((name.to_owned(), ino));
+        true
+    })
+    .at("read directory")?;
     Ok(out)
 }
 
 fn read_all(dir: BorrowedFd<'_>, buf: &mut Vec<u8>) -> rustix::io::Result<Vec<(CString, FileType)>> {
     let mut names = Vec::new();
-    let mut entries = rustix::fs::RawDir::new(dir, buf.spare_capacity_mut());
-    while let Some(entry) = entries.next() {
-        let entry = match entry {
-            Err(Errno::INTR) => continue, // nothing was consumed: read again
-            other => other?,
-        };
-        let name = entry.file_name();
-        if name != c"." && name != c".." {
-            names.push((name.to_owned(), entry.file_type()));
-        }
-    }
+    list_dir(dir, buf, |name, kind, _| {
+        names.push((name.to_owned(), kind));
+        true
+    })?;
     Ok(names)
 }
 
