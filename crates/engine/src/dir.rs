@@ -303,9 +303,7 @@ fn open_file(
     let s = match copy::open_source(sdir, &name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Done::Gone), // removed meanwhile: not part of the move
-        // Something else under its name since the listing (a symlink: the
-        // open never follows it; a socket, a device): the tree changed.
-        Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::changed(TREE_CHANGED)),
+        Err(e) if not_a_file_now(e) => return Err(Error::changed(TREE_CHANGED)),
         Err(e) => return Err(Error::new(e, "open source file")),
     };
     let started = seen::now();
@@ -722,7 +720,7 @@ impl Copy<'_> {
         let s = match copy::open_source(sdir, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()), // removed meanwhile: not part of the move
-            Err(Errno::LOOP | Errno::NXIO | Errno::NODEV) => return Err(Error::changed(TREE_CHANGED)),
+            Err(e) if not_a_file_now(e) => return Err(Error::changed(TREE_CHANGED)),
             Err(e) => return Err(Error::new(e, "open source file")),
         };
         let started = seen::now();
@@ -929,7 +927,7 @@ pub fn check_writers(src: &Entry, taken: &source::Taken) -> Result<()> {
 /// for), and probes it alone.
 fn probe_one(probe: &writers::Probe, d: BorrowedFd<'_>, n: &CStr, errno: Errno) -> Result<()> {
     let mut opened = match errno {
-        Errno::NOENT | Errno::LOOP | Errno::NXIO | Errno::NODEV => Err(errno),
+        e if e == Errno::NOENT || not_a_file_now(e) => Err(errno),
         _ => tidy(|| copy::open_source(d, n)),
     };
     if matches!(opened, Err(Errno::MFILE | Errno::NFILE)) {
@@ -943,9 +941,16 @@ fn probe_one(probe: &writers::Probe, d: BorrowedFd<'_>, n: &CStr, errno: Errno) 
         // deletion would keep it, but the program would be told the move
         // happened while the writes go on at the source. Something else
         // under its name now: nothing proves what it is. Fail closed.
-        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO | Errno::NODEV) => Err(Error::new(Errno::XDEV, TREE_CHANGED)),
+        Err(e) if e == Errno::NOENT || not_a_file_now(e) => Err(Error::new(Errno::XDEV, TREE_CHANGED)),
         Err(e) => Err(Error::new(e, "open source file")),
     }
+}
+
+/// Whether opening a name listed as a regular file failed because
+/// something else is under it now: a symlink (the open never follows
+/// one), a socket, a device node. The tree changed since the listing.
+fn not_a_file_now(e: Errno) -> bool {
+    matches!(e, Errno::LOOP | Errno::NXIO | Errno::NODEV)
 }
 
 /// Deletes the taken source tree `src` entry by entry, keeping whatever is
