@@ -3,7 +3,9 @@
 # C and Python suites call (strace, setfacl, setfattr, mkfs.ext4, unshare,
 # setpriv, cc, bindfs, fuse2fs, fakeroot, fakechroot, eatmydata, faketime; go and
 # musl-gcc to build the programs the supervisor tests run; man, objdump and
-# dpkg-deb for the packaging tests), pytest, and maturin (to build the wheel). Does nothing for what is already there.
+# dpkg-deb for the packaging tests; git, perl, node and java, the real programs
+# test_real_programs.py runs), pytest, and maturin (to build the wheel). Does
+# nothing for what is already there.
 set -euo pipefail
 
 need=()
@@ -11,7 +13,8 @@ for pair in strace:strace setfacl:acl setfattr:attr mkfs.ext4:e2fsprogs unshare:
             setpriv:util-linux cc:gcc make:make chattr:e2fsprogs python3:python3 setcap:libcap2-bin \
             bindfs:bindfs fuse2fs:fuse2fs fakeroot:fakeroot fakechroot:fakechroot eatmydata:eatmydata faketime:faketime \
             go:golang-go musl-gcc:musl-tools man:man-db objdump:binutils dpkg-deb:dpkg \
-            dpkg-architecture:dpkg-dev mkfs.xfs:xfsprogs xfs_io:xfsprogs mkfs.btrfs:btrfs-progs; do
+            dpkg-architecture:dpkg-dev mkfs.xfs:xfsprogs xfs_io:xfsprogs mkfs.btrfs:btrfs-progs \
+            git:git perl:perl node:nodejs java:default-jre-headless; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 # Static glibc (cc -static) for the supervisor's test programs.
