@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -490,3 +491,59 @@ def test_subdirectory_swapped_for_symlink_during_move_never_touches_the_symlink_
                             f"round {round_no} (move result {run.result}): the sentinel was modified",
                             ignore=("atime_ns",))
     print("race outcomes (result, racer cycles/failures):", outcomes)
+
+
+CWD_BODY = r'''
+os.chdir(ARGS["cwd"])
+r = attempt(os.rename, ARGS["src"], ARGS["dst"])
+try:
+    r["cwd"] = os.getcwd()
+except OSError as e:
+    r["cwd"] = "error: " + e.strerror
+try:
+    with open("probe.txt") as f:
+        r["read"] = f.read()
+except OSError as e:
+    r["read"] = "error: " + e.strerror
+try:
+    with open("new.txt", "w") as f:
+        f.write("written after the move")
+    r["wrote"] = True
+except OSError as e:
+    r["wrote"] = "error: " + e.strerror
+RESULTS.append(r)
+'''
+
+
+@pytest.mark.parametrize("where", ["root", "subdirectory", "outside"])
+def test_the_movers_working_directory_follows_the_moved_tree_as_with_the_kernel(pair: Pair, where):
+    """The kernel's rename keeps a working directory on the moved directory.
+    The copy is elsewhere, so the shim takes the calling process's working
+    directory there after the move (before, it was left in the deleted
+    source: getcwd failed with ENOENT, relative opens failed); one outside
+    the tree stays where it is."""
+    src, dst = pair.src_dir / "tree", pair.dst_dir / "tree"
+    (src / "a" / "b").mkdir(parents=True)
+    rel = {"root": ".", "subdirectory": "a/b", "outside": ".."}[where]
+    (src / rel / "probe.txt").write_text(f"probe in {where}")
+    assert_exdev_without_shim(src, dst)
+    r = run_child(CWD_BODY, {"src": str(src), "dst": str(dst), "cwd": str(src / rel)}).result
+    assert r["ok"], r
+    want = os.path.normpath(dst / rel) if where != "outside" else os.path.normpath(src / rel)
+    assert r["cwd"] == want, r
+    assert r["read"] == f"probe in {where}" and r["wrote"] is True, r
+    assert (Path(want) / "new.txt").read_text() == "written after the move"
+    assert not src.exists()
+
+
+def test_a_failed_tree_move_leaves_the_working_directory_in_the_source(small_tmpfs, tmpfs):
+    """ENOSPC on a 1 MiB destination: nothing moved, the working directory
+    (inside the source) untouched."""
+    src, dst = tmpfs / "tree", small_tmpfs / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "probe.txt").write_text("probe")
+    (src / "big").write_bytes(random_bytes(2 * MiB, 7))
+    r = run_child(CWD_BODY, {"src": str(src), "dst": str(dst), "cwd": str(src / "sub")}).result
+    assert not r["ok"] and r["errname"] == "ENOSPC", r
+    assert r["cwd"] == str(src / "sub") and r["read"] == "probe", r
+    assert not dst.exists() and not leftovers(small_tmpfs)

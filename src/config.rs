@@ -159,6 +159,7 @@ impl Config {
                 leases: None,
                 stages: None,
                 threads,
+                follow_cwd: true,
             },
         }
     }

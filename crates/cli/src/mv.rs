@@ -77,6 +77,7 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
         leases: None,
         stages: None,
         threads: env_threads(),
+        follow_cwd: true,
     };
     let run = move || {
         let req = Request {

@@ -764,6 +764,9 @@ fn start_move(
                 leases: Some(leases),
                 stages: Some(stages),
                 threads: crate::mv::env_threads(),
+                // The program is another process: its working directory
+                // cannot be moved from here (README, Known limits).
+                follow_cwd: false,
             };
             engine::rename(&r, &opts, &mut report)
         };

@@ -74,15 +74,21 @@ pub struct CopiedTree<'d> {
     pub seen: Seen,
     /// What every entry below it was when it was copied.
     pub records: Records,
+    /// The copy of the directory the caller's working directory was (see
+    /// [`copy_tree`]), if it was in the tree.
+    pub cwd: Option<OwnedFd>,
 }
 
 /// Copies the directory `src` (seen as `st`) into a new hidden temp tree in
 /// `dst`'s directory. Returns the temp, ready to install, and what was copied.
+/// `cwd`: the caller's working directory, whose copy, if it is in the tree,
+/// is kept open for the working directory to follow.
 pub fn copy_tree<'d>(
     src: &Entry,
     st: &Statx,
     dst: &'d Entry,
     job: copy::Job<'_>,
+    cwd: Option<Id>,
     report: &mut Report,
 ) -> Result<CopiedTree<'d>> {
     let copy::Job { durability, progress, leases, route, inherits, threads } = job;
@@ -102,6 +108,10 @@ pub fn copy_tree<'d>(
     let (tmp, tmp_root, made) = Temp::dir(dst_dir)?;
     private(tmp_root.as_fd(), &made)?;
     let tmp_id = id(&made);
+    let cwd_copy = match cwd {
+        Some(cwd) if cwd == id(&root_st) => Some(rustix::io::fcntl_dupfd_cloexec(&tmp_root, 0).at("dup")?),
+        _ => None,
+    };
 
     let walk = Walk::new([src_root, tmp_root])?;
     let threads = pool::workers_for_tree(threads, super::walk::free_descriptors());
@@ -124,6 +134,8 @@ pub fn copy_tree<'d>(
         leases,
         dst_parent,
         tmp_id,
+        cwd,
+        cwd_copy,
     };
     // With durability, the filesystem is written back all through the copy
     // (on a thread of its own, with a descriptor of its own on the
@@ -191,7 +203,7 @@ pub fn copy_tree<'d>(
     }
     let mut records = cx.records;
     records.seal();
-    Ok(CopiedTree { tmp, seen: root_seen, records })
+    Ok(CopiedTree { tmp, seen: root_seen, records, cwd: cx.cwd_copy })
 }
 
 /// What the per-file work needs besides the file: the same for the whole
@@ -424,6 +436,9 @@ struct Copy<'r> {
     /// the source is found by them.
     dst_parent: Id,
     tmp_id: Id,
+    /// The caller's working directory, and its copy once made.
+    cwd: Option<Id>,
+    cwd_copy: Option<OwnedFd>,
 }
 
 impl Copy<'_> {
@@ -695,6 +710,9 @@ impl Copy<'_> {
         retry(|| rustix::fs::mkdirat(tdir, &name, Mode::from_raw_mode(0o700))).at("create directory")?;
         let t = open_dir(tdir, &name).at("open new directory")?;
         let t_st = fstat(t.as_fd()).at("stat temp directory")?;
+        if self.cwd == Some(id(&s_st)) {
+            self.cwd_copy = Some(rustix::io::fcntl_dupfd_cloexec(&t, 0).at("dup")?);
+        }
         private(t.as_fd(), &t_st)?;
         self.path.extend_from_slice(name.as_bytes());
         self.path.push(b'/');

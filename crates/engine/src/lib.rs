@@ -103,11 +103,26 @@ pub struct Options {
     /// Most threads a tree move may use, the caller's included (`None`:
     /// one per CPU the caller may run on, at most 8; 1: the caller alone).
     pub threads: Option<usize>,
+    /// Whether the engine runs in the program's own process: then a
+    /// calling thread whose working directory is in a directory tree
+    /// moved follows it to its new place, as the kernel's rename keeps it
+    /// on the moved directory (off for the supervisor, which moves on
+    /// another process's behalf).
+    pub follow_cwd: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { fsync: true, dirs: true, progress: None, links: None, leases: None, stages: None, threads: None }
+        Options {
+            fsync: true,
+            dirs: true,
+            progress: None,
+            links: None,
+            leases: None,
+            stages: None,
+            threads: None,
+            follow_cwd: true,
+        }
     }
 }
 
@@ -266,6 +281,7 @@ fn move_object(
     let route = copy::Route::default();
     let inherits = meta::may_inherit(dst.dir.as_fd());
     let job = copy::Job { durability, progress, leases: &leases, route: &route, inherits, threads: opts.threads };
+    let mut cwd = None;
     let (tmp, seen, check, records) = match kind {
         FileType::RegularFile => {
             let c = file::copy_file(src, st, dst, job, opts.links.as_deref(), report)?;
@@ -273,7 +289,9 @@ fn move_object(
         }
         FileType::Directory if !opts.dirs => return Err(Error::new(Errno::XDEV, "directories left to the program")),
         FileType::Directory => {
-            let c = dir::copy_tree(src, st, dst, job, report)?;
+            let at = opts.follow_cwd.then(|| stat::fstat(rustix::fs::CWD).ok()).flatten().map(|st| stat::id(&st));
+            let c = dir::copy_tree(src, st, dst, job, at, report)?;
+            cwd = at.zip(c.cwd);
             (c.tmp, c.seen, None, Some(c.records))
         }
         _ => {
@@ -342,5 +360,19 @@ fn move_object(
     if let (FileType::RegularFile, Some(links)) = (kind, &opts.links) {
         links.moved(&seen, dst);
     }
+    if let Some((was, copy)) = cwd {
+        follow_cwd(was, copy);
+    }
     Ok(())
+}
+
+/// The calling thread's working directory was the directory `was` of a
+/// tree just moved: it goes to its copy, `copy`, as the kernel's rename
+/// would have kept it on the moved directory (else relative paths would
+/// reach a deleted directory). Unless it changed meanwhile (another
+/// thread's `chdir`): then it stays where that put it.
+fn follow_cwd(was: stat::Id, copy: std::os::fd::OwnedFd) {
+    if stat::fstat(rustix::fs::CWD).is_ok_and(|now| stat::id(&now) == was) {
+        let _ = rustix::process::fchdir(&copy);
+    }
 }

@@ -469,7 +469,7 @@ fn install_tree_copy(t: &TempDir, dir: &std::os::fd::OwnedFd, body: impl FnOnce(
         inherits: true,
         threads: None,
     };
-    let copied = engine::dir::copy_tree(&src, &st, &dst, job, &mut report).unwrap();
+    let copied = engine::dir::copy_tree(&src, &st, &dst, job, None, &mut report).unwrap();
     let withdraw = engine::dir::Withdraw { original: &src, records: &copied.records };
     body(install::install(copied.tmp, &dst, install::Dest::Absent, durable, Some(&withdraw)).unwrap());
     assert_eq!(fs::read(t.path("src/a/b/c/deep")).unwrap(), b"deep", "the source is still there");
