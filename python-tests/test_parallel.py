@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -774,3 +775,40 @@ def test_a_withdrawal_never_enters_a_bind_mount_in_the_installed_copy(tmpfs, ext
             subprocess.run(["umount", str(p)], capture_output=True)
     assert out.kind == "error" and out.errno == 18, out.describe()
     assert relative_listing(user) == ["a", "b", "b/c", "file"]
+
+
+DEEP_UNDER_A_SMALL_LIMIT = r'''
+import json, os, resource, sys
+src, dst = sys.argv[1], sys.argv[2]
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+try:
+    os.rename(src, dst)
+    print(json.dumps({"ok": True}))
+except OSError as e:
+    print(json.dumps({"ok": False, "errno": e.errno}))
+'''
+
+
+def test_a_deep_tree_is_deleted_whole_under_a_small_descriptor_limit(tmpfs, ext4, tmp_path):
+    """300 levels of 8 files each, moved by a program limited to 64
+    descriptors (the crew still gets a worker). The deletion hands each
+    directory's files to the crew and must take them back before going
+    deeper: jobs waiting on the crew hold their directory open, and one
+    level after another kept open that way ran the walk out of descriptors
+    (session 10's hostile review: the move said 0 and left hundreds of
+    entries of the source at `.xrename-src-*`)."""
+    src, dst = tmpfs / "deep", ext4 / "deep"
+    p = src
+    for _ in range(300):
+        p.mkdir()
+        for j in range(8):
+            (p / f"h{j}").write_text("z")
+        p = p / "c"
+    log = tmp_path / "log"
+    env = child_env({"XRENAME_LOG": str(log)})
+    proc = subprocess.run([sys.executable, "-c", DEEP_UNDER_A_SMALL_LIMIT, str(src), str(dst)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"ok": True}, proc
+    assert os.listdir(tmpfs) == [], f"left in the source directory: {os.listdir(tmpfs)}; log: {log.read_text()}"
+    assert "leftover" not in log.read_text()
+    assert sum(1 for _ in dst.rglob("h*")) == 2400

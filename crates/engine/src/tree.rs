@@ -467,10 +467,11 @@ fn prune_file(
 /// on the root's device. Each step is a cleanup step ([`tidy`]).
 /// `state` carries what earlier passes did. The files of each directory
 /// are pruned by up to `threads` threads ([`pool`](super::pool)), handed
-/// over when the walk enters it, while the walk goes on into its
-/// subdirectories and, with up to `threads + 1` directories left with
-/// their files pending, on to the next ones; each directory is removed
-/// once its files are, and after everything left below it.
+/// over when the walk enters it and taken back before its other entries
+/// (its subdirectories); a directory with nothing else is left with its
+/// files pending while the walk goes on to the next ones (up to `threads +
+/// 1` so), and removed once its files are, and after everything left
+/// below it.
 fn prune(
     dir: BorrowedFd<'_>,
     name: &CStr,
@@ -541,6 +542,19 @@ fn prune(
         loop {
             let has_ref = *refs.last().expect("the root's");
             if let Some(n) = walk.next_name() {
+                // The directory's files are taken back before any other
+                // entry (a subdirectory): jobs waiting on the crew hold
+                // their directory open, and a deep tree must not hold
+                // every level (as for the copy). Names they leave to the
+                // walk come first.
+                if let Some(key) = keys.last_mut().expect("the root's").take() {
+                    let revisit = settle(crew.collect(key), &mut out);
+                    if !revisit.is_empty() {
+                        walk.revisit(n);
+                        revisit.into_iter().for_each(|m| walk.revisit(m));
+                        continue;
+                    }
+                }
                 let Ok([d, r]) = walk.fds() else {
                     out.errors = true;
                     break;
