@@ -588,6 +588,27 @@ def test_mv_several_sources_into_a_directory(fs_pair):
     assert_same_listing(tree_before, listing(fs_pair.dst_dir / "t"), "source", "destination", "tree differs")
 
 
+def test_mv_started_inside_a_moved_tree_resolves_later_operands_from_where_it_started(fs_pair):
+    """`xrename mv c zz ../../x/dir` run from inside c: the command's working
+    directory stays where it was started (moving it along with c, as a
+    program's is, made `../../x/dir` name another directory for zz)."""
+    c, zz = fs_pair.src_dir / "c", fs_pair.src_dir / "zz"
+    (c / "sub").mkdir(parents=True)
+    zz.write_bytes(b"zz")
+    target = fs_pair.dst_dir / "dir"
+    target.mkdir()
+    rel = os.path.relpath(target, c)
+    # What the same relative name gives from the copy of c (dir/c).
+    decoy = Path(os.path.normpath(target / "c" / rel))
+    decoy.mkdir(parents=True)
+
+    proc = xrename("mv", c, zz, rel, cwd=c)
+
+    assert (proc.returncode, proc.stderr) == (0, ""), describe(proc)
+    assert (target / "zz").read_bytes() == b"zz" and (target / "c" / "sub").is_dir()
+    assert os.listdir(decoy) == []
+
+
 def test_mv_verbose_names_each_move(fs_pair, tmp_path):
     a, t = fs_pair.src_dir / "a", fs_pair.src_dir / "t"
     _seed_file(a, 10, seed=23)

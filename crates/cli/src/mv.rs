@@ -77,7 +77,11 @@ fn move_one(src: &Path, dst: &Path, fsync: bool, bar: bool) -> Result<(), String
         leases: None,
         stages: None,
         threads: env_threads(),
-        follow_cwd: true,
+        // The command names its operands by path, relative to where it was
+        // started: a later operand must not be looked up from the copy of
+        // a tree moved earlier (GNU mv, on one filesystem, resolves the
+        // target directory once).
+        follow_cwd: false,
     };
     let run = move || {
         let req = Request {
