@@ -6,7 +6,8 @@ on real mounts), then runs it again, preloaded, on a fresh copy of the same
 setup and checks what the program itself says about the result: git's own
 view of a moved worktree or git directory, a Perl or Node.js rename of a
 file and of a tree (also a directory of an overlayfs lower layer: the
-Docker image case), Java's ATOMIC_MOVE.
+Docker image case), Java's `Files.move` of a file with ATOMIC_MOVE and of a
+non-empty directory.
 """
 
 from __future__ import annotations
@@ -181,27 +182,43 @@ import java.nio.file.*;
 public class Move {
     public static void main(String[] a) throws Exception {
         try {
-            Files.move(Paths.get(a[0]), Paths.get(a[1]), StandardCopyOption.ATOMIC_MOVE);
+            if (a[2].equals("atomic")) {
+                Files.move(Paths.get(a[0]), Paths.get(a[1]), StandardCopyOption.ATOMIC_MOVE);
+            } else {
+                Files.move(Paths.get(a[0]), Paths.get(a[1]));
+            }
             System.out.println("ok");
         } catch (AtomicMoveNotSupportedException e) {
             System.out.println("atomic move not supported: " + e.getReason());
+        } catch (DirectoryNotEmptyException e) {
+            System.out.println("directory not empty");
         }
     }
 }
 """
 
 
-def test_java_atomic_move_across_filesystems(fs_pair: Pair, tmp_path):
+@pytest.mark.parametrize("what", ["file, ATOMIC_MOVE", "tree"])
+def test_java_files_move_across_filesystems(fs_pair: Pair, tmp_path, what):
+    """A file with ATOMIC_MOVE (refused on EXDEV), and a non-empty directory
+    without options (Java copies only an empty one itself on EXDEV)."""
     java = require("java")
     prog = tmp_path / "Move.java"
     prog.write_text(JAVA)
     for attempt, preload in (("plain", False), ("shim", True)):
         src, dst = fs_pair.src_dir / f"f-{attempt}", fs_pair.dst_dir / f"f-{attempt}"
-        src.write_bytes(b"java\n" * 100)
-        r = run([java, str(prog), str(src), str(dst)], preload=preload)
+        if what == "tree":
+            want = tree(src)
+        else:
+            src.write_bytes(b"java\n" * 100)
+        mode = "atomic" if what != "tree" else "plain"
+        r = run([java, str(prog), str(src), str(dst), mode], preload=preload)
         if not preload:
-            assert "atomic move not supported" in r.stdout and EXDEV_TEXT in r.stdout, r
+            refusal = "directory not empty" if what == "tree" else "atomic move not supported"
+            assert r.stdout.startswith(refusal), r
+            assert what == "tree" or EXDEV_TEXT in r.stdout, r
             assert src.exists() and not dst.exists()
             continue
         assert r.returncode == 0 and r.stdout == "ok\n", r
-        assert not src.exists() and dst.read_bytes() == b"java\n" * 100
+        assert not src.exists()
+        assert contents(dst) == want if what == "tree" else dst.read_bytes() == b"java\n" * 100
