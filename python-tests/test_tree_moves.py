@@ -10,6 +10,7 @@ is a mount point EBUSY. A failed move changes nothing and leaves no
 from __future__ import annotations
 
 import errno
+import socket
 import os
 import stat
 import subprocess
@@ -547,3 +548,52 @@ def test_a_failed_tree_move_leaves_the_working_directory_in_the_source(small_tmp
     assert not r["ok"] and r["errname"] == "ENOSPC", r
     assert r["cwd"] == str(src / "sub") and r["read"] == "probe", r
     assert not dst.exists() and not leftovers(small_tmpfs)
+
+
+LISTEN = r'''
+import socket, sys, time
+servers = []
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen()
+    servers.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_a_socket_a_server_listens_on_is_never_moved_away_from_it(pair: Pair):
+    """The kernel's rename keeps a server reachable at the new name; a copy
+    is a new socket file no one listens on. So a socket file bound by a
+    live server (alone, or inside a tree) gives EXDEV and nothing changes;
+    once the server is gone, the stale socket files move as `mv` moves them
+    (recreated as sockets)."""
+    tree, single = pair.src_dir / "run", pair.src_dir / "single.sock"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "data").write_text("data")
+    sock = tree / "server.sock"
+    server = subprocess.Popen([sys.executable, "-c", LISTEN, str(sock), str(single)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n"
+        before = listing(pair.src_dir)
+        for src in (tree, single):
+            dst = pair.dst_dir / src.name
+            assert_exdev_without_shim(src, dst)
+            r = move_with("os.rename", src, dst)
+            assert_errno(r, "EXDEV")
+            assert not dst.exists() and not leftovers(pair.src_dir, pair.dst_dir)
+        assert_same_listing(before, listing(pair.src_dir), "before", "after", "a refused move changed the source",
+                            **FAILED_MOVE_IGNORE)
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(sock))  # still listening where it was
+        c.close()
+    finally:
+        server.stdin.close()
+        server.wait(timeout=CHILD_TIMEOUT_S)
+    for src in (tree, single):
+        assert_ok(move_with("os.rename", src, pair.dst_dir / src.name))
+    assert stat.S_ISSOCK(os.lstat(pair.dst_dir / "run" / "server.sock").st_mode)
+    assert stat.S_ISSOCK(os.lstat(pair.dst_dir / "single.sock").st_mode)
+    assert (pair.dst_dir / "run" / "data").read_text() == "data" and not tree.exists()

@@ -136,6 +136,7 @@ pub fn copy_tree<'d>(
         tmp_id,
         cwd,
         cwd_copy,
+        listening: special::Listening::default(),
     };
     // With durability, the filesystem is written back all through the copy
     // (on a thread of its own, with a descriptor of its own on the
@@ -439,6 +440,8 @@ struct Copy<'r> {
     /// The caller's working directory, and its copy once made.
     cwd: Option<Id>,
     cwd_copy: Option<OwnedFd>,
+    /// Sockets servers listen on, once a socket file is met.
+    listening: special::Listening,
 }
 
 impl Copy<'_> {
@@ -665,6 +668,7 @@ impl Copy<'_> {
         if file_type(st) == FileType::RegularFile {
             return self.file([s, t], path, name, st);
         }
+        self.listening.check(st)?;
         special::create(s, &name, st, t, &name).at("create node")?;
         let made = lstat(t, &name).at("stat new node")?;
         self.records.add_copy(&made);

@@ -8,8 +8,38 @@ use std::os::fd::BorrowedFd;
 use rustix::fs::{FileType, Mode, Statx};
 use rustix::io::Errno;
 
-use super::error::retry;
+use super::error::{Error, Result, retry};
 use super::stat::file_type;
+
+/// The step name of a move refused because a server listens on a socket
+/// file of it.
+pub const LISTENED_ON: &str = "a socket someone listens on";
+
+/// Unix sockets bound to a name, listed once per move when the first
+/// socket file is met.
+#[derive(Default)]
+pub struct Listening(std::cell::OnceCell<Vec<(u32, u32)>>);
+
+impl Listening {
+    /// Refuses (EXDEV) a socket file some process is bound to in this
+    /// network namespace: the kernel's rename keeps the server reachable
+    /// at the new name, but a copy is a new socket file no one listens on.
+    /// A stale socket file (its server gone), one bound in another network
+    /// namespace, or one whose sockets cannot be listed, is recreated, as
+    /// `mv` does.
+    pub fn check(&self, st: &Statx) -> Result<()> {
+        if file_type(st) != FileType::Socket {
+            return Ok(());
+        }
+        let bound = self.0.get_or_init(|| super::sys::bound_unix_sockets().unwrap_or_default());
+        // The kernel's encoding of the device, and the inode's low 32 bits.
+        let dev = (st.stx_dev_major << 20) | (st.stx_dev_minor & 0xfffff);
+        if bound.contains(&(dev, st.stx_ino as u32)) {
+            return Err(Error::new(Errno::XDEV, LISTENED_ON));
+        }
+        Ok(())
+    }
+}
 
 /// Creates at `dst_dir`/`dst_name` a copy of the symlink or special file
 /// `src_dir`/`src_name`, seen as `st`: `symlinkat` with the same target

@@ -524,3 +524,94 @@ pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
     out
 }
+
+/// The Unix sockets bound to a name in the filesystem that the kernel
+/// knows in this process's network namespace, as (device, inode) of the
+/// socket file: the device as the kernel encodes it (major << 20 | minor)
+/// and the inode's low 32 bits (`sock_diag`, `UNIX_DIAG_VFS`). `None` if
+/// they cannot be listed (no netlink, a seccomp policy, a truncated
+/// answer).
+pub(crate) fn bound_unix_sockets() -> Option<Vec<(u32, u32)>> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_VFS: u32 = 2;
+    const UNIX_DIAG_VFS: u16 = 1;
+    // struct nlmsghdr, then struct unix_diag_req.
+    let mut req = [0u8; 16 + 24];
+    req[0..4].copy_from_slice(&(16u32 + 24).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_UNIX as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req[28..32].copy_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
+    // SAFETY: a new socket, closed below whatever happens.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return None;
+    }
+    let saved_errno = errno();
+    let out = dump(fd, &req, |msg| {
+        // struct unix_diag_msg (16 bytes), then attributes.
+        let mut attrs = msg.get(16..)?;
+        let mut found = None;
+        while attrs.len() >= 4 {
+            let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+            let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+            if len < 4 || len > attrs.len() {
+                return None;
+            }
+            if kind == UNIX_DIAG_VFS && len >= 12 {
+                let ino = u32::from_ne_bytes(attrs[4..8].try_into().ok()?);
+                let dev = u32::from_ne_bytes(attrs[8..12].try_into().ok()?);
+                found = Some((dev, ino));
+            }
+            attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        }
+        Some(found)
+    });
+    // SAFETY: the socket made above.
+    unsafe { libc::close(fd) };
+    set_errno(saved_errno);
+    out
+}
+
+/// Sends `req` on the netlink socket `fd` and reads the dump it answers,
+/// giving each message's payload to `each` (which answers `None` for a
+/// message it cannot read, or what it found in it); `None` if the dump
+/// failed or was cut short.
+fn dump<T>(fd: c_int, req: &[u8], mut each: impl FnMut(&[u8]) -> Option<Option<T>>) -> Option<Vec<T>> {
+    // SAFETY: `req` is a readable buffer of that length.
+    if unsafe { libc::send(fd, req.as_ptr() as *const c_void, req.len(), 0) } != req.len() as isize {
+        return None;
+    }
+    let mut buf = vec![0u8; 32 << 10];
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut c_void, buf.len(), 0) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        let mut msgs = buf.get(..usize::try_from(n).ok()?)?;
+        if msgs.is_empty() {
+            return None;
+        }
+        while msgs.len() >= 16 {
+            let len = u32::from_ne_bytes(msgs[0..4].try_into().ok()?) as usize;
+            let kind = u16::from_ne_bytes([msgs[4], msgs[5]]);
+            if len < 16 || len > msgs.len() {
+                return None;
+            }
+            match i32::from(kind) {
+                libc::NLMSG_DONE => return Some(out),
+                libc::NLMSG_ERROR => return None,
+                _ => {
+                    if let Some(found) = each(&msgs[16..len])? {
+                        out.push(found);
+                    }
+                }
+            }
+            msgs = msgs.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        }
+    }
+}
