@@ -597,3 +597,63 @@ def test_a_socket_a_server_listens_on_is_never_moved_away_from_it(pair: Pair):
     assert stat.S_ISSOCK(os.lstat(pair.dst_dir / "run" / "server.sock").st_mode)
     assert stat.S_ISSOCK(os.lstat(pair.dst_dir / "single.sock").st_mode)
     assert (pair.dst_dir / "run" / "data").read_text() == "data" and not tree.exists()
+
+
+ACCEPT_THEN_CLOSE_LISTENER = r'''
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen()
+c = socket.socket(socket.AF_UNIX)
+c.connect(sys.argv[1])
+conn, _ = s.accept()
+s.close()  # no one listens any more; the accepted socket keeps the name
+print("ready", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_a_socket_whose_listener_closed_moves_though_a_connection_it_accepted_lives_on(fs_pair: Pair):
+    """An accepted connection carries its listener's name in the kernel's
+    list, but no one can connect there any more: the stale socket file
+    moves (session 10's hostile review found it refused)."""
+    sock = fs_pair.src_dir / "s.sock"
+    server = subprocess.Popen([sys.executable, "-c", ACCEPT_THEN_CLOSE_LISTENER, str(sock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n"
+        assert_ok(move_with("os.rename", sock, fs_pair.dst_dir / "s.sock"))
+        assert stat.S_ISSOCK(os.lstat(fs_pair.dst_dir / "s.sock").st_mode) and not sock.exists()
+    finally:
+        server.stdin.close()
+        server.wait(timeout=CHILD_TIMEOUT_S)
+
+
+def test_a_socket_a_server_listens_on_in_an_overlay_is_never_moved_away_from_it(mounts, tmpfs, ext4, tmp_path):
+    """On overlayfs statx gives a file the device of its layer, while the
+    kernel names a bound socket by the overlay's own device (as on btrfs,
+    by the filesystem's rather than the subvolume's): the inode decides
+    there (the review moved a bound socket out of an overlay whose upper
+    layer is on another filesystem than its lower one)."""
+    lower, upper, work, merged = tmpfs / "lower", ext4 / "upper", ext4 / "work", tmp_path / "merged"
+    for d in (lower, upper, work):
+        d.mkdir()
+    ok, err = mounts.try_mount(["-t", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}",
+                                "xrename-ovl"], merged)
+    need(ok, f"overlayfs mount failed: {err}")
+    sock, dst = merged / "s.sock", tmpfs / "s.sock"
+    server = subprocess.Popen([sys.executable, "-c", LISTEN, str(sock)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "ready\n"
+        assert_exdev_without_shim(sock, dst)
+        assert_errno(move_with("os.rename", sock, dst), "EXDEV")
+        assert not dst.exists()
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(str(sock))
+        c.close()
+    finally:
+        server.stdin.close()
+        server.wait(timeout=CHILD_TIMEOUT_S)
+    assert_ok(move_with("os.rename", sock, dst))
+    assert stat.S_ISSOCK(os.lstat(dst).st_mode)

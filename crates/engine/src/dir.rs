@@ -668,7 +668,7 @@ impl Copy<'_> {
         if file_type(st) == FileType::RegularFile {
             return self.file([s, t], path, name, st);
         }
-        self.listening.check(st)?;
+        self.listening.check(st, s)?;
         special::create(s, &name, st, t, &name).at("create node")?;
         let made = lstat(t, &name).at("stat new node")?;
         self.records.add_copy(&made);

@@ -34,8 +34,8 @@ pub fn copy_node<'d>(
     inherits: bool,
     report: &mut Report,
 ) -> Result<(Temp<'d>, Seen)> {
-    super::special::Listening::default().check(st)?;
     let sdir = src.dir.as_fd();
+    super::special::Listening::default().check(st, sdir)?;
     let create = |at: BorrowedFd<'_>, n: &CStr| super::special::create(sdir, &src.name, st, at, n);
     let tmp = Temp::by_name(dst.dir.as_fd(), &dst.name, create)?;
     let name = tmp.name().expect("named");

@@ -27,18 +27,38 @@ impl Listening {
     /// A stale socket file (its server gone), one bound in another network
     /// namespace, or one whose sockets cannot be listed, is recreated, as
     /// `mv` does.
-    pub fn check(&self, st: &Statx) -> Result<()> {
+    /// `dir` is the socket file's directory.
+    pub fn check(&self, st: &Statx, dir: BorrowedFd<'_>) -> Result<()> {
         if file_type(st) != FileType::Socket {
             return Ok(());
         }
         let bound = self.0.get_or_init(|| super::sys::bound_unix_sockets().unwrap_or_default());
         // The kernel's encoding of the device, and the inode's low 32 bits.
         let dev = (st.stx_dev_major << 20) | (st.stx_dev_minor & 0xfffff);
-        if bound.contains(&(dev, st.stx_ino as u32)) {
+        let ino = st.stx_ino as u32;
+        let listened = bound.iter().any(|&(d, i)| {
+            // The kernel names a socket by its filesystem's device, which
+            // statx does not give on overlayfs (the layer's device) or
+            // btrfs (the subvolume's): there the inode alone decides (a
+            // stale socket sharing a bound one's number is refused: EXDEV).
+            i == ino && (d == dev || own_device_hidden(dir))
+        });
+        if listened {
             return Err(Error::new(Errno::XDEV, LISTENED_ON));
         }
         Ok(())
     }
+}
+
+/// Whether `dir` is on a filesystem whose files statx reports on another
+/// device than the kernel's own (overlayfs: a layer's; btrfs: a
+/// subvolume's), or whose type cannot be told.
+fn own_device_hidden(dir: BorrowedFd<'_>) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    rustix::fs::fstatfs(dir).map_or(true, |fs| {
+        matches!(fs.f_type as i64, OVERLAYFS_SUPER_MAGIC | BTRFS_SUPER_MAGIC)
+    })
 }
 
 /// Creates at `dst_dir`/`dst_name` a copy of the symlink or special file

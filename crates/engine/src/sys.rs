@@ -551,7 +551,14 @@ pub(crate) fn bound_unix_sockets() -> Option<Vec<(u32, u32)>> {
     }
     let saved_errno = errno();
     let out = dump(fd, &req, |msg| {
-        // struct unix_diag_msg (16 bytes), then attributes.
+        // struct unix_diag_msg (16 bytes), then attributes. A connected
+        // stream or seqpacket socket (one a server accepted, which carries
+        // its listener's name, or a client that bound a name) cannot be
+        // connected to: only the others count.
+        let (kind, state) = (c_int::from(*msg.get(1)?), *msg.get(2)?);
+        if matches!(kind, libc::SOCK_STREAM | libc::SOCK_SEQPACKET) && state == 1 {
+            return Some(None);
+        }
         let mut attrs = msg.get(16..)?;
         let mut found = None;
         while attrs.len() >= 4 {
