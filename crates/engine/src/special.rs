@@ -56,9 +56,10 @@ impl Listening {
 fn own_device_hidden(dir: BorrowedFd<'_>) -> bool {
     const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
     const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-    rustix::fs::fstatfs(dir).map_or(true, |fs| {
-        matches!(fs.f_type as i64, OVERLAYFS_SUPER_MAGIC | BTRFS_SUPER_MAGIC)
-    })
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = |fs: rustix::fs::StatFs| fs.f_type as i64;
+    rustix::fs::fstatfs(dir).map_or(true, |fs| matches!(magic(fs), OVERLAYFS_SUPER_MAGIC | BTRFS_SUPER_MAGIC))
 }
 
 /// Creates at `dst_dir`/`dst_name` a copy of the symlink or special file
