@@ -36,13 +36,11 @@ impl Listening {
         // The kernel's encoding of the device, and the inode's low 32 bits.
         let dev = (st.stx_dev_major << 20) | (st.stx_dev_minor & 0xfffff);
         let ino = st.stx_ino as u32;
-        let listened = bound.iter().any(|&(d, i)| {
-            // The kernel names a socket by its filesystem's device, which
-            // statx does not give on overlayfs (the layer's device) or
-            // btrfs (the subvolume's): there the inode alone decides (a
-            // stale socket sharing a bound one's number is refused: EXDEV).
-            i == ino && (d == dev || own_device_hidden(dir))
-        });
+        // The kernel names a socket by its filesystem's device, which statx
+        // does not give on overlayfs (the layer's device) or btrfs (the
+        // subvolume's): there the inode alone decides (a stale socket
+        // sharing a bound one's number is refused: EXDEV).
+        let listened = bound.contains(&(dev, ino)) || (bound.iter().any(|&(_, i)| i == ino) && own_device_hidden(dir));
         if listened {
             return Err(Error::new(Errno::XDEV, LISTENED_ON));
         }

@@ -544,12 +544,13 @@ pub(crate) fn bound_unix_sockets() -> Option<Vec<(u32, u32)>> {
     req[16] = libc::AF_UNIX as u8;
     req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req[28..32].copy_from_slice(&UDIAG_SHOW_VFS.to_ne_bytes());
+    let saved_errno = errno();
     // SAFETY: a new socket, closed below whatever happens.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
     if fd < 0 {
+        set_errno(saved_errno);
         return None;
     }
-    let saved_errno = errno();
     let out = dump(fd, &req, |msg| {
         // struct unix_diag_msg (16 bytes), then attributes. A connected
         // stream or seqpacket socket (one a server accepted, which carries

@@ -521,33 +521,26 @@ fn prune(
             }
             Some(next_key)
         };
-        // Directories on the current path that must stay (changed meanwhile).
-        let mut keep_dirs: Vec<bool> = vec![true];
-        // Whether each directory on the current path has one in the
-        // reference tree (a withdrawn copy's directory may not: the
-        // original's was renamed meanwhile; it is then judged alone).
-        let mut refs: Vec<bool> = vec![has_ref];
-        // The key of each directory's files on the crew, until taken back.
-        let mut keys: Vec<Option<u64>> = vec![files(&mut walk, crew, &mut out, has_ref)];
+        // The directories on the current path (the root first, which stays).
+        let root = Level { keep: true, has_ref, key: files(&mut walk, crew, &mut out, has_ref), entered: 0 };
+        let mut path = vec![root];
         // Directories walked whose files are still on the crew: a few, so
         // that each thread may be removing files in a directory of its own
         // (removals in one directory take its lock in turn). Each is
         // removed once its files are.
         let mut left: VecDeque<Left> = VecDeque::new();
         let most_left = threads + 1;
-        // How many directories had been left when each directory on the
-        // current path was entered: those left since are below it.
-        let mut entered: Vec<u64> = vec![0];
         let mut left_count = 0;
         loop {
-            let has_ref = *refs.last().expect("the root's");
+            let level = path.last_mut().expect("the root's");
+            let has_ref = level.has_ref;
             if let Some(n) = walk.next_name() {
                 // The directory's files are taken back before any other
                 // entry (a subdirectory): jobs waiting on the crew hold
                 // their directory open, and a deep tree must not hold
                 // every level (as for the copy). Names they leave to the
                 // walk come first.
-                if let Some(key) = keys.last_mut().expect("the root's").take() {
+                if let Some(key) = level.key.take() {
                     let revisit = settle(crew.collect(key), &mut out);
                     if !revisit.is_empty() {
                         walk.revisit(n);
@@ -613,10 +606,8 @@ fn prune(
                         }
                         match walk.push_seen(n, [a, b], [Some(now), None]) {
                             Ok(()) => {
-                                keep_dirs.push(keep);
-                                refs.push(sub_ref);
-                                keys.push(files(&mut walk, crew, &mut out, sub_ref));
-                                entered.push(left_count);
+                                let key = files(&mut walk, crew, &mut out, sub_ref);
+                                path.push(Level { keep, has_ref: sub_ref, key, entered: left_count });
                             }
                             Err(_) => out.errors = true,
                         }
@@ -626,11 +617,11 @@ fn prune(
                 continue;
             }
             // Every name of the directory visited. Its files are taken back
-            // now where the walk must look at some again, or where it is the
-            // root (it stays); else the walk leaves it with them.
-            let key = *keys.last().expect("the root's");
-            if let Some(key) = key.filter(|&k| keys.len() == 1 || crew.is_done(k)) {
-                *keys.last_mut().expect("the root's") = None;
+            // now if they are done, or if it is the root (it stays); else the
+            // walk leaves it with them.
+            let is_root = path.len() == 1;
+            let level = path.last_mut().expect("the root's");
+            if let Some(key) = level.key.take_if(|k| is_root || crew.is_done(*k)) {
                 let revisit = settle(crew.collect(key), &mut out);
                 if !revisit.is_empty() {
                     revisit.into_iter().for_each(|n| walk.revisit(n));
@@ -639,9 +630,7 @@ fn prune(
             }
             match walk.pop() {
                 Ok(Some((frame, [d, r]))) if !walk.is_done() => {
-                    let (has_ref, keep, key) =
-                        (refs.pop() == Some(true), keep_dirs.pop() == Some(true), keys.pop().flatten());
-                    let since = entered.pop().unwrap_or(0);
+                    let Level { keep, has_ref, key, entered: since } = path.pop().expect("not the root");
                     let Ok([parent, _]) = walk.shared() else {
                         out.errors = true;
                         continue;
@@ -679,6 +668,20 @@ fn prune(
 }
 
 type PruneCrew<'s, 'e> = super::pool::Crew<'s, 'e, Batch, BatchDone>;
+
+/// A directory on the walk's current path.
+struct Level {
+    /// It must stay (changed meanwhile).
+    keep: bool,
+    /// It has one in the reference tree (a withdrawn copy's directory may
+    /// not: the original's was renamed meanwhile; it is then judged alone).
+    has_ref: bool,
+    /// The key of its files on the crew, until taken back.
+    key: Option<u64>,
+    /// How many directories had been left when it was entered: those left
+    /// since are below it.
+    entered: u64,
+}
 
 /// A directory walked, to remove once its files are (on the crew under
 /// `key`, if any).
